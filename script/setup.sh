@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Create (or refresh) the project virtual environment .venv with pinned requirements.
+# Idempotent: skips pip when requirements.txt and pyproject.toml are unchanged since the last
+# successful install (stamp file inside .venv).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY="${IRKIT_BASE_PYTHON:-$(command -v python3.11 || command -v python3)}"
+if [ ! -x .venv/bin/python ]; then
+  echo "[setup] creating .venv with $PY" >&2
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.irkit-install-stamp
+want=$(cat requirements.txt pyproject.toml | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "[setup] installing requirements (torch/torchvision install from the local wheel cache here)" >&2
+  .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.txt 2>&1 \
+    | grep -v "is ignored: it is neither a file nor a directory" || true
+  .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -e . 2>&1 \
+    | grep -v "is ignored: it is neither a file nor a directory" || true
+  .venv/bin/python -c "import irkit, open_clip, open_clip_train.main, faiss, papermill" \
+    || { echo "[setup] import check failed" >&2; exit 1; }
+  .venv/bin/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+  echo "$want" > "$stamp"
+fi

@@ -1,0 +1,66 @@
+"""``irkit batch``: run papermill notebooks into run folders, alone or over a parameter grid."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("notebook", type=Path)
+    parser.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                        help="notebook parameter (JSON literal or string); repeatable")
+    parser.add_argument("--log-dir", type=Path, default=Path("log"))
+    parser.add_argument("--name", default=None, help="run (or batch) folder name")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("batch", help="papermill notebook runs and parameter grids")
+    group = parser.add_subparsers(dest="batch_command", required=True)
+    run = group.add_parser("run", help="execute a notebook once into log/<name>/")
+    _add_common(run)
+    run.set_defaults(func=_run)
+    grid = group.add_parser("grid", help="execute a notebook over a parameter grid + comparison table")
+    _add_common(grid)
+    grid.add_argument("--grid", action="append", required=True, metavar="NAME=V1,V2",
+                      help="a parameter and its values; repeatable (the product is run)")
+    grid.add_argument("--columns", default=None, help="comma-separated metric columns for the table")
+    grid.set_defaults(func=_grid)
+    best = group.add_parser("best", help="copy the best reproduce run into best-result-review/")
+    best.add_argument("folders", nargs="+", type=Path, help="folders searched for reproduce runs")
+    best.add_argument("--out", type=Path, default=Path("best-result-review"))
+    best.add_argument("--metric", default="official_mAP@10")
+    best.set_defaults(func=_best)
+
+
+def _params(args: argparse.Namespace) -> dict:
+    from irkit.notebook import parse_value
+
+    return {name: parse_value(value) for name, value in args.param}
+
+
+def _run(args: argparse.Namespace) -> int:
+    from irkit.notebook import read_metrics, run_notebook
+
+    run_dir = run_notebook(args.notebook, _params(args), log_dir=args.log_dir, name=args.name)
+    print(json.dumps({"run_dir": str(run_dir), "metrics": read_metrics(run_dir)}, indent=1))
+    return 0
+
+
+def _grid(args: argparse.Namespace) -> int:
+    from irkit.notebook import parse_grid, run_grid
+
+    columns = args.columns.split(",") if args.columns else None
+    result = run_grid(args.notebook, parse_grid(args.grid), _params(args), log_dir=args.log_dir,
+                      batch_name=args.name, metric_columns=columns)
+    print((result.batch_dir / "comparison.md").read_text())
+    return 0
+
+
+def _best(args: argparse.Namespace) -> int:
+    from irkit.pipeline import export_best_result
+
+    run_dir = export_best_result(args.folders, args.out, args.metric)
+    print(json.dumps({"best_run": str(run_dir), "out": str(args.out)}))
+    return 0

@@ -1,0 +1,269 @@
+"""``irkit cir``: zero-shot composed image retrieval (SEARLE, SEARLE-OTI, LinCIR, baselines, ...).
+
+    irkit cir eval   --dataset cirr --root R --split val --method searle --method-checkpoint phi.pt
+    irkit cir submit --dataset cirr --root R --split test1 --method lincir --method-checkpoint phi.pt --out DIR
+    irkit cir oti    --dataset cirr --root R --split val --out oti/cirr-val
+    irkit cir train-phi --method searle --oti oti/cirr-train --val-dataset cirr --val-root R
+    irkit cir train-phi --method lincir --captions captions.csv --val-dataset circo --val-root R
+    irkit cir phrases --out phrases.tsv
+
+``eval`` prints ONE JSON object of metrics; every registered method works
+(``--method`` choices come from the method registry).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+from pathlib import Path
+from typing import Any
+
+from irkit.cli.embed import add_model_arguments, load_model_from_args
+
+DATASETS = ("cirr", "circo", "fashioniq")
+
+
+def _add_context_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_arguments(parser)
+    parser.add_argument("--cache-dir", type=Path, default=Path(".cache/irkit"),
+                        help="embedding cache (default .cache/irkit); 'none' disables it")
+    parser.add_argument("--batch-size", type=int, default=64, help="encoding batch size")
+    parser.add_argument("--num-workers", type=int, default=2, help="image decoding processes")
+
+
+def _add_data_arguments(parser: argparse.ArgumentParser, prefix: str = "", required: bool = True,
+                        default_split: str = "val") -> None:
+    dest = prefix.replace("-", "_")
+    parser.add_argument(f"--{prefix}dataset", choices=DATASETS, required=required, dest=f"{dest}dataset")
+    parser.add_argument(f"--{prefix}root", type=Path, required=required, dest=f"{dest}root",
+                        help="dataset root (the published layout)")
+    parser.add_argument(f"--{prefix}split", default=default_split, dest=f"{dest}split")
+    parser.add_argument(f"--{prefix}category", default=None, dest=f"{dest}category",
+                        help="FashionIQ: one category (default: dress, shirt and toptee)")
+    parser.add_argument(f"--{prefix}gallery-ids", type=Path, default=None, dest=f"{dest}gallery_ids",
+                        help="CIRCO: gallery ids file when the COCO image-info file is absent")
+
+
+def _add_method_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--method", required=True,
+                        help="any registered method: image-only, text-only, image-text-sum, searle, searle-oti, "
+                             "lincir, ... (an unknown name lists them)")
+    parser.add_argument("--method-checkpoint", default=None,
+                        help="the method's trained part: phi checkpoint (searle, lincir), OTI folder (searle-oti), ...")
+    parser.add_argument("--method-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra method option (repeatable), e.g. steps=50 for searle-oti")
+    parser.add_argument("--include-shared-concept", action="store_true",
+                        help="CIRCO: put shared_concept into the query text (recorded in the protocol)")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("cir", help="composed image retrieval: evaluate, submit, OTI, train phi",
+                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    cir_subparsers = parser.add_subparsers(dest="cir_command", required=True)
+
+    evaluate = cir_subparsers.add_parser("eval", help="score a method on an annotated split (prints JSON)")
+    _add_data_arguments(evaluate)
+    _add_method_arguments(evaluate)
+    _add_context_arguments(evaluate)
+    evaluate.set_defaults(func=_run_eval)
+
+    submit = cir_subparsers.add_parser("submit", help="write CIRR / CIRCO / FashionIQ test-server files")
+    _add_data_arguments(submit, default_split="test")
+    _add_method_arguments(submit)
+    _add_context_arguments(submit)
+    submit.add_argument("--out", type=Path, required=True, help="output folder for the submission file(s)")
+    submit.set_defaults(func=_run_submit)
+
+    oti = cir_subparsers.add_parser("oti", help="SEARLE OTI pseudo tokens per image (resumable)")
+    _add_data_arguments(oti)
+    _add_context_arguments(oti)
+    oti.add_argument("--images", choices=["references", "gallery", "all"], default="references")
+    oti.add_argument("--out", type=Path, required=True, help="OTI folder (re-running resumes it)")
+    oti.add_argument("--steps", type=int, default=350)
+    oti.add_argument("--oti-batch-size", type=int, default=32, help="images optimised together")
+    oti.add_argument("--lr", type=float, default=2e-2)
+    oti.add_argument("--wd", type=float, default=0.01)
+    oti.add_argument("--ema-decay", type=float, default=0.99)
+    oti.add_argument("--top-k-concepts", type=int, default=15)
+    oti.add_argument("--seed", type=int, default=0)
+    _add_phrase_arguments(oti)
+    oti.set_defaults(func=_run_oti)
+
+    train = cir_subparsers.add_parser("train-phi", help="train phi: SEARLE distillation or LinCIR (text only)")
+    train.add_argument("--method", required=True, choices=["searle", "lincir"])
+    _add_context_arguments(train)
+    train.add_argument("--oti", type=Path, default=None, help="searle: OTI folder of the training images")
+    train.add_argument("--captions", type=Path, default=None,
+                       help="lincir: captions (.txt one per line, or a filepath/title caption CSV)")
+    train.add_argument("--csv-separator", default="\t")
+    train.add_argument("--caption-key", default="title")
+    _add_data_arguments(train, prefix="val-", required=False)
+    train.add_argument("--val-metric", default=None,
+                       help="metric that selects the best checkpoint (default: (R@5+Rs@1)/2 CIRR, mAP@10 CIRCO, "
+                            "R@10 FashionIQ)")
+    train.add_argument("--include-shared-concept", action="store_true", help="CIRCO validation query text")
+    train.add_argument("--steps", type=int, default=1000)
+    train.add_argument("--train-batch-size", type=int, default=256)
+    train.add_argument("--lr", type=float, default=1e-4)
+    train.add_argument("--wd", type=float, default=0.01)
+    train.add_argument("--dropout", type=float, default=0.5)
+    train.add_argument("--validate-every", type=int, default=100)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--temperature", type=float, default=0.25, help="searle: distillation temperature")
+    train.add_argument("--lambda-reg", type=float, default=0.75, help="searle: phrase regulariser weight")
+    _add_phrase_arguments(train)
+    train.add_argument("--log-dir", type=Path, default=Path("log"))
+    train.add_argument("--name", default=None, help="run name (default: date-model-lr-batch-method)")
+    train.add_argument("--resume", default=None, help="'latest' (with --name) or a checkpoint path")
+    train.set_defaults(func=_run_train_phi)
+
+    phrases = cir_subparsers.add_parser("phrases", help="write the default SEARLE regularisation phrases")
+    phrases.add_argument("--out", type=Path, required=True, help="concept<TAB>phrase file to write")
+    phrases.add_argument("--concepts", type=Path, default=None)
+    phrases.add_argument("--templates", type=Path, default=None)
+    phrases.set_defaults(func=_run_phrases)
+
+    try:  # the fusion / re-ranking commands join the same group when present
+        cir_fusion = importlib.import_module("irkit.cli.cir_fusion")
+    except ModuleNotFoundError as e:
+        if e.name != "irkit.cli.cir_fusion":
+            raise
+    else:
+        cir_fusion.register(cir_subparsers)
+
+
+def _add_phrase_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--phrases", type=Path, default=None, help="concept<TAB>phrase file (default: built-in)")
+    parser.add_argument("--concepts", type=Path, default=None, help="concept vocabulary file")
+    parser.add_argument("--templates", type=Path, default=None, help="phrase template file")
+
+
+def _context(args: argparse.Namespace) -> Any:
+    from irkit.methods import CIRContext
+
+    cache_dir = None if str(args.cache_dir).lower() == "none" else args.cache_dir
+    return CIRContext(load_model_from_args(args), cache_dir=cache_dir, batch_size=args.batch_size,
+                      num_workers=args.num_workers)
+
+
+def _loader_options(args: argparse.Namespace, prefix: str = "") -> dict[str, Any]:
+    from irkit.eval.submissions import read_gallery_ids
+
+    options: dict[str, Any] = {}
+    category = getattr(args, f"{prefix}category")
+    gallery_ids = getattr(args, f"{prefix}gallery_ids")
+    if category is not None:
+        options["category"] = category
+    if gallery_ids is not None:
+        options["gallery_ids"] = read_gallery_ids(gallery_ids)
+    return options
+
+
+def _splits(args: argparse.Namespace, prefix: str = "") -> list[Any]:
+    from irkit.methods.textual_inversion import load_cir_splits
+
+    return load_cir_splits(getattr(args, f"{prefix}dataset"), getattr(args, f"{prefix}root"),
+                           getattr(args, f"{prefix}split"), **_loader_options(args, prefix))
+
+
+def _method(args: argparse.Namespace) -> Any:
+    from irkit.errors import InputError
+    from irkit.methods import create_method
+    from irkit.methods.textual_inversion import method_options
+    from irkit.notebook import parse_value
+
+    extra = {}
+    for item in args.method_option:
+        if "=" not in item:
+            raise InputError(f"--method-option {item!r} must look like KEY=VALUE", field="method-option")
+        key, value = item.split("=", 1)
+        extra[key.strip().replace("-", "_")] = parse_value(value.strip())
+    return create_method(args.method, **method_options(args.method, args.method_checkpoint,
+                                                       args.include_shared_concept, extra))
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from irkit.methods.textual_inversion import evaluate_method
+
+    splits = _splits(args)
+    method = _method(args)
+    result = evaluate_method(method, _context(args), splits, include_shared_concept=args.include_shared_concept)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _run_submit(args: argparse.Namespace) -> int:
+    from irkit.methods.textual_inversion import write_method_submission
+
+    paths = write_method_submission(_method(args), _context(args), _splits(args), args.out)
+    print(json.dumps({"written": [str(p) for p in paths], "method": args.method}))
+    return 0
+
+
+def _phrase_bank(args: argparse.Namespace) -> Any:
+    from irkit.methods.textual_inversion import load_phrase_bank
+
+    return load_phrase_bank(args.phrases, args.concepts, args.templates)
+
+
+def _run_oti(args: argparse.Namespace) -> int:
+    from irkit.methods.searle import OTIConfig, oti_for_splits
+
+    config = OTIConfig(steps=args.steps, learning_rate=args.lr, weight_decay=args.wd, ema_decay=args.ema_decay,
+                       top_k_concepts=args.top_k_concepts, batch_size=args.oti_batch_size, seed=args.seed)
+    store = oti_for_splits(_context(args), _splits(args), args.out, args.images, config, _phrase_bank(args))
+    print(json.dumps({"out": str(args.out), "images": len(store.ids), "token_width": int(store.tokens.shape[1])}))
+    return 0
+
+
+def _run_train_phi(args: argparse.Namespace) -> int:
+    from irkit.errors import InputError
+    from irkit.methods.textual_inversion import PhiTrainingConfig, make_phi_validator, open_phi_run
+
+    if args.method == "searle" and args.oti is None:
+        raise InputError("searle phi training needs --oti (an OTI folder from `irkit cir oti`)", field="oti")
+    if args.method == "lincir" and args.captions is None:
+        raise InputError("lincir phi training needs --captions (a .txt or caption CSV)", field="captions")
+    config = PhiTrainingConfig(steps=args.steps, batch_size=args.train_batch_size, learning_rate=args.lr,
+                               weight_decay=args.wd, dropout=args.dropout, validate_every=args.validate_every,
+                               seed=args.seed)
+    ctx = _context(args)
+    validator = None
+    if args.val_dataset is not None:
+        if args.val_root is None:
+            raise InputError("--val-dataset needs --val-root", field="val-root")
+        validator = make_phi_validator(ctx, args.method, args.val_dataset, args.val_root, args.val_split,
+                                       args.include_shared_concept, args.val_metric, **_loader_options(args, "val_"))
+    params = {"method": args.method, "model": args.model, "pretrained": args.pretrained,
+              "checkpoint": args.checkpoint, "oti": args.oti, "captions": args.captions,
+              "val_dataset": args.val_dataset, "val_root": args.val_root, "val_split": args.val_split,
+              **config.to_params()}
+    run = open_phi_run(args.log_dir, args.name, params, args.resume)
+    try:
+        if args.method == "searle":
+            from irkit.methods.searle import OTITokens, train_phi_searle
+
+            result = train_phi_searle(ctx.loaded, OTITokens.load(args.oti), run, config, _phrase_bank(args),
+                                      validator, args.resume, temperature=args.temperature,
+                                      lambda_reg=args.lambda_reg)
+        else:
+            from irkit.methods.lincir import read_captions, train_phi_lincir
+
+            captions = read_captions(args.captions, sep=args.csv_separator, caption_key=args.caption_key)
+            result = train_phi_lincir(ctx.loaded, captions, run, config, validator, args.resume)
+    finally:
+        run.close()
+    print(json.dumps({"run_dir": str(run.path), "best_checkpoint": str(result.best_checkpoint or ""),
+                      "best_value": result.best_value, "best_step": result.best_step,
+                      "latest_checkpoint": str(result.latest_checkpoint or "")}))
+    return 0
+
+
+def _run_phrases(args: argparse.Namespace) -> int:
+    from irkit.methods.textual_inversion import load_phrase_bank, write_phrases
+
+    bank = load_phrase_bank(None, args.concepts, args.templates)
+    write_phrases(args.out, bank)
+    print(json.dumps({"out": str(args.out), "concepts": len(bank.concepts), "phrases": len(bank.phrases)}))
+    return 0

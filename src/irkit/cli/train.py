@@ -1,0 +1,52 @@
+"""``irkit train clip``: contrastive CLIP training / fine-tuning through open_clip_train."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("train", help="train models (CLIP through open_clip_train)")
+    group = parser.add_subparsers(dest="train_command", required=True)
+    clip = group.add_parser(
+        "clip",
+        help="contrastive training from scratch (no --pretrained) or low-LR fine-tuning (with --pretrained)",
+        description="Wraps open_clip_train: run folder log/<name>/{out.log,params.txt,checkpoints/,"
+                    "results.jsonl,tensorboard/}; an existing run folder is never overwritten.",
+    )
+    clip.add_argument("--train-csv", type=Path, required=True, help="tab-separated filepath/title CSV")
+    clip.add_argument("--val-csv", type=Path, default=None)
+    clip.add_argument("--model", default="irkit-tiny", help="any open_clip model name")
+    clip.add_argument("--pretrained", default=None, help="open_clip pretrained tag or a local checkpoint file")
+    clip.add_argument("--epochs", type=int, default=10)
+    clip.add_argument("--lr", type=float, default=None, help="default: 4e-7 fine-tuning, 1e-3 from scratch")
+    clip.add_argument("--wd", type=float, default=None)
+    clip.add_argument("--warmup", type=int, default=None)
+    clip.add_argument("--batch-size", type=int, default=None)
+    clip.add_argument("--workers", type=int, default=1)
+    clip.add_argument("--seed", type=int, default=0)
+    clip.add_argument("--precision", default="auto")
+    clip.add_argument("--transform", default="square", choices=["square", "targetpad", "center"])
+    clip.add_argument("--log-dir", type=Path, default=Path("log"))
+    clip.add_argument("--name", default=None, help="run name (default: date-model-lr-batch-...)")
+    clip.add_argument("--resume", default=None, help="'latest' (with --name) or a checkpoint path")
+    clip.add_argument("--save-frequency", type=int, default=1)
+    clip.add_argument("--csv-separator", default="\t")
+    clip.set_defaults(func=_run_clip)
+
+
+def _run_clip(args: argparse.Namespace) -> int:
+    from irkit.train.clip import ClipTrainConfig, train_clip
+
+    result = train_clip(ClipTrainConfig(
+        train_csv=args.train_csv, val_csv=args.val_csv, model=args.model, pretrained=args.pretrained,
+        epochs=args.epochs, lr=args.lr, wd=args.wd, warmup=args.warmup, batch_size=args.batch_size,
+        workers=args.workers, seed=args.seed, precision=args.precision, transform=args.transform,
+        log_dir=args.log_dir, name=args.name, resume=args.resume, save_frequency=args.save_frequency,
+        csv_separator=args.csv_separator,
+    ))
+    print(json.dumps({"run_dir": str(result.run_dir), "final_checkpoint": str(result.final_checkpoint),
+                      "results": result.results[-1] if result.results else None}))
+    return 0

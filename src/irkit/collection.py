@@ -1,0 +1,294 @@
+"""Embedding collections in clip-retrieval's layout (formats.md section 6).
+
+```
+<folder>/img_emb/img_emb_<i>.npy          [n_i, D] float16/float32, L2-normalised rows
+<folder>/text_emb/text_emb_<i>.npy        optional, same rows
+<folder>/metadata/metadata_<i>.parquet    n_i rows, same order (image_path, caption, ...)
+<folder>/irkit_collection.json            irkit's extra: model, weights id, transform
+```
+
+autofaiss / clip-retrieval can index a folder irkit writes, and irkit reads theirs
+(any number of shards, concatenated in numeric shard order).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import pandas as pd
+
+from irkit.errors import InputError
+
+IMAGE_DIR, TEXT_DIR, METADATA_DIR = "img_emb", "text_emb", "metadata"
+INFO_FILE = "irkit_collection.json"
+DTYPES = ("float16", "float32")
+# |norm - 1| allowed per row: float16 storage rounds each value to ~3 significant digits.
+_NORM_TOLERANCE = {np.dtype("float16"): 1e-2, np.dtype("float32"): 1e-3}
+
+
+def _check_normalised(embeddings: np.ndarray, source: os.PathLike | str | None, what: str) -> None:
+    if embeddings.ndim != 2:
+        raise InputError(f"{what} must be a 2-D array [N, D], got shape {embeddings.shape}", path=source)
+    if not np.issubdtype(embeddings.dtype, np.floating):
+        raise InputError(f"{what} must hold floats, got dtype {embeddings.dtype}", path=source)
+    if len(embeddings) == 0:
+        return
+    norms = np.linalg.norm(embeddings.astype(np.float32), axis=1)
+    tolerance = _NORM_TOLERANCE.get(embeddings.dtype, 1e-3)
+    bad = np.flatnonzero(~(np.abs(norms - 1.0) <= tolerance))
+    if bad.size:
+        raise InputError(
+            f"{what} rows must be L2-normalised (norm 1 +- {tolerance}); row {int(bad[0])} has norm "
+            f"{float(norms[bad[0]]):.4f} ({bad.size} of {len(norms)} rows are off)", path=source)
+
+
+def write_embedding_collection(
+    folder: os.PathLike | str,
+    image_embeddings: np.ndarray,
+    metadata: pd.DataFrame,
+    text_embeddings: Optional[np.ndarray] = None,
+    dtype: str = "float16",
+    info: Optional[dict[str, Any]] = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write one shard (``*_0``) of a clip-retrieval collection, atomically.
+
+    ``image_embeddings`` [N, D] and optional ``text_embeddings`` [N, D'] must have
+    L2-normalised rows; ``metadata`` has N rows and an ``image_path`` column. ``info`` (JSON)
+    goes to ``irkit_collection.json``. The folder is built beside the target and renamed into
+    place; an existing non-empty folder is refused unless ``overwrite``.
+    """
+    folder = Path(folder)
+    if dtype not in DTYPES:
+        raise InputError(f"dtype must be one of {', '.join(DTYPES)}, got '{dtype}'", field="dtype")
+    image_embeddings = np.asarray(image_embeddings)
+    _check_normalised(image_embeddings, None, "image embeddings")
+    if not isinstance(metadata, pd.DataFrame) or "image_path" not in metadata.columns:
+        raise InputError("metadata must be a DataFrame with an 'image_path' column", field="metadata")
+    if len(metadata) != len(image_embeddings):
+        raise InputError(f"metadata has {len(metadata)} rows but there are {len(image_embeddings)} "
+                         "image embeddings (expected one row per embedding)", field="metadata")
+    if text_embeddings is not None:
+        text_embeddings = np.asarray(text_embeddings)
+        _check_normalised(text_embeddings, None, "text embeddings")
+        if len(text_embeddings) != len(image_embeddings):
+            raise InputError(f"{len(text_embeddings)} text embeddings for {len(image_embeddings)} images "
+                             "(expected the same rows)", field="text_embeddings")
+    _check_output_folder(folder, overwrite)
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    try:
+        (staging / IMAGE_DIR).mkdir()
+        np.save(staging / IMAGE_DIR / "img_emb_0.npy", image_embeddings.astype(dtype), allow_pickle=False)
+        if text_embeddings is not None:
+            (staging / TEXT_DIR).mkdir()
+            np.save(staging / TEXT_DIR / "text_emb_0.npy", text_embeddings.astype(dtype), allow_pickle=False)
+        (staging / METADATA_DIR).mkdir()
+        metadata.reset_index(drop=True).to_parquet(staging / METADATA_DIR / "metadata_0.parquet", index=False)
+        info_record = {"count": int(len(image_embeddings)), "dim": int(image_embeddings.shape[1]),
+                       "dtype": dtype, **(info or {})}
+        (staging / INFO_FILE).write_text(json.dumps(info_record, indent=2) + "\n", encoding="utf-8")
+        _swap_into_place(staging, folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return folder
+
+
+def _check_output_folder(folder: Path, overwrite: bool) -> None:
+    if folder.exists() and (not folder.is_dir() or (any(folder.iterdir()) and not overwrite)):
+        raise InputError("output collection folder already exists and is not empty (choose a new "
+                         "folder; collections are never overwritten silently)", path=folder)
+
+
+def _swap_into_place(staging: Path, folder: Path) -> None:
+    """Rename ``staging`` onto ``folder`` (an existing folder is replaced only after success)."""
+    if not folder.exists():
+        os.rename(staging, folder)
+        return
+    backup = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+    os.rename(folder, backup)
+    try:
+        os.rename(staging, folder)
+    except BaseException:
+        os.rename(backup, folder)
+        raise
+    shutil.rmtree(backup, ignore_errors=True)
+
+
+def _shards(folder: Path, subdir: str, stem: str, suffix: str) -> dict[int, Path]:
+    pattern = re.compile(rf"^{stem}_(\d+){re.escape(suffix)}$")
+    found = {}
+    directory = folder / subdir
+    if directory.is_dir():
+        for path in directory.iterdir():
+            match = pattern.match(path.name)
+            if match:
+                found[int(match.group(1))] = path
+    return found
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise InputError(f"not a readable .npy array ({e})", path=path) from None
+
+
+def _read_embedding_shards(folder: Path, subdir: str, stem: str, expected_ids: list[int],
+                           metadata_counts: dict[int, int]) -> np.ndarray:
+    shards = _shards(folder, subdir, stem, ".npy")
+    if sorted(shards) != expected_ids:
+        raise InputError(f"{subdir}/ has shards {sorted(shards)} but metadata/ has {expected_ids} "
+                         "(expected one embedding shard per metadata shard)", path=folder / subdir)
+    parts = []
+    for shard_id in expected_ids:
+        array = _load_npy(shards[shard_id])
+        _check_normalised(array, shards[shard_id], f"{subdir} shard {shard_id}")
+        if len(array) != metadata_counts[shard_id]:
+            raise InputError(f"{len(array)} embeddings but metadata_{shard_id}.parquet has "
+                             f"{metadata_counts[shard_id]} rows (expected equal counts)", path=shards[shard_id])
+        parts.append(array.astype(np.float32))
+    if len({p.shape[1] for p in parts}) > 1:
+        raise InputError(f"shards of {subdir}/ have different widths {[p.shape[1] for p in parts]}",
+                         path=folder / subdir)
+    return np.concatenate(parts, axis=0)
+
+
+def _read_metadata(folder: Path) -> tuple[pd.DataFrame, list[int], dict[int, int]]:
+    if not folder.is_dir():
+        raise InputError("embedding collection folder not found (expected img_emb/, metadata/)", path=folder)
+    shards = _shards(folder, METADATA_DIR, "metadata", ".parquet")
+    if not shards:
+        raise InputError("no metadata/metadata_<i>.parquet files (expected clip-retrieval's layout: "
+                         "img_emb/img_emb_<i>.npy + metadata/metadata_<i>.parquet)", path=folder)
+    frames, counts = [], {}
+    for shard_id in sorted(shards):
+        try:
+            frame = pd.read_parquet(shards[shard_id])
+        except Exception as e:  # pyarrow raises several types for broken files
+            raise InputError(f"not a readable parquet file ({type(e).__name__}: {e})", path=shards[shard_id]) from None
+        counts[shard_id] = len(frame)
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True), sorted(shards), counts
+
+
+def read_embedding_collection(folder: os.PathLike | str) -> tuple[np.ndarray, pd.DataFrame]:
+    """Read a clip-retrieval collection -> (image embeddings [N, D] float32, metadata with N rows).
+
+    Shards are concatenated in numeric order (``img_emb_2`` before ``img_emb_10``); row counts
+    must match the metadata shards and rows must be L2-normalised.
+    """
+    folder = Path(folder)
+    metadata, shard_ids, counts = _read_metadata(folder)
+    embeddings = _read_embedding_shards(folder, IMAGE_DIR, "img_emb", shard_ids, counts)
+    return embeddings, metadata
+
+
+def read_text_embeddings(folder: os.PathLike | str) -> Optional[np.ndarray]:
+    """The collection's ``text_emb`` rows [N, D] float32, or None if it has none."""
+    folder = Path(folder)
+    if not _shards(folder, TEXT_DIR, "text_emb", ".npy"):
+        return None
+    _, shard_ids, counts = _read_metadata(folder)
+    return _read_embedding_shards(folder, TEXT_DIR, "text_emb", shard_ids, counts)
+
+
+def read_collection_info(folder: os.PathLike | str) -> dict[str, Any]:
+    """irkit's ``irkit_collection.json`` (model name, weights id, ...) or ``{}`` for foreign folders."""
+    path = Path(folder) / INFO_FILE
+    if not path.is_file():
+        return {}
+    from irkit.io import read_json
+    info = read_json(path)
+    if not isinstance(info, dict):
+        raise InputError("expected a JSON object", path=path)
+    return info
+
+
+def search_collection(
+    loaded: Any,
+    folder: os.PathLike | str,
+    queries: list[str],
+    k: int = 10,
+) -> list[dict[str, Any]]:
+    """Text -> image top-k over a collection with ``loaded`` (an ``irkit.models.LoadedModel``).
+
+    Returns one ``{"query", "results": [{"rank", "score", "row", "image_path", ...}]}`` per
+    query, best first. A collection written by irkit with other weights is refused, since
+    its embeddings live in another space.
+    """
+    from irkit.index import search
+
+    folder = Path(folder)
+    info = read_collection_info(folder)
+    for key in ("model_name", "weights_id"):
+        if key in info and info[key] != getattr(loaded, key):
+            raise InputError(
+                f"collection was embedded with {key} '{info[key]}' but the query model has "
+                f"'{getattr(loaded, key)}' (expected the same model and weights)", path=folder / INFO_FILE)
+    embeddings, metadata = read_embedding_collection(folder)
+    if embeddings.shape[1] != loaded.embed_dim:
+        raise InputError(f"collection embeddings are {embeddings.shape[1]}-d but model '{loaded.model_name}' "
+                         f"gives {loaded.embed_dim}-d (expected the model that built the collection)", path=folder)
+    if k <= 0:
+        raise InputError(f"k must be positive, got {k}", field="k")
+    scores, indices = search(loaded.encode_texts(queries), embeddings, k)
+    records = metadata.to_dict(orient="records")
+    results = []
+    for query, row_scores, row_indices in zip(queries, scores, indices):
+        hits = [{"rank": rank + 1, "score": round(float(score), 6), "row": int(index),
+                 **{str(c): _json_value(v) for c, v in records[int(index)].items()}}
+                for rank, (score, index) in enumerate(zip(row_scores, row_indices))]
+        results.append({"query": query, "results": hits})
+    return results
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, float) and np.isnan(value):
+        return None
+    return value
+
+
+def embed_images_to_collection(
+    loaded: Any,
+    paths: list[Path],
+    folder: os.PathLike | str,
+    cache_dir: Optional[os.PathLike | str] = None,
+    batch_size: int = 64,
+    num_workers: int = 2,
+    dtype: str = "float16",
+    root: Optional[os.PathLike | str] = None,
+) -> Path:
+    """Embed ``paths`` with ``loaded`` and write them as a collection at ``folder``.
+
+    Metadata columns: ``image_path`` (absolute) and ``image_name`` (relative to ``root`` when
+    given and containing the file, else the file name).
+    """
+    from irkit.embeddings import encode_image_files
+
+    _check_output_folder(Path(folder), overwrite=False)  # fail before the (long) encoding
+    embeddings = encode_image_files(loaded, paths, batch_size=batch_size, num_workers=num_workers,
+                                    cache_dir=cache_dir)
+    root_path = Path(root).resolve() if root is not None else None
+    names = []
+    for path in paths:
+        absolute = Path(path).resolve()
+        if root_path is not None and root_path in absolute.parents:
+            names.append(absolute.relative_to(root_path).as_posix())
+        else:
+            names.append(absolute.name)
+    metadata = pd.DataFrame({"image_path": [str(Path(p).resolve()) for p in paths], "image_name": names})
+    info = {"model_name": loaded.model_name, "weights_id": loaded.weights_id,
+            "transform": loaded.transform_config.to_dict(), "precision": loaded.precision}
+    return write_embedding_collection(folder, embeddings, metadata, dtype=dtype, info=info)

@@ -1,0 +1,289 @@
+"""Gallery image embeddings: parallel decoding, batched inference and an on-disk cache.
+
+:func:`encode_image_files` decodes images in DataLoader worker processes (PIL open ->
+RGB -> the model's preprocess) while the main process runs the image tower, and returns
+``[N, D]`` float32 L2-normalised rows in the order of ``paths``.
+
+Cache: ``<cache_dir>/<key>.npy`` + ``<key>.json``. The key is a hash of everything that
+changes the result: model name, weights id (checkpoint content hash / pretrained tag /
+random-init seed), precision, transform config (incl. image size), the ordered list of
+(absolute path, size, mtime_ns) and :data:`CACHE_FORMAT_VERSION`. The json stores that key
+material, the sha256 of the npy bytes, shape and dtype; a cached array is used only when all
+of them match, otherwise (e.g. a truncated or corrupt file) it is recomputed with a warning.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from irkit.errors import InputError
+from irkit.io import atomic_write_bytes, atomic_write_json, stable_hash
+
+if TYPE_CHECKING:  # pragma: no cover
+    from irkit.models import LoadedModel
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT_VERSION = 1
+NUM_THREADS_ENV = "IRKIT_NUM_THREADS"
+WORKER_NICENESS = 10  # decoding processes run at this nice increment (0 = same priority)
+
+
+def num_threads() -> int:
+    """Torch intra-op threads for inference: ``$IRKIT_NUM_THREADS``, else the usable CPU count."""
+    value = os.environ.get(NUM_THREADS_ENV)
+    if value:
+        try:
+            if int(value) > 0:
+                return int(value)
+        except ValueError:
+            pass
+        raise InputError(f"{NUM_THREADS_ENV} must be a positive integer, got '{value}'", field=NUM_THREADS_ENV)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@contextlib.contextmanager
+def torch_threads(count: Optional[int] = None) -> Iterator[int]:
+    """Set torch's intra-op thread count for a block (default :func:`num_threads`), then restore."""
+    count = count or num_threads()
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield count
+    finally:
+        torch.set_num_threads(previous)
+
+
+# --------------------------------------------------------------------------- decoding
+
+class ImageFileDataset(Dataset):
+    """Item i = ``(i, preprocess(RGB image), None)``, or ``(i, None, error text)`` if it fails.
+
+    Errors are returned rather than raised so the main process can raise one clean
+    InputError naming the file (a worker's exception would arrive wrapped in a traceback).
+    """
+
+    def __init__(self, paths: Sequence[Path], preprocess: Callable[[Image.Image], torch.Tensor]) -> None:
+        self.paths = list(paths)
+        self.preprocess = preprocess
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[int, Optional[torch.Tensor], Optional[str]]:
+        try:
+            with Image.open(self.paths[index]) as image:
+                rgb = image.convert("RGB")
+            return index, self.preprocess(rgb), None
+        except Exception as e:  # undecodable, truncated, not an image ...
+            return index, None, f"{type(e).__name__}: {e}"
+
+
+def _lower_worker_priority(worker_id: int) -> None:
+    """DataLoader worker init: decode at lower CPU priority than the model's threads.
+
+    On few cores the decoders share CPUs with the inference threads; the inference threads
+    synchronise at every layer, so a decoder preempting one of them stalls all of them. With
+    a lower priority the decoders fill the cores' idle gaps instead.
+    """
+    if WORKER_NICENESS and hasattr(os, "nice"):
+        with contextlib.suppress(OSError):
+            os.nice(WORKER_NICENESS)
+
+
+def _collate(items: list[tuple[int, Optional[torch.Tensor], Optional[str]]]):
+    errors = [(i, err) for i, _, err in items if err is not None]
+    if errors:
+        return None, None, errors
+    indices = torch.tensor([i for i, _, _ in items], dtype=torch.long)
+    return indices, torch.stack([t for _, t, _ in items]), []
+
+
+def _check_files(paths: Sequence[Path]) -> list[list[Any]]:
+    """``[absolute path, size, mtime_ns]`` per file; a missing file raises InputError."""
+    fingerprints = []
+    for path in paths:
+        absolute = Path(os.path.abspath(path))
+        try:
+            st = absolute.stat()
+        except FileNotFoundError:
+            raise InputError("image file not found", path=path) from None
+        except OSError as e:
+            raise InputError(f"image file cannot be read ({e.strerror})", path=path) from None
+        if not absolute.is_file():
+            raise InputError("expected an image file, found a directory or special file", path=path)
+        fingerprints.append([str(absolute), int(st.st_size), int(st.st_mtime_ns)])
+    return fingerprints
+
+
+def _encode_uncached(loaded: "LoadedModel", paths: Sequence[Path], batch_size: int, num_workers: int,
+                     desc: str) -> np.ndarray:
+    embeddings = np.zeros((len(paths), loaded.embed_dim), dtype=np.float32)
+    num_batches = -(-len(paths) // batch_size)
+    workers = max(0, min(num_workers, num_batches))
+    loader = DataLoader(
+        ImageFileDataset(paths, loaded.preprocess), batch_size=batch_size, shuffle=False,
+        num_workers=workers, collate_fn=_collate,
+        prefetch_factor=4 if workers else None, persistent_workers=False,
+        worker_init_fn=_lower_worker_priority if workers else None,
+    )
+    with torch_threads(), torch.inference_mode(), tqdm(total=len(paths), desc=desc, unit="img", disable=len(paths) < 2 * batch_size) as bar:
+        for indices, pixels, errors in loader:
+            if errors:
+                index, message = errors[0]
+                raise InputError(f"cannot decode image ({message}); expected a readable image file",
+                                 path=paths[index])
+            embeddings[indices.numpy()] = loaded.encode_images(pixels).cpu().numpy()
+            bar.update(len(indices))
+    return embeddings
+
+
+# --------------------------------------------------------------------------- cache
+
+def image_cache_material(loaded: "LoadedModel", fingerprints: list[list[Any]]) -> dict[str, Any]:
+    """Everything that determines the embeddings of these files (JSON-normalised)."""
+    material = {
+        "irkit_cache_format": CACHE_FORMAT_VERSION,
+        "kind": "image_embeddings",
+        "model_name": loaded.model_name,
+        "weights_id": loaded.weights_id,
+        "precision": loaded.precision,
+        "transform": loaded.transform_config.to_dict(),
+        "image_size": loaded.image_size,
+        "files": fingerprints,
+    }
+    return json.loads(json.dumps(material))
+
+
+def _cache_paths(cache_dir: Path, key: str) -> tuple[Path, Path]:
+    return cache_dir / f"{key}.npy", cache_dir / f"{key}.json"
+
+
+def _load_cache(cache_dir: Path, key: str, material: dict[str, Any]) -> Optional[np.ndarray]:
+    npy_path, json_path = _cache_paths(cache_dir, key)
+    if not json_path.exists() and not npy_path.exists():
+        return None
+    try:
+        record = json.loads(json_path.read_text(encoding="utf-8"))
+        data = npy_path.read_bytes()
+    except (OSError, ValueError) as e:
+        log.warning("embedding cache %s unreadable (%s); recomputing", json_path, e)
+        return None
+    if not isinstance(record, dict) or record.get("material") != material:
+        log.warning("embedding cache %s does not match its key material; recomputing", json_path)
+        return None
+    if hashlib.sha256(data).hexdigest() != record.get("npy_sha256"):
+        log.warning("embedding cache %s is corrupt (sha256 mismatch); recomputing", npy_path)
+        return None
+    try:
+        array = np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError) as e:
+        log.warning("embedding cache %s cannot be parsed (%s); recomputing", npy_path, e)
+        return None
+    if list(array.shape) != record.get("shape") or str(array.dtype) != record.get("dtype") \
+            or array.shape[0] != len(material["files"]):
+        log.warning("embedding cache %s has an unexpected shape/dtype; recomputing", npy_path)
+        return None
+    return array
+
+
+def _save_cache(cache_dir: Path, key: str, material: dict[str, Any], array: np.ndarray) -> None:
+    npy_path, json_path = _cache_paths(cache_dir, key)
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    data = buffer.getvalue()
+    atomic_write_bytes(npy_path, data)
+    # The json is written last: it is what makes the entry valid, and it pins the npy's hash.
+    atomic_write_json(json_path, {
+        "key": key, "material": material, "npy_sha256": hashlib.sha256(data).hexdigest(),
+        "shape": list(array.shape), "dtype": str(array.dtype),
+    })
+
+
+def encode_image_files(
+    loaded: "LoadedModel",
+    paths: Sequence[os.PathLike | str],
+    batch_size: int = 64,
+    num_workers: int = 2,
+    cache_dir: Optional[os.PathLike | str] = None,
+    desc: str = "images",
+) -> np.ndarray:
+    """Embed image files -> ``[N, D]`` float32 L2-normalised rows, in the order of ``paths``.
+
+    Images are decoded by ``num_workers`` processes (0 = in the main process). With
+    ``cache_dir`` the result is read from / written to the on-disk cache (module docstring).
+    A missing or undecodable image raises :class:`InputError` naming the file.
+    """
+    if batch_size <= 0:
+        raise InputError(f"batch size must be positive, got {batch_size}", field="batch_size")
+    paths = [Path(p) for p in paths]
+    fingerprints = _check_files(paths)
+    if not paths:
+        return np.zeros((0, loaded.embed_dim), dtype=np.float32)
+    if cache_dir is None:
+        return _encode_uncached(loaded, paths, batch_size, num_workers, desc)
+    cache_dir = Path(cache_dir)
+    material = image_cache_material(loaded, fingerprints)
+    key = stable_hash(material)
+    cached = _load_cache(cache_dir, key, material)
+    if cached is not None:
+        log.info("embedding cache hit %s (%d images)", key[:12], len(paths))
+        return cached.astype(np.float32, copy=False)
+    embeddings = _encode_uncached(loaded, paths, batch_size, num_workers, desc)
+    _save_cache(cache_dir, key, material, embeddings)
+    return embeddings
+
+
+# --------------------------------------------------------------------------- image sources
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
+def collect_image_paths(source: os.PathLike | str) -> list[Path]:
+    """Image files of a folder (recursive, sorted by relative path) or of a list file.
+
+    A list file (e.g. ``images.txt``) holds one path per line, relative to the list file's
+    folder or absolute; blank lines and lines starting with ``#`` are skipped.
+    """
+    source = Path(source)
+    if source.is_dir():
+        found = [p for p in source.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()]
+        if not found:
+            raise InputError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in this folder", path=source)
+        return sorted(found, key=lambda p: p.relative_to(source).as_posix())
+    if not source.is_file():
+        raise InputError("not found (expected an image folder or a text file listing image paths)", path=source)
+    if source.suffix.lower() in IMAGE_EXTENSIONS:
+        return [source]
+    try:
+        lines = source.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise InputError("not a UTF-8 text file (expected one image path per line)", path=source) from None
+    paths = []
+    for number, line in enumerate(lines, start=1):
+        entry = line.strip()
+        if not entry or entry.startswith("#"):
+            continue
+        path = Path(entry) if Path(entry).is_absolute() else source.parent / entry
+        if not path.is_file():
+            raise InputError(f"image file '{entry}' not found", path=source, line=number)
+        paths.append(path)
+    if not paths:
+        raise InputError("the list names no image files", path=source)
+    return paths

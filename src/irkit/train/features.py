@@ -1,0 +1,344 @@
+"""Frozen CLIP features of CIR splits, and triplet batches for training heads on them.
+
+The heads of methods.md §D-G (MagicLens fusion, vision projector, Combiner, re-ranker) are
+trained and evaluated on *frozen* CLIP features:
+
+* image embeddings, unnormalised (MagicLens and CLIP4Cir feed ``encode_image`` outputs),
+  from :func:`irkit.methods.textual_inversion.split_raw_image_embeddings`, which goes
+  through :func:`irkit.embeddings.encode_image_files`' on-disk cache;
+* text embeddings, unnormalised, of each query's text (:func:`irkit.methods.base.query_text`);
+* optionally the images' patch tokens [N, P, D] (the re-ranker's candidates), cached on
+  disk with the same key material and files as the embedding cache
+  (:func:`encode_image_tokens`).
+
+:class:`CIRFeatures` holds them for one split (or several concatenated, e.g. FashionIQ's
+three categories); :class:`TripletBatches` yields shuffled training batches whose order
+depends only on ``(seed, epoch)``, as :func:`irkit.train.loop.train` needs for exact resume.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Iterator, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from irkit.data.records import CIRSplit
+from irkit.errors import InputError
+from irkit.io import stable_hash
+from irkit.methods.base import CIRContext, query_text
+
+#: In-process memo of encoded features (validation re-encodes the same split many times).
+_MEMO: "OrderedDict[str, Any]" = OrderedDict()
+_MEMO_SIZE = 16
+
+
+def _memoised(key_material: Any, compute) -> Any:
+    key = stable_hash(key_material)
+    if key in _MEMO:
+        _MEMO.move_to_end(key)
+        return _MEMO[key]
+    value = compute()
+    _MEMO[key] = value
+    while len(_MEMO) > _MEMO_SIZE:
+        _MEMO.popitem(last=False)
+    return value
+
+
+def _model_key(loaded: Any) -> dict[str, Any]:
+    return {"model": loaded.model_name, "weights": loaded.weights_id, "precision": loaded.precision,
+            "transform": loaded.transform_config.to_dict() if loaded.transform_config is not None else None}
+
+
+# --------------------------------------------------------------------------- encoders
+
+
+def raw_text_embeddings(loaded: Any, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
+    """[N, D] float32 UNnormalised text embeddings (each distinct text encoded once)."""
+    from irkit.methods.textual_inversion import encode_token_ids
+
+    texts = list(texts)
+    unique = list(dict.fromkeys(texts))
+
+    def compute() -> np.ndarray:
+        if not unique:
+            return np.zeros((0, loaded.embed_dim), np.float32)
+        return encode_token_ids(loaded.model, loaded.tokenizer(unique), batch_size).numpy().astype(np.float32)
+
+    encoded = _memoised({"kind": "raw_text", **_model_key(loaded), "texts": unique}, compute)
+    position = {text: i for i, text in enumerate(unique)}
+    return encoded[[position[t] for t in texts]] if texts else encoded
+
+
+def raw_image_embeddings(ctx: CIRContext, split: CIRSplit, image_ids: Sequence[str]) -> np.ndarray:
+    """[N, D] float32 UNnormalised image embeddings of ``image_ids`` (disk cache + memo)."""
+    from irkit.methods.textual_inversion import split_raw_image_embeddings
+
+    paths = [str(split.image_path(i)) for i in image_ids]
+    return _memoised({"kind": "raw_image", **_model_key(ctx.loaded), "paths": paths},
+                     lambda: split_raw_image_embeddings(ctx, split, list(image_ids)))
+
+
+def patch_tokens(model: torch.nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+    """[B, 3, S, S] pixels -> [B, P, D] patch tokens of an open_clip ViT, in the joint space.
+
+    The tokens are the image tower's final-LayerNorm patch outputs (``output_tokens``),
+    mapped by the tower's own projection (``visual.proj``) so they share the width D of
+    the image embedding.
+    """
+    visual = model.visual
+    if not hasattr(visual, "output_tokens") or not hasattr(visual, "proj"):
+        raise InputError(f"the image tower {type(visual).__name__} does not expose patch tokens; the re-ranker "
+                         "needs an open_clip VisionTransformer (a ViT-* model or irkit-tiny)", field="model")
+    previous = visual.output_tokens
+    visual.output_tokens = True
+    try:
+        _, tokens = visual(pixels)
+    finally:
+        visual.output_tokens = previous
+    if visual.proj is not None:
+        tokens = tokens @ visual.proj
+    return tokens
+
+
+def encode_image_tokens(loaded: Any, paths: Sequence[os.PathLike | str], batch_size: int = 64,
+                        num_workers: int = 2, cache_dir: Optional[os.PathLike | str] = None) -> np.ndarray:
+    """Image files -> [N, P, D] float16 patch tokens (:func:`patch_tokens`), in ``paths`` order.
+
+    Cached like :func:`irkit.embeddings.encode_image_files` (same key material — model,
+    weights, precision, transform, file fingerprints — with ``kind`` set to
+    ``image_patch_tokens``, same ``<key>.npy`` + ``<key>.json`` entries and checks).
+    """
+    from irkit import embeddings
+
+    if batch_size <= 0:
+        raise InputError(f"batch size must be positive, got {batch_size}", field="batch_size")
+    paths = [Path(p) for p in paths]
+    fingerprints = embeddings._check_files(paths)
+    material = dict(embeddings.image_cache_material(loaded, fingerprints), kind="image_patch_tokens",
+                    token_space="visual.proj")
+    key = stable_hash(material)
+
+    def compute() -> np.ndarray:
+        if cache_dir is not None:
+            cached = embeddings._load_cache(Path(cache_dir), key, material)
+            if cached is not None:
+                return cached
+        tokens = _encode_tokens_uncached(loaded, paths, batch_size, num_workers)
+        if cache_dir is not None:
+            embeddings._save_cache(Path(cache_dir), key, material, tokens)
+        return tokens
+
+    return _memoised({"kind": "tokens", "key": key}, compute)
+
+
+def _encode_tokens_uncached(loaded: Any, paths: Sequence[Path], batch_size: int, num_workers: int) -> np.ndarray:
+    from irkit import embeddings
+
+    if not paths:
+        return np.zeros((0, 0, loaded.embed_dim), np.float16)
+    dataset = embeddings.ImageFileDataset(paths, loaded.preprocess)
+    workers = max(0, min(num_workers, -(-len(paths) // batch_size)))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                                         collate_fn=embeddings._collate)
+    out: Optional[np.ndarray] = None
+    with embeddings.torch_threads(), torch.inference_mode(), \
+            tqdm(total=len(paths), desc="patch tokens", unit="img", disable=len(paths) < 2 * batch_size) as bar:
+        for indices, pixels, errors in loader:
+            if errors:
+                index, message = errors[0]
+                raise InputError(f"cannot decode image ({message}); expected a readable image file",
+                                 path=paths[index])
+            tokens = patch_tokens(loaded.model, pixels.to(loaded.device, loaded.input_dtype)).float().cpu().numpy()
+            if out is None:
+                out = np.zeros((len(paths),) + tokens.shape[1:], np.float16)
+            out[indices.numpy()] = tokens.astype(np.float16)
+            bar.update(len(indices))
+    assert out is not None
+    return out
+
+
+# --------------------------------------------------------------------------- split features
+
+
+@dataclass
+class CIRFeatures:
+    """Frozen features of the queries (and images) of one or more CIR splits.
+
+    ``images`` [M, D] are unnormalised image embeddings of ``image_ids``; a query's
+    reference / target are rows ``reference_index`` / ``target_index`` (-1: no target);
+    ``text`` [Q, D] are the unnormalised embeddings of the query texts; ``empty_text`` [D]
+    that of the empty instruction (MagicLens targets); ``tokens`` [M, P, D] float16 patch
+    tokens when requested. ``gallery_index`` [G] lists the gallery's rows, in
+    ``split.gallery`` order, when the gallery was encoded (one split only).
+    """
+
+    splits: list[CIRSplit]
+    image_ids: list[str]
+    images: torch.Tensor
+    reference_index: torch.Tensor
+    target_index: torch.Tensor
+    text: torch.Tensor
+    empty_text: torch.Tensor
+    texts: list[str] = field(default_factory=list)
+    gallery_index: Optional[torch.Tensor] = None
+    tokens: Optional[torch.Tensor] = None
+
+    @property
+    def num_queries(self) -> int:
+        return int(self.reference_index.shape[0])
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.images.shape[1])
+
+    @property
+    def reference(self) -> torch.Tensor:
+        """[Q, D] reference image embeddings."""
+        return self.images[self.reference_index]
+
+    @property
+    def gallery(self) -> torch.Tensor:
+        """[G, D] gallery image embeddings in ``split.gallery`` order."""
+        if self.gallery_index is None:
+            raise ValueError("these features were built without the gallery (with_gallery=False)")
+        return self.images[self.gallery_index]
+
+
+def split_query_texts(split: CIRSplit, include_shared_concept: bool = False) -> list[str]:
+    """The query text of every query (MagicLens templates, :func:`irkit.methods.base.query_text`)."""
+    return [query_text(q, split.dataset, include_shared_concept) for q in split.queries]
+
+
+def build_features(ctx: CIRContext, split: CIRSplit, *, include_shared_concept: bool = False,
+                   with_gallery: bool = True, require_targets: bool = False,
+                   with_tokens: bool = False) -> CIRFeatures:
+    """Encode one split: references, texts, targets and (``with_gallery``) the gallery.
+
+    ``require_targets`` keeps only queries with a target and fails when none has one
+    (training). With ``with_tokens`` the patch tokens of every encoded image are added.
+    """
+    queries = split.queries
+    if require_targets:
+        queries = [q for q in queries if q.target is not None]
+        if not queries:
+            raise InputError(f"{split.dataset}-{split.split} has no query with a target; expected training "
+                             "triplets (reference, text, target)", path=split.root)
+        split = replace(split, queries=queries)
+    ordered = list(split.gallery) if with_gallery else []
+    ordered += [q.reference for q in queries] + [q.target for q in queries if q.target is not None]
+    image_ids = list(dict.fromkeys(ordered))
+    row = {image_id: i for i, image_id in enumerate(image_ids)}
+    images = torch.from_numpy(np.ascontiguousarray(raw_image_embeddings(ctx, split, image_ids)))
+    texts = split_query_texts(split, include_shared_concept)
+    text_and_empty = raw_text_embeddings(ctx.loaded, texts + [""])
+    tokens = None
+    if with_tokens:
+        tokens = torch.from_numpy(encode_image_tokens(
+            ctx.loaded, [split.image_path(i) for i in image_ids], batch_size=ctx.batch_size,
+            num_workers=ctx.num_workers, cache_dir=ctx.cache_dir))
+    return CIRFeatures(
+        splits=[split], image_ids=image_ids, images=images,
+        reference_index=torch.tensor([row[q.reference] for q in queries], dtype=torch.long),
+        target_index=torch.tensor([row[q.target] if q.target is not None else -1 for q in queries],
+                                  dtype=torch.long),
+        text=torch.from_numpy(np.ascontiguousarray(text_and_empty[:-1])),
+        empty_text=torch.from_numpy(np.ascontiguousarray(text_and_empty[-1])),
+        texts=texts,
+        gallery_index=torch.tensor([row[g] for g in split.gallery], dtype=torch.long) if with_gallery else None,
+        tokens=tokens,
+    )
+
+
+def concat_features(parts: Sequence[CIRFeatures]) -> CIRFeatures:
+    """Concatenate features of several splits (e.g. FashionIQ categories) for training.
+
+    Images are kept per part (an id shared by two parts appears twice), so in-batch
+    negatives compare rows, and ``gallery_index`` is dropped.
+    """
+    if not parts:
+        raise InputError("no training splits given")
+    if len(parts) == 1:
+        return parts[0]
+    offsets = np.cumsum([0] + [p.images.shape[0] for p in parts[:-1]])
+    has_tokens = all(p.tokens is not None for p in parts)
+    return CIRFeatures(
+        splits=[s for p in parts for s in p.splits],
+        image_ids=[i for p in parts for i in p.image_ids],
+        images=torch.cat([p.images for p in parts]),
+        reference_index=torch.cat([p.reference_index + int(o) for p, o in zip(parts, offsets)]),
+        target_index=torch.cat([torch.where(p.target_index >= 0, p.target_index + int(o), p.target_index)
+                                for p, o in zip(parts, offsets)]),
+        text=torch.cat([p.text for p in parts]),
+        empty_text=parts[0].empty_text,
+        texts=[t for p in parts for t in p.texts],
+        tokens=torch.cat([p.tokens for p in parts]) if has_tokens else None,
+    )
+
+
+def build_training_features(ctx: CIRContext, splits: Sequence[CIRSplit], *, include_shared_concept: bool = False,
+                            with_tokens: bool = False) -> CIRFeatures:
+    """Features of the training triplets of ``splits`` (queries without a target are skipped)."""
+    return concat_features([
+        build_features(ctx, s, include_shared_concept=include_shared_concept, with_gallery=False,
+                       require_targets=True, with_tokens=with_tokens)
+        for s in splits
+    ])
+
+
+# --------------------------------------------------------------------------- batches and loss
+
+
+class TripletBatches:
+    """``batches(epoch)`` -> shuffled batches of training triplets, a function of (seed, epoch).
+
+    Each batch is a dict: ``reference`` [B, D], ``text`` [B, D], ``target`` [B, D],
+    ``target_index`` [B] (image rows, to recognise duplicate targets), ``empty_text`` [D],
+    and with tokens ``target_tokens`` [B, P, D] float32. A set smaller than ``batch_size``
+    is one batch; otherwise the last partial batch is dropped.
+    """
+
+    def __init__(self, features: CIRFeatures, batch_size: int, seed: int = 0, with_tokens: bool = False) -> None:
+        if batch_size <= 0:
+            raise InputError(f"batch size must be positive, got {batch_size}", field="batch_size")
+        if features.num_queries == 0:
+            raise InputError("no training triplets; expected at least one (reference, text, target)")
+        if (features.target_index < 0).any():
+            raise InputError("training features contain queries without a target")
+        if with_tokens and features.tokens is None:
+            raise ValueError("with_tokens needs features built with with_tokens=True")
+        self.features, self.batch_size, self.seed, self.with_tokens = features, batch_size, seed, with_tokens
+
+    def __len__(self) -> int:
+        n = self.features.num_queries
+        return 1 if n < self.batch_size else n // self.batch_size
+
+    def __call__(self, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
+        from irkit.methods.textual_inversion import index_batches
+
+        f = self.features
+        for rows in index_batches(f.num_queries, self.batch_size, self.seed, epoch):
+            target_index = f.target_index[rows]
+            batch = {"reference": f.images[f.reference_index[rows]], "text": f.text[rows],
+                     "target": f.images[target_index], "target_index": target_index, "empty_text": f.empty_text}
+            if self.with_tokens:
+                batch["target_tokens"] = f.tokens[target_index].float()
+            yield batch
+
+
+def in_batch_contrastive_loss(logits: torch.Tensor, target_index: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of [B, B] query-vs-batch-target logits against the diagonal.
+
+    Where two queries of the batch share a target image (same ``target_index``), the
+    duplicate off-diagonal entry is masked out so the true target is never a negative.
+    """
+    same_target = target_index[:, None] == target_index[None, :]
+    duplicates = same_target & ~torch.eye(len(target_index), dtype=torch.bool, device=logits.device)
+    logits = logits.masked_fill(duplicates, float("-inf"))
+    return F.cross_entropy(logits, torch.arange(len(target_index), device=logits.device))

@@ -1,0 +1,298 @@
+"""A small, generic, step-based trainer with exact resume.
+
+Why irkit has its own loop: ``open_clip_train`` trains CLIP image-text contrastive models
+end to end (its ``main`` builds the CLIP model, its data pipeline reads image-caption
+CSV/webdataset shards and its loss is the CLIP loss); irkit uses it for exactly that
+(:mod:`irkit.train.clip`). The other irkit models — SEARLE/LinCIR's phi, the MagicLens
+fusion head, the vision projector, the CLIP4Cir Combiner, the re-ranking cross-encoder —
+are small heads trained on *frozen, cached* CLIP features with their own losses, which
+that trainer cannot express. This loop gives them what open_clip_train gives CLIP runs:
+the same run-folder layout (:class:`irkit.runs.RunFolder`), TensorBoard and ``out.log``
+logging, periodic validation with the best checkpoint kept, ``epoch_<n>.pt`` checkpoints
+and ``--resume latest``. It reuses open_clip_train's step-indexed LR schedules
+(``open_clip_train.scheduler.cosine_lr`` etc.) through ``lr_schedule``.
+
+Exact resume: a checkpoint holds the model, optimizer, step, epoch, position inside the
+epoch and the torch / numpy / Python RNG states. ``train_batches`` must produce the batch
+order of an epoch from the epoch index alone (e.g. a generator seeded with
+``(seed, epoch)``), never from the global RNG; the resumed run then re-creates the
+interrupted epoch, skips the batches already used, restores the RNG states and ends with
+the same weights as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Optional, Union
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from irkit.errors import InputError
+from irkit.runs import RunFolder, load_checkpoint
+
+#: ``loss_fn(batch)`` returns the loss, or ``(loss, {name: float-like})`` extra values to log.
+LossOutput = Union[torch.Tensor, tuple[torch.Tensor, Mapping[str, Any]]]
+LATEST_NAME = "latest.pt"
+BEST_NAME = "best.pt"
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA) global RNGs."""
+    random.seed(seed)
+    np.random.seed(seed % (2 ** 32))
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    """The global RNG states as tensors and plain values (loadable with ``weights_only=True``)."""
+    np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    py_version, py_internal, py_gauss = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"kind": np_kind, "keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
+                  "has_gauss": int(np_has_gauss), "gauss": float(np_gauss)},
+        "python": {"version": py_version, "internal": list(py_internal), "gauss": py_gauss},
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore what :func:`rng_state` returned."""
+    torch.set_rng_state(state["torch"])
+    np_state = state["numpy"]
+    np.random.set_state((np_state["kind"], np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
+                         np_state["has_gauss"], np_state["gauss"]))
+    py_state = state["python"]
+    random.setstate((py_state["version"], tuple(py_state["internal"]), py_state["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@dataclass
+class TrainResult:
+    """What a finished :func:`train` call reports."""
+
+    step: int
+    epoch: int
+    best_value: Optional[float]
+    best_step: Optional[int]
+    last_metrics: dict[str, float] = field(default_factory=dict)
+    latest_checkpoint: Optional[Path] = None
+    best_checkpoint: Optional[Path] = None
+
+
+def _epoch_batches(train_batches: Any, epoch: int) -> Iterable[Any]:
+    """The batches of ``epoch``: ``train_batches(epoch)``, or ``set_epoch(epoch)`` then iterate."""
+    if hasattr(train_batches, "set_epoch"):
+        train_batches.set_epoch(epoch)
+        return train_batches
+    if callable(train_batches):
+        return train_batches(epoch)
+    raise TypeError("train_batches must be callable(epoch) -> batches, or have set_epoch(epoch) and __iter__")
+
+
+def _split_loss(output: LossOutput) -> tuple[torch.Tensor, dict[str, float]]:
+    if isinstance(output, tuple):
+        loss, logs = output
+        return loss, {name: float(value) for name, value in logs.items()}
+    return output, {}
+
+
+def _is_better(value: float, best: Optional[float], mode: str) -> bool:
+    if best is None:
+        return True
+    return value > best if mode == "max" else value < best
+
+
+def resolve_resume(run: RunFolder, resume: Optional[str | Path]) -> Optional[Path]:
+    """The checkpoint to resume from: ``"latest"`` (``latest.pt``, else the newest
+    ``epoch_<n>.pt``, else None for a fresh start), an explicit path, or None."""
+    if resume is None:
+        return None
+    if str(resume) == "latest":
+        latest = run.checkpoints_dir / LATEST_NAME
+        return latest if latest.is_file() else run.latest_checkpoint()
+    path = Path(resume)
+    if not path.is_file():
+        raise InputError("resume checkpoint not found; expected 'latest' or an existing checkpoint file", path=path)
+    return path
+
+
+def train(
+    model: torch.nn.Module,
+    loss_fn: Callable[[Any], LossOutput],
+    optimizer: torch.optim.Optimizer,
+    train_batches: Any,
+    run: RunFolder,
+    max_steps: int,
+    *,
+    val_fn: Optional[Callable[[torch.nn.Module], Mapping[str, float]]] = None,
+    val_every: int = 0,
+    best_metric: Optional[str] = None,
+    best_mode: str = "max",
+    extra_state: Optional[Mapping[str, Any]] = None,
+    resume: Optional[str | Path] = None,
+    seed: int = 0,
+    lr_schedule: Optional[Callable[[int], Any]] = None,
+    checkpoint_every: int = 0,
+    log_every: int = 10,
+    grad_clip_norm: Optional[float] = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train ``model`` for ``max_steps`` optimizer steps; log, validate, checkpoint, resume.
+
+    Args:
+        model: the trainable module (put in train mode for steps, eval mode for validation).
+        loss_fn: ``batch -> loss`` or ``(loss, logs)``; called inside the step.
+        optimizer: over the trainable parameters.
+        train_batches: ``epoch -> iterable of batches`` (callable) or an iterable with
+            ``set_epoch(epoch)``; the order must depend only on the epoch (exact resume).
+        run: the run folder receiving ``out.log``, TensorBoard, ``results.jsonl`` and
+            ``checkpoints/{epoch_<n>.pt, latest.pt, best.pt}``.
+        max_steps: total optimizer steps of the run (a resumed run continues up to it).
+        val_fn: ``model -> {metric: value}`` run every ``val_every`` steps and at the end
+            (under ``torch.no_grad()`` in eval mode); results go to ``results.jsonl``.
+        best_metric / best_mode: the metric (and ``"max"``/``"min"``) that selects ``best.pt``.
+        extra_state: plain values saved in every checkpoint (model config, backbone, options).
+        resume: ``"latest"``, a checkpoint path, or None (fresh start).
+        seed: seeds the global RNGs at a fresh start (dropout etc.).
+        lr_schedule: ``step -> lr`` setter called before each step (open_clip_train's schedulers).
+        checkpoint_every: also write ``latest.pt`` every N steps (0: only at epoch ends / the end).
+        log_every: log the loss every N steps.
+        grad_clip_norm: clip the gradient norm when given.
+
+    Returns:
+        :class:`TrainResult`; ``best_checkpoint`` is ``best.pt`` when validation ran.
+    """
+    if max_steps <= 0:
+        raise InputError(f"max_steps is {max_steps}; expected a positive number of steps", field="max_steps")
+    if best_mode not in ("max", "min"):
+        raise InputError(f"best_mode is {best_mode!r}; expected 'max' or 'min'", field="best_mode")
+    extra = dict(extra_state or {})
+    step, epoch, batch_in_epoch = 0, 0, 0
+    best_value: Optional[float] = None
+    best_step: Optional[int] = None
+    last_metrics: dict[str, float] = {}
+    saved_rng: Optional[Mapping[str, Any]] = None
+
+    resume_path = resolve_resume(run, resume)
+    if resume_path is not None:
+        state = load_checkpoint(resume_path)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        step, epoch, batch_in_epoch = int(state["step"]), int(state["epoch"]), int(state["batch_in_epoch"])
+        best_value, best_step = state["best"]["value"], state["best"]["step"]
+        last_metrics = dict(state.get("metrics") or {})
+        saved_rng = state["rng"]
+        run.log("resumed from %s at step %d (epoch %d, batch %d)", resume_path, step, epoch, batch_in_epoch)
+    else:
+        if resume is not None:
+            run.log("nothing to resume in %s; starting a fresh run", run.checkpoints_dir)
+        seed_everything(seed)
+
+    def checkpoint_state() -> dict[str, Any]:
+        return {
+            "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng_state(),
+            "best": {"metric": best_metric, "mode": best_mode, "value": best_value, "step": best_step},
+            "metrics": dict(last_metrics), "extra": extra,
+        }
+
+    def validate() -> None:
+        nonlocal best_value, best_step, last_metrics
+        model.eval()
+        with torch.no_grad():
+            metrics = {name: float(value) for name, value in val_fn(model).items()}
+        model.train()
+        last_metrics = metrics
+        for name, value in metrics.items():
+            run.tensorboard.add_scalar(f"val/{name}", value, step)
+        run.append_results({"step": step, "epoch": epoch, **metrics})
+        run.log("step %d validation: %s", step, ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())))
+        if best_metric is None:
+            return
+        if best_metric not in metrics:
+            raise InputError(f"best metric {best_metric!r} is not among the validation metrics "
+                             f"{sorted(metrics)}", field="best_metric")
+        if _is_better(metrics[best_metric], best_value, best_mode):
+            best_value, best_step = metrics[best_metric], step
+            run.save_checkpoint(checkpoint_state(), epoch, name=BEST_NAME)
+            run.log("new best %s=%.4f at step %d", best_metric, best_value, step)
+
+    latest_path: Optional[Path] = None
+    model.train()
+    bar = tqdm(total=max_steps, initial=min(step, max_steps), desc="train", disable=not progress, unit="step")
+    try:
+        while step < max_steps:
+            batches_seen = 0
+            finished_epoch = True
+            for batch in _epoch_batches(train_batches, epoch):
+                batches_seen += 1
+                if batches_seen <= batch_in_epoch:
+                    continue  # resuming: these batches were used before the interruption
+                if saved_rng is not None:
+                    set_rng_state(saved_rng)
+                    saved_rng = None
+                if lr_schedule is not None:
+                    lr_schedule(step)
+                loss, logs = _split_loss(loss_fn(batch))
+                if not torch.isfinite(loss.detach()):
+                    raise FloatingPointError(f"loss is {loss.item()} at step {step}; lower the learning rate")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if grad_clip_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip_norm)
+                optimizer.step()
+                step += 1
+                batch_in_epoch += 1
+                bar.update(1)
+                if step % max(log_every, 1) == 0 or step == max_steps:
+                    lr = optimizer.param_groups[0]["lr"]
+                    run.tensorboard.add_scalar("train/loss", loss.item(), step)
+                    run.tensorboard.add_scalar("train/lr", lr, step)
+                    for name, value in logs.items():
+                        run.tensorboard.add_scalar(f"train/{name}", value, step)
+                    run.log("step %d/%d epoch %d loss %.5f lr %.3g%s", step, max_steps, epoch, loss.item(), lr,
+                            "".join(f" {k} {v:.4g}" for k, v in logs.items()))
+                if val_fn is not None and ((val_every and step % val_every == 0) or step == max_steps):
+                    validate()
+                if (checkpoint_every and step % checkpoint_every == 0) or step == max_steps:
+                    latest_path = run.save_checkpoint(checkpoint_state(), epoch, name=LATEST_NAME)
+                if step >= max_steps:
+                    finished_epoch = False
+                    break
+            if saved_rng is not None:  # resumed exactly at the end of an epoch
+                set_rng_state(saved_rng)
+                saved_rng = None
+            if batches_seen == 0:
+                raise InputError(f"epoch {epoch} produced no training batches; expected at least one "
+                                 "(is the training set smaller than the batch size?)", field="train_batches")
+            if finished_epoch:
+                epoch += 1
+                batch_in_epoch = 0
+                state = checkpoint_state()
+                run.save_checkpoint(state, epoch)
+                latest_path = run.save_checkpoint(state, epoch, name=LATEST_NAME)
+    finally:
+        bar.close()
+        run.tensorboard.flush()
+    best_path = run.checkpoints_dir / BEST_NAME
+    return TrainResult(step=step, epoch=epoch, best_value=best_value, best_step=best_step,
+                       last_metrics=last_metrics, latest_checkpoint=latest_path,
+                       best_checkpoint=best_path if best_path.is_file() else None)
+
+
+def load_trained_state(path: str | Path) -> dict[str, Any]:
+    """A checkpoint written by :func:`train`: ``{"model", "extra", "step", "metrics", ...}``."""
+    state = load_checkpoint(path)
+    if not isinstance(state, dict) or "model" not in state or "extra" not in state:
+        raise InputError("not an irkit head checkpoint; expected keys 'model' and 'extra' "
+                         "(written by irkit.train.loop.train)", path=path)
+    return state
+

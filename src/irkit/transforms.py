@@ -1,0 +1,242 @@
+"""Image preprocessing: ``square`` letterbox, SEARLE's ``targetpad`` and open_clip's ``center``.
+
+Every transform maps a PIL image to a float tensor ``[3, S, S]`` (S = the model's input
+size), normalised with the model's mean/std. They are built from one small config,
+:class:`TransformConfig`, so a cache key can name exactly what produced an embedding.
+
+Names (methods.md A.3 and B):
+
+- ``square``: letterbox. The longest side is scaled to S (aspect kept) and the image is
+  centred on an S x S canvas of ``fill`` (black). This is exactly open_clip's inference
+  pipeline with ``image_resize_mode="longest"`` (tests prove pixel equality). The published
+  traffic script pads to a square *before* resizing; the geometry is the same, only the one
+  or two border pixels differ (resizing first keeps black from bleeding into the image edge).
+- ``targetpad``: SEARLE's. If ``max(w, h) / min(w, h) >= 1.25`` the image is padded (black,
+  centred) towards aspect 1.25, then the shorter side is resized to S and the centre S x S
+  crop is taken.
+- ``center``: open_clip's default: resize the shorter side to S, centre crop S x S.
+
+Training variants (``is_train=True``) keep the same padding geometry (done at full resolution)
+and add one light augmentation: a random resized crop covering 90-100 % of the area with
+aspect ratio 0.9-1.11. No flips and no colour jitter: captions name colours and sides
+("white SUV", "on the left"), which those augmentations would falsify.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Optional, Sequence, Union
+
+import torch
+from PIL import Image
+from torchvision import transforms as T
+from torchvision.transforms import InterpolationMode
+
+from irkit.errors import InputError
+
+OPENAI_DATASET_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_DATASET_STD = (0.26862954, 0.26130258, 0.27577711)
+
+TRANSFORM_NAMES = ("square", "targetpad", "center")
+TARGETPAD_RATIO = 1.25
+TRAIN_CROP_SCALE = (0.9, 1.0)
+TRAIN_CROP_RATIO = (0.9, 1.0 / 0.9)
+
+_INTERPOLATIONS = {"bicubic": InterpolationMode.BICUBIC, "bilinear": InterpolationMode.BILINEAR}
+_PIL_RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR}
+
+
+@dataclass(frozen=True)
+class TransformConfig:
+    """Everything that determines a preprocessing pipeline (like open_clip's PreprocessCfg).
+
+    ``image_size`` is the square model input side S in pixels; ``mean``/``std`` are per-channel
+    values for inputs scaled to [0, 1]; ``fill`` is the padding grey level (0-255).
+    """
+
+    name: str = "square"
+    image_size: int = 224
+    mean: tuple[float, float, float] = OPENAI_DATASET_MEAN
+    std: tuple[float, float, float] = OPENAI_DATASET_STD
+    interpolation: str = "bicubic"
+    fill: int = 0
+
+    def __post_init__(self) -> None:
+        if self.name not in TRANSFORM_NAMES:
+            raise InputError(
+                f"unknown transform '{self.name}' (expected one of: {', '.join(TRANSFORM_NAMES)})",
+                field="transform",
+            )
+        if self.interpolation not in _INTERPOLATIONS:
+            raise InputError(
+                f"unknown interpolation '{self.interpolation}' (expected bicubic or bilinear)",
+                field="interpolation",
+            )
+        object.__setattr__(self, "image_size", _square_side(self.image_size))
+        object.__setattr__(self, "mean", _three_floats(self.mean, "mean"))
+        object.__setattr__(self, "std", _three_floats(self.std, "std"))
+        if not 0 <= int(self.fill) <= 255:
+            raise InputError(f"fill must be a grey level 0-255, got {self.fill}", field="fill")
+        object.__setattr__(self, "fill", int(self.fill))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly form (used in cache keys)."""
+        d = asdict(self)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+
+def _square_side(image_size: Union[int, Sequence[int]]) -> int:
+    if isinstance(image_size, (tuple, list)):
+        if len(image_size) != 2 or int(image_size[0]) != int(image_size[1]):
+            raise InputError(
+                f"image size {tuple(image_size)} is not square; irkit's transforms expect a square "
+                "model input (H == W)", field="image_size")
+        image_size = image_size[0]
+    side = int(image_size)
+    if side <= 0:
+        raise InputError(f"image size must be positive, got {image_size}", field="image_size")
+    return side
+
+
+def _three_floats(values: Union[float, Sequence[float]], field: str) -> tuple[float, float, float]:
+    if isinstance(values, (int, float)):
+        values = (values,) * 3
+    values = tuple(float(v) for v in values)
+    if len(values) != 3:
+        raise InputError(f"{field} needs 3 values (R, G, B), got {len(values)}", field=field)
+    return values  # type: ignore[return-value]
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def _pad_centred(image: Image.Image, width: int, height: int, fill: int) -> Image.Image:
+    """Paste ``image`` centred on a ``width x height`` canvas of grey ``fill``.
+
+    Centring follows open_clip's CenterCropOrPad: the odd pixel goes to the right/bottom.
+    """
+    w, h = image.size
+    if (w, h) == (width, height):
+        return image
+    canvas = Image.new("RGB", (width, height), (fill, fill, fill))
+    canvas.paste(image, ((width - w) // 2, (height - h) // 2))
+    return canvas
+
+
+class Letterbox:
+    """Scale the longest side to ``size`` (aspect kept), centre on a ``size x size`` canvas."""
+
+    def __init__(self, size: int, interpolation: str = "bicubic", fill: int = 0) -> None:
+        self.size, self.interpolation, self.fill = size, interpolation, fill
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        image = _to_rgb(image)
+        w, h = image.size
+        scale = max(w, h) / self.size  # same rounding as open_clip's ResizeKeepRatio(longest=1)
+        new_w, new_h = max(1, round(w / scale)), max(1, round(h / scale))
+        if (new_w, new_h) != (w, h):
+            image = image.resize((new_w, new_h), _PIL_RESAMPLE[self.interpolation])
+        return _pad_centred(image, self.size, self.size, self.fill)
+
+    def __repr__(self) -> str:
+        return f"Letterbox(size={self.size}, interpolation={self.interpolation}, fill={self.fill})"
+
+
+class PadToSquare:
+    """Pad (no resize) to a square of side ``max(w, h)``, image centred on ``fill``."""
+
+    def __init__(self, fill: int = 0) -> None:
+        self.fill = fill
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        image = _to_rgb(image)
+        side = max(image.size)
+        return _pad_centred(image, side, side, self.fill)
+
+    def __repr__(self) -> str:
+        return f"PadToSquare(fill={self.fill})"
+
+
+class TargetPad:
+    """SEARLE's targetpad: if ``max(w,h)/min(w,h) >= ratio``, pad (centred) towards aspect ``ratio``.
+
+    The padded extent is ``max(w, h) / ratio`` along the short side (SEARLE pads the same
+    integer amount on both sides: ``int((max/ratio - short) / 2)``).
+    """
+
+    def __init__(self, ratio: float = TARGETPAD_RATIO, fill: int = 0) -> None:
+        self.ratio, self.fill = ratio, fill
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        image = _to_rgb(image)
+        w, h = image.size
+        if max(w, h) / min(w, h) < self.ratio:
+            return image
+        target_short = max(w, h) / self.ratio
+        pad_x = max(int((target_short - w) / 2), 0)
+        pad_y = max(int((target_short - h) / 2), 0)
+        return _pad_centred(image, w + 2 * pad_x, h + 2 * pad_y, self.fill)
+
+    def __repr__(self) -> str:
+        return f"TargetPad(ratio={self.ratio}, fill={self.fill})"
+
+
+def build_transform(
+    cfg: Union[TransformConfig, str] = "square",
+    image_size: Optional[Union[int, Sequence[int]]] = None,
+    mean: Optional[Sequence[float]] = None,
+    std: Optional[Sequence[float]] = None,
+    is_train: bool = False,
+    interpolation: str = "bicubic",
+    fill: int = 0,
+) -> Callable[[Image.Image], torch.Tensor]:
+    """Build the PIL image -> ``[3, S, S]`` float tensor pipeline.
+
+    ``cfg`` is a :class:`TransformConfig` or a transform name (then ``image_size`` is required
+    and ``mean``/``std`` default to OpenAI CLIP's).
+    """
+    cfg = make_transform_config(cfg, image_size, mean, std, interpolation, fill)
+    size, resample = cfg.image_size, _INTERPOLATIONS[cfg.interpolation]
+    steps: list[Callable] = []
+    if is_train:
+        if cfg.name == "square":
+            steps.append(PadToSquare(cfg.fill))
+        elif cfg.name == "targetpad":
+            steps.append(TargetPad(TARGETPAD_RATIO, cfg.fill))
+        else:
+            steps.append(_to_rgb)
+        steps.append(T.RandomResizedCrop(size, scale=TRAIN_CROP_SCALE, ratio=TRAIN_CROP_RATIO,
+                                         interpolation=resample))
+    elif cfg.name == "square":
+        steps.append(Letterbox(size, cfg.interpolation, cfg.fill))
+    else:
+        if cfg.name == "targetpad":
+            steps.append(TargetPad(TARGETPAD_RATIO, cfg.fill))
+        else:
+            steps.append(_to_rgb)
+        steps += [T.Resize(size, interpolation=resample), T.CenterCrop(size)]
+    steps += [T.ToTensor(), T.Normalize(mean=cfg.mean, std=cfg.std)]
+    return T.Compose(steps)
+
+
+def make_transform_config(
+    cfg: Union[TransformConfig, str],
+    image_size: Optional[Union[int, Sequence[int]]] = None,
+    mean: Optional[Sequence[float]] = None,
+    std: Optional[Sequence[float]] = None,
+    interpolation: str = "bicubic",
+    fill: int = 0,
+) -> TransformConfig:
+    """Return ``cfg`` itself, or a :class:`TransformConfig` built from a name and the values."""
+    if isinstance(cfg, TransformConfig):
+        return cfg
+    if image_size is None:
+        raise InputError(f"transform '{cfg}' needs an image_size", field="image_size")
+    return TransformConfig(
+        name=str(cfg), image_size=image_size,  # type: ignore[arg-type]
+        mean=tuple(mean) if mean is not None else OPENAI_DATASET_MEAN,  # type: ignore[arg-type]
+        std=tuple(std) if std is not None else OPENAI_DATASET_STD,  # type: ignore[arg-type]
+        interpolation=interpolation, fill=fill,
+    )

@@ -1,0 +1,28 @@
+"""Shared test set-up: small thread counts (2-core machines) and locations of shared data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("IRKIT_NUM_THREADS", "1")
+
+try:
+    import torch
+
+    torch.set_num_threads(int(os.environ["IRKIT_NUM_THREADS"]))
+except ImportError:  # pragma: no cover - torch is a hard requirement
+    pass
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_BENCHMARKS = REPO_ROOT.parent / "shared" / "benchmarks"
+
+
+@pytest.fixture(scope="session")
+def real_benchmarks() -> Path:
+    """The real published CIRR / FashionIQ / CIRCO annotation files (no images), when present."""
+    if not SHARED_BENCHMARKS.is_dir():
+        pytest.skip(f"real benchmark annotations not found at {SHARED_BENCHMARKS}")
+    return SHARED_BENCHMARKS

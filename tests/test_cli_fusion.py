@@ -1,0 +1,104 @@
+"""``irkit cir train-fusion | train-combiner | stage1 | train-reranker | rerank`` on tiny demo data.
+
+Each model trains a few steps, is evaluated through the shared protocols, and the run
+folders / files are checked (CI budget: a few seconds per command).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fusion_fixtures import make_demo
+from irkit.cli import main
+from irkit.methods.rerank import load_topk_file
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    return make_demo(tmp_path_factory.mktemp("demo")), tmp_path_factory.mktemp("cache")
+
+
+def _run(capsys, *argv) -> dict:
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err[-2000:]
+    return json.loads(captured.out)
+
+
+def _common(demo, dataset, split="val"):
+    root, cache = demo
+    return ["--dataset", dataset, "--root", root / dataset, "--split", split,
+            "--cache-dir", cache, "--num-workers", "0"]
+
+
+def _training(demo, dataset, tmp_path, name, steps):
+    root, _ = demo
+    return [*_common(demo, dataset, "train"), "--val-dataset", dataset, "--val-root", root / dataset,
+            "--steps", steps, "--validate-every", 2, "--train-batch-size", 4, "--lr", 1e-3,
+            "--log-dir", tmp_path / "log", "--name", name]
+
+
+def test_train_fusion_with_projector_resume_and_eval(demo, tmp_path, capsys):
+    first = _run(capsys, "cir", "train-fusion", *_training(demo, "cirr", tmp_path, "fusion", 2), "--projector")
+    run_dir = tmp_path / "log" / "fusion"
+    assert first["steps"] == 2 and first["run_dir"] == str(run_dir)
+    assert {"params.txt", "out.log", "results.jsonl", "checkpoints", "tensorboard"} <= {p.name for p in run_dir.iterdir()}
+    resumed = _run(capsys, "cir", "train-fusion", *_training(demo, "cirr", tmp_path, "fusion", 4), "--projector",
+                   "--resume", "latest")
+    assert resumed["steps"] == 4 and "resumed from" in (run_dir / "out.log").read_text()
+    steps = [json.loads(line)["step"] for line in (run_dir / "results.jsonl").read_text().splitlines()]
+    assert steps == [2, 4]
+    metrics = _run(capsys, "cir", "eval", *_common(demo, "cirr"), "--method", "magiclens",
+                   "--method-checkpoint", resumed["best_checkpoint"])
+    assert metrics["method"] == "magiclens" and metrics["(R@5+Rs@1)/2"] == pytest.approx(resumed["best_value"])
+    without = _run(capsys, "cir", "eval", *_common(demo, "cirr"), "--method", "magiclens",
+                   "--method-checkpoint", resumed["best_checkpoint"], "--method-option", "projector=false")
+    assert 0 <= without["R@10"] <= 100
+    # A new run under an existing name is refused (runs are never overwritten).
+    assert main(["cir", "train-fusion", *map(str, _training(demo, "cirr", tmp_path, "fusion", 2))]) == 2
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_train_combiner_on_fashioniq_and_eval(demo, tmp_path, capsys):
+    trained = _run(capsys, "cir", "train-combiner", *_training(demo, "fashioniq", tmp_path, "comb", 2))
+    assert trained["steps"] == 2 and trained["best_checkpoint"].endswith("best.pt")
+    metrics = _run(capsys, "cir", "eval", *_common(demo, "fashioniq"), "--method", "combiner",
+                   "--method-checkpoint", trained["best_checkpoint"])
+    assert set(metrics) >= {"dress", "shirt", "toptee", "average"}
+    assert metrics["average"]["R@10"] == pytest.approx(trained["best_value"])
+
+
+def test_stage1_train_reranker_and_rerank(demo, tmp_path, capsys):
+    topk = tmp_path / "stage1.json"
+    written = _run(capsys, "cir", "stage1", *_common(demo, "cirr"), "--method", "image-text-sum", "--out", topk)
+    (part,) = load_topk_file(topk)
+    assert written["queries"] == len(part.query_ids) and part.stage == "stage1:image-text-sum"
+    assert part.k == 50 and all(len(ids) == 29 for ids in part.ids)  # 30 images minus the reference
+    trained = _run(capsys, "cir", "train-reranker", *_training(demo, "cirr", tmp_path, "rr", 2),
+                   "--val-stage1", topk, "--depth", 1)
+    reranked_path = tmp_path / "reranked.json"
+    result = _run(capsys, "cir", "rerank", *_common(demo, "cirr"), "--reranker", trained["best_checkpoint"],
+                  "--stage1", topk, "--out", reranked_path)
+    (reranked,) = load_topk_file(reranked_path)
+    for before, after in zip(part.ids, reranked.ids):
+        assert sorted(before) == sorted(after) and len(after) == 29
+    assert result["metrics"]["method"] == "rerank"
+    assert result["metrics"]["(R@5+Rs@1)/2"] == pytest.approx(trained["best_value"])
+    # A stage-I method name works too (computed on the fly).
+    by_name = _run(capsys, "cir", "rerank", *_common(demo, "cirr"), "--reranker", trained["best_checkpoint"],
+                   "--stage1", "image-text-sum")
+    assert by_name["metrics"]["R@10"] == result["metrics"]["R@10"]
+    # Fewer candidates than the protocol's depth (R@50) cannot be scored: a clear error, nothing written;
+    # --no-eval writes the K=20 lists.
+    short_args = [*map(str, _common(demo, "cirr")), "--reranker", trained["best_checkpoint"], "--stage1", str(topk),
+                  "--k", "20", "--out", str(tmp_path / "short.json")]
+    assert main(["cir", "rerank", *short_args]) == 2
+    assert "re-rank K >= 50" in capsys.readouterr().err and not (tmp_path / "short.json").exists()
+    _run(capsys, "cir", "rerank", *short_args, "--no-eval")
+    assert all(len(ids) == 20 for ids in load_topk_file(tmp_path / "short.json")[0].ids)
+    # A top-K file of another split is a clean input error, not a traceback.
+    args = [*map(str, _common(demo, "cirr", "train")), "--reranker", trained["best_checkpoint"], "--stage1", str(topk)]
+    assert main(["cir", "rerank", *args]) == 2
+    assert "no top-K part" in capsys.readouterr().err

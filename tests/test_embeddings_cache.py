@@ -1,0 +1,187 @@
+"""irkit.embeddings: correct rows in order, cache keyed by weights/transform/files, corruption detected."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from irkit.embeddings import collect_image_paths, encode_image_files, num_threads
+from irkit.errors import InputError
+from irkit.models import create_model, save_weights
+
+
+def write_images(folder: Path, count: int, seed: int = 0) -> list[Path]:
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        height, width = int(rng.integers(12, 40)), int(rng.integers(12, 40))
+        path = folder / f"img_{i}.png"
+        Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+class CountingModel:
+    """Wrap ``loaded.encode_images`` to count the images the encoder actually sees."""
+
+    def __init__(self, loaded):
+        self.loaded, self.images = loaded, 0
+        original = loaded.encode_images
+
+        def counted(pixels: torch.Tensor) -> torch.Tensor:
+            self.images += len(pixels)
+            return original(pixels)
+
+        loaded.encode_images = counted
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
+    save_weights(create_model("irkit-tiny", seed=3), path)
+    return path
+
+
+@pytest.fixture
+def images(tmp_path) -> list[Path]:
+    return write_images(tmp_path / "images", 5)
+
+
+def manual_embeddings(loaded, paths) -> np.ndarray:
+    """Independent path: one image at a time, model called directly."""
+    rows = []
+    with torch.no_grad():
+        for path in paths:
+            pixels = loaded.preprocess(Image.open(path).convert("RGB")).unsqueeze(0)
+            rows.append(torch.nn.functional.normalize(loaded.model.encode_image(pixels), dim=-1)[0].numpy())
+    return np.stack(rows)
+
+
+def test_rows_match_manual_encoding_in_order(checkpoint, images):
+    loaded = create_model(checkpoint=checkpoint)
+    expected = manual_embeddings(loaded, images)
+    in_process = encode_image_files(loaded, images, batch_size=2, num_workers=0)
+    workers = encode_image_files(loaded, images[::-1], batch_size=2, num_workers=2)
+    assert in_process.shape == (5, 128) and in_process.dtype == np.float32
+    np.testing.assert_allclose(in_process, expected, atol=1e-5)
+    np.testing.assert_allclose(workers, expected[::-1], atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(in_process, axis=1), 1.0, atol=1e-5)
+
+
+def test_unchanged_key_reuses_cache(tmp_path, checkpoint, images):
+    cache = tmp_path / "cache"
+    counter = CountingModel(create_model(checkpoint=checkpoint))
+    first = encode_image_files(counter.loaded, images, batch_size=4, num_workers=0, cache_dir=cache)
+    assert counter.images == 5
+    assert len(list(cache.glob("*.npy"))) == 1 and len(list(cache.glob("*.json"))) == 1
+    fresh = CountingModel(create_model(checkpoint=checkpoint))  # same weights, new process state
+    second = encode_image_files(fresh.loaded, images, batch_size=4, num_workers=0, cache_dir=cache)
+    assert fresh.images == 0
+    np.testing.assert_array_equal(first, second)
+
+
+def test_changed_checkpoint_content_recomputes(tmp_path, images):
+    cache, path = tmp_path / "cache", tmp_path / "model.safetensors"
+    save_weights(create_model(seed=4), path)
+    first = encode_image_files(create_model(checkpoint=path), images, num_workers=0, cache_dir=cache)
+    save_weights(create_model(seed=5), path)  # same path, different content
+    counter = CountingModel(create_model(checkpoint=path))
+    second = encode_image_files(counter.loaded, images, num_workers=0, cache_dir=cache)
+    assert counter.images == 5
+    assert not np.allclose(first, second)
+    np.testing.assert_allclose(second, manual_embeddings(counter.loaded, images), atol=1e-5)
+
+
+def test_changed_transform_recomputes(tmp_path, checkpoint, images):
+    cache = tmp_path / "cache"
+    encode_image_files(create_model(checkpoint=checkpoint), images, num_workers=0, cache_dir=cache)
+    counter = CountingModel(create_model(checkpoint=checkpoint, transform="center"))
+    encode_image_files(counter.loaded, images, num_workers=0, cache_dir=cache)
+    assert counter.images == 5
+    again = CountingModel(create_model(checkpoint=checkpoint, transform="center"))
+    encode_image_files(again.loaded, images, num_workers=0, cache_dir=cache)
+    assert again.images == 0
+
+
+def test_changed_file_list_recomputes(tmp_path, checkpoint, images):
+    cache = tmp_path / "cache"
+    counter = CountingModel(create_model(checkpoint=checkpoint))
+    encode_image_files(counter.loaded, images, num_workers=0, cache_dir=cache)
+    assert counter.images == 5
+
+    extra = write_images(tmp_path / "more", 1, seed=9)
+    encode_image_files(counter.loaded, images + extra, num_workers=0, cache_dir=cache)
+    assert counter.images == 5 + 6  # added file -> new key
+
+    stat = images[0].stat()
+    os.utime(images[0], ns=(stat.st_atime_ns, stat.st_mtime_ns + 10_000_000))
+    encode_image_files(counter.loaded, images, num_workers=0, cache_dir=cache)
+    assert counter.images == 11 + 5  # modified mtime -> new key
+
+    encode_image_files(counter.loaded, images, num_workers=0, cache_dir=cache)
+    assert counter.images == 16  # unchanged since -> reused
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip_byte"])
+def test_corrupt_cache_is_detected_and_recomputed(tmp_path, checkpoint, images, caplog, damage):
+    cache = tmp_path / "cache"
+    counter = CountingModel(create_model(checkpoint=checkpoint))
+    first = encode_image_files(counter.loaded, images, num_workers=0, cache_dir=cache)
+    (npy,) = cache.glob("*.npy")
+    data = bytearray(npy.read_bytes())
+    if damage == "truncate":
+        data = data[: len(data) // 2]
+    else:
+        data[-3] ^= 0xFF  # same size, one float changed: only the hash can tell
+    npy.write_bytes(bytes(data))
+    with caplog.at_level(logging.WARNING, logger="irkit.embeddings"):
+        second = encode_image_files(counter.loaded, images, num_workers=0, cache_dir=cache)
+    assert counter.images == 10
+    assert any("corrupt" in r.getMessage() or "recomputing" in r.getMessage() for r in caplog.records)
+    np.testing.assert_array_equal(first, second)
+    # the rewritten entry is valid again
+    encode_image_files(counter.loaded, images, num_workers=0, cache_dir=cache)
+    assert counter.images == 10
+
+
+def test_missing_and_undecodable_images_name_the_file(tmp_path, checkpoint, images):
+    loaded = create_model(checkpoint=checkpoint)
+    missing = tmp_path / "images" / "gone.png"
+    with pytest.raises(InputError, match="image file not found") as info:
+        encode_image_files(loaded, images + [missing], num_workers=0)
+    assert str(missing) in str(info.value)
+    broken = tmp_path / "images" / "broken.jpg"
+    broken.write_text("this is not a JPEG")
+    for workers in (0, 2):
+        with pytest.raises(InputError, match="cannot decode image") as info:
+            encode_image_files(loaded, images + [broken], batch_size=2, num_workers=workers, cache_dir=tmp_path / "c")
+        assert str(broken) in str(info.value)
+    cache = tmp_path / "c"
+    assert not cache.exists() or not any(cache.iterdir())  # nothing cached for a failed run
+
+
+def test_collect_image_paths_from_folder_and_list(tmp_path, images):
+    assert collect_image_paths(tmp_path / "images") == sorted(images, key=lambda p: p.name)
+    listing = tmp_path / "list.txt"
+    listing.write_text("# gallery\nimages/img_3.png\n\nimages/img_1.png\n")
+    assert collect_image_paths(listing) == [tmp_path / "images/img_3.png", tmp_path / "images/img_1.png"]
+    listing.write_text("images/img_3.png\nimages/nope.png\n")
+    with pytest.raises(InputError, match="line 2.*nope.png"):
+        collect_image_paths(listing)
+
+
+def test_num_threads_respects_env(monkeypatch):
+    monkeypatch.setenv("IRKIT_NUM_THREADS", "3")
+    assert num_threads() == 3
+    monkeypatch.setenv("IRKIT_NUM_THREADS", "zero")
+    with pytest.raises(InputError, match="IRKIT_NUM_THREADS"):
+        num_threads()
+    monkeypatch.delenv("IRKIT_NUM_THREADS")
+    assert num_threads() == len(os.sched_getaffinity(0))

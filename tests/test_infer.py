@@ -1,0 +1,198 @@
+"""Traffic inference: query kinds and order, prompt variants, merge, end-to-end on demo data."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from irkit.cli import main as cli_main
+from irkit.errors import InputError
+from irkit.infer.merge import merge_results
+from irkit.infer.traffic import (
+    PROMPT_SUFFIX,
+    count_vehicle_queries,
+    first_relevant_statistics,
+    gallery_kind_split,
+    prompt_text,
+    query_kind,
+    rank_gallery,
+)
+
+VEHICLE_QUERIES = ["This is a white Audi.", "A black Golden Dragon Bus.", "An orange SUV.",
+                   "This is an orange Land Rover SUV."]
+PERSON_QUERIES = ["A female pedestrian wearing a red coat and black trousers.",
+                  "A man with glasses, carrying a backpack.",
+                  "An elderly male pedestrian seen from behind, wearing a white top and blue jeans."]
+
+
+# ------------------------------------------------------------------------------ prompts
+
+@pytest.mark.parametrize("text, kind, mode, expected", [
+    ("This is a white Audi.", "vehicle", "suffix", "This is a white Audi image taken by traffic surveillance cameras"),
+    ("This is a white Audi.", "vehicle", "strip", "white Audi"),
+    ("This is an orange Audi.", "vehicle", "strip", "orange Audi"),
+    ("An orange SUV.", "vehicle", "strip", "orange SUV"),
+    ("A white Audi Sedan.", "vehicle", "strip", "white Audi Sedan"),
+    ("Audi without period", "vehicle", "strip", "Audi without period"),
+    ("This is a white Audi.", "vehicle", "none", "This is a white Audi."),
+    ("A man in a red coat.", "person", "suffix", "A man in a red coat"),
+    ("A man in a red coat.", "person", "strip", "A man in a red coat"),
+    ("A man in a red coat.", "person", "none", "A man in a red coat."),
+])
+def test_prompt_variants(text: str, kind: str, mode: str, expected: str) -> None:
+    assert prompt_text(text, kind, mode) == expected
+
+
+def test_prompt_suffix_is_the_published_one() -> None:
+    assert PROMPT_SUFFIX == " image taken by traffic surveillance cameras"
+    with pytest.raises(InputError, match="prompt"):
+        prompt_text("A car.", "vehicle", "loud")
+
+
+# ------------------------------------------------------------------------------ query kinds
+
+def test_query_kind_on_hand_examples() -> None:
+    assert [query_kind(q) for q in VEHICLE_QUERIES] == ["vehicle"] * 4
+    assert [query_kind(q) for q in PERSON_QUERIES] == ["person"] * 3
+    assert query_kind("This is a white MAN Truck.") == "vehicle"   # 'MAN' the truck brand
+
+
+def test_count_vehicle_queries() -> None:
+    assert count_vehicle_queries(VEHICLE_QUERIES + PERSON_QUERIES) == 4
+    assert count_vehicle_queries(VEHICLE_QUERIES) == 4
+    assert count_vehicle_queries(PERSON_QUERIES) == 0
+    assert count_vehicle_queries(VEHICLE_QUERIES + PERSON_QUERIES, num_vehicle_queries=2) == 2
+    with pytest.raises(InputError, match="outside"):
+        count_vehicle_queries(VEHICLE_QUERIES, num_vehicle_queries=9)
+
+
+def test_count_vehicle_queries_rejects_wrong_order() -> None:
+    queries = VEHICLE_QUERIES[:2] + PERSON_QUERIES[:1] + VEHICLE_QUERIES[2:] + PERSON_QUERIES[1:]
+    with pytest.raises(InputError, match="vehicles first") as info:
+        count_vehicle_queries(queries, source="test_text.txt")
+    assert info.value.line == 3                     # the person query among the vehicle queries
+    with pytest.raises(InputError, match="vehicles first"):
+        count_vehicle_queries(PERSON_QUERIES + VEHICLE_QUERIES)
+
+
+def test_gallery_kind_split() -> None:
+    galleries = gallery_kind_split(["person_2.jpg", "vehicle_1.jpg", "person_1.jpg"])
+    assert galleries == {"vehicle": ["vehicle_1.jpg"], "person": ["person_2.jpg", "person_1.jpg"]}
+    with pytest.raises(InputError, match="neither"):
+        gallery_kind_split(["vehicle_1.jpg", "cat.jpg"])
+
+
+def test_rank_gallery_and_first_relevant_statistics() -> None:
+    gallery = ["g0", "g1", "g2", "g3"]
+    gallery_embeddings = np.eye(4, dtype=np.float32)
+    queries = ["q0", "q1"]
+    query_embeddings = np.array([[0.1, 0.9, 0.3, 0.0], [0.5, 0.0, 0.0, 0.7]], np.float32)
+    assert rank_gallery(query_embeddings, gallery_embeddings, gallery, k=3) == [["g1", "g2", "g0"],
+                                                                                 ["g3", "g0", "g1"]]
+    # q0: relevant g0 -> rank 3; q1: relevant g0 -> rank 2; q2 has none in this gallery.
+    stats = first_relevant_statistics(query_embeddings, gallery_embeddings, gallery, queries,
+                                      {"q0": ["g0"], "q1": ["g0", "other.jpg"]})
+    assert stats["mean_rank"] == pytest.approx(2.5)
+    assert stats["queries_without_relevant_in_gallery"] == 0
+    stats = first_relevant_statistics(query_embeddings, gallery_embeddings, gallery, queries,
+                                      {"q0": ["g0"], "q1": ["elsewhere.jpg"]})
+    assert stats["mean_rank"] == pytest.approx(3.0) and stats["queries_without_relevant_in_gallery"] == 1
+
+
+# ------------------------------------------------------------------------------ merge
+
+def _names(prefix: str, seed: int) -> list[str]:
+    return [f"{prefix}_{seed:03d}_{i}.jpg" for i in range(10)]
+
+
+def _write_results(path: Path, entries: list[dict]) -> Path:
+    path.write_text(json.dumps({"results": entries}), encoding="utf-8")
+    return path
+
+
+def _merge_inputs(tmp_path: Path, shuffle: bool = True):
+    test_text = tmp_path / "test_text.txt"
+    test_text.write_text("".join(q + "\n" for q in VEHICLE_QUERIES + PERSON_QUERIES), encoding="utf-8")
+    vehicle = [{"text": q, "image_names": _names("vehicle", i)} for i, q in enumerate(VEHICLE_QUERIES)]
+    person = [{"text": q, "image_names": _names("person", i)} for i, q in enumerate(PERSON_QUERIES)]
+    if shuffle:
+        random.Random(3).shuffle(vehicle)
+        random.Random(4).shuffle(person)
+    return test_text, vehicle, person
+
+
+def test_merge_orders_by_test_text(tmp_path: Path) -> None:
+    test_text, vehicle, person = _merge_inputs(tmp_path)
+    assert [e["text"] for e in vehicle] != VEHICLE_QUERIES          # really shuffled
+    out = tmp_path / "submission.json"
+    submission = merge_results(_write_results(tmp_path / "v.json", vehicle), _write_results(tmp_path / "p.json", person),
+                               test_text, out)
+    written = json.loads(out.read_text())
+    assert written == submission
+    assert [e["text"] for e in written["results"]] == VEHICLE_QUERIES + PERSON_QUERIES
+    expected_names = [_names("vehicle", i) for i in range(4)] + [_names("person", i) for i in range(3)]
+    assert [e["image_names"] for e in written["results"]] == expected_names
+
+
+def test_merge_repeated_query_text(tmp_path: Path) -> None:
+    test_text = tmp_path / "test_text.txt"
+    queries = ["A white Audi.", "A white Audi.", "A man."]
+    test_text.write_text("".join(q + "\n" for q in queries))
+    vehicle = [{"text": "A white Audi.", "image_names": _names("vehicle", i)} for i in range(2)]
+    person = [{"text": "A man.", "image_names": _names("person", 0)}]
+    submission = merge_results(_write_results(tmp_path / "v.json", vehicle),
+                               _write_results(tmp_path / "p.json", person), test_text)
+    assert [e["image_names"] for e in submission["results"]] == [_names("vehicle", 0), _names("vehicle", 1),
+                                                                  _names("person", 0)]
+
+
+def test_merge_validation_errors(tmp_path: Path) -> None:
+    test_text, vehicle, person = _merge_inputs(tmp_path, shuffle=False)
+    out = tmp_path / "submission.json"
+    v, p = tmp_path / "v.json", tmp_path / "p.json"
+
+    _write_results(v, vehicle[:-1])                                    # a query without an answer
+    _write_results(p, person)
+    with pytest.raises(InputError, match="no answer") as info:
+        merge_results(v, p, test_text, out)
+    assert info.value.line == 4 and not out.exists()
+
+    _write_results(v, vehicle + [{"text": "A purple BMW.", "image_names": _names("vehicle", 9)}])
+    with pytest.raises(InputError, match="do not match"):              # an answer without a query
+        merge_results(v, p, test_text, out)
+
+    _write_results(v, [dict(vehicle[0], image_names=vehicle[0]["image_names"][:9])] + vehicle[1:])
+    with pytest.raises(InputError, match="expected exactly 10"):
+        merge_results(v, p, test_text, out)
+
+    names = vehicle[0]["image_names"][:9] + vehicle[0]["image_names"][:1]
+    _write_results(v, [dict(vehicle[0], image_names=names)] + vehicle[1:])
+    with pytest.raises(InputError, match="more than once"):
+        merge_results(v, p, test_text, out)
+
+    _write_results(v, vehicle)
+    with pytest.raises(InputError, match="swapped"):                  # --vehicle / --person swapped
+        merge_results(p, v, test_text, out)
+
+    v.write_text('{"results": [}')
+    with pytest.raises(InputError, match="malformed JSON"):
+        merge_results(v, p, test_text, out)
+    assert not out.exists()
+
+
+def test_cli_merge(tmp_path: Path, capsys) -> None:
+    test_text, vehicle, person = _merge_inputs(tmp_path)
+    v, p = _write_results(tmp_path / "v.json", vehicle), _write_results(tmp_path / "p.json", person)
+    out = tmp_path / "submission.json"
+    args = ["infer", "merge", "--vehicle", str(v), "--person", str(p), "--test-text", str(test_text), "--out", str(out)]
+    assert cli_main(args) == 0
+    assert [e["text"] for e in json.loads(out.read_text())["results"]] == VEHICLE_QUERIES + PERSON_QUERIES
+    _write_results(p, person[1:])
+    out.unlink()
+    assert cli_main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("irkit: error:") and "no answer" in err and not out.exists()

@@ -1,0 +1,108 @@
+"""Both traffic notebooks execute through papermill at tiny scale; their outputs are checked
+independently of the code that wrote them (submission schema/order from the raw files)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from irkit.data.demo import generate_demo
+
+REPO = Path(__file__).resolve().parents[1]
+HEADLINE = ("official_mAP@10", "standard_mAP@10", "R@1", "R@5", "R@10")
+
+
+@pytest.fixture(scope="module")
+def tiny_demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("demo")
+    generate_demo(root, seed=0, scale="tiny", datasets=("traffic",))
+    return root
+
+
+def _batch_run(notebook: str, log_dir: Path, name: str, **params: object) -> dict:
+    argv = [sys.executable, "-m", "irkit", "batch", "run", str(REPO / "notebooks" / notebook),
+            "--log-dir", str(log_dir), "--name", name]
+    for key, value in params.items():
+        argv += ["-p", key, json.dumps(value) if not isinstance(value, str) else value]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=900, cwd=log_dir)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return json.loads(done.stdout)
+
+
+def _check_submission(run_dir: Path, root: Path) -> None:
+    queries = (root / "traffic" / "test" / "test_text.txt").read_text().splitlines()
+    gallery = {p.name for p in (root / "traffic" / "test" / "test_images").iterdir()}
+    submission = json.loads((run_dir / "submission.json").read_text())
+    assert list(submission) == ["results"]
+    texts = [entry["text"] for entry in submission["results"]]
+    assert texts == queries  # every query once, in test_text.txt order
+    truth = {}
+    for line in (root / "traffic" / "test" / "test_ground_truth.txt").read_text().splitlines():
+        text, *images = line.split("$")
+        truth[text] = images
+    for entry in submission["results"]:
+        names = entry["image_names"]
+        assert len(names) == 10 and len(set(names)) == 10 and set(names) <= gallery
+        # a query is answered from its own gallery: the kind of its relevant images
+        kind = truth[entry["text"]][0].split("_")[0]
+        assert all(name.startswith(kind + "_") for name in names), entry["text"]
+
+
+def _check_metrics_in_range(metrics: dict) -> None:
+    for key in HEADLINE:
+        assert 0.0 <= metrics[key] <= 1.0, key
+    assert metrics["standard_mAP@10"] <= metrics["official_mAP@10"] + 1e-9  # min(#rel,10) >= hits
+
+
+@pytest.mark.slow
+def test_reproduce_then_quick_review_notebooks(tiny_demo: Path, tmp_path: Path) -> None:
+    out = _batch_run("reproduce.ipynb", tmp_path, "repro", data_root=str(tiny_demo), scale="tiny", epochs=2,
+                     warmup_epochs=1, batch_size=16, workers=0, cache_dir=str(tmp_path / "cache"))
+    run_dir = Path(out["run_dir"])
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert out["metrics"] == metrics
+    _check_submission(run_dir, tiny_demo)
+    for block in ("trained", "before_training"):
+        _check_metrics_in_range(metrics[block])
+    assert set(metrics["prompt_ablation"]) == {"suffix", "strip", "none"}
+    assert metrics["augmentation"]["enabled"] is True
+    # run folders in open_clip_train's layout for both training stages
+    for stage in ("warmup", "train"):
+        for item in ("out.log", "params.txt", "checkpoints", "tensorboard"):
+            assert (run_dir / stage / item).exists(), (stage, item)
+    assert (run_dir / "train" / "results.jsonl").is_file()
+    # the executed notebook is saved into the run folder, with its two pictures
+    executed = nbformat.read(run_dir / "reproduce.ipynb", as_version=4)
+    images = [o for c in executed.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert len(images) == 2
+
+    checkpoint = metrics["training"]["final_checkpoint"]
+    review = _batch_run("quick-review.ipynb", tmp_path, "review", data_root=str(tiny_demo), scale="tiny",
+                        checkpoint=checkpoint, workers=0, cache_dir=str(tmp_path / "cache"))
+    review_dir = Path(review["run_dir"])
+    _check_submission(review_dir, tiny_demo)
+    _check_metrics_in_range(review["metrics"]["trained"])
+    # same weights, same data, same prompt -> the same answers as the reproduce run
+    assert json.loads((review_dir / "submission.json").read_text()) == \
+        json.loads((run_dir / "submission.json").read_text())
+
+
+def test_existing_run_folder_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "taken").mkdir()
+    done = subprocess.run([sys.executable, "-m", "irkit", "batch", "run", str(REPO / "notebooks" / "quick-review.ipynb"),
+                           "--log-dir", str(tmp_path), "--name", "taken"], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert "already exists" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_unknown_notebook_parameter_is_refused(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "irkit", "batch", "run", str(REPO / "notebooks" / "quick-review.ipynb"),
+                           "--log-dir", str(tmp_path), "-p", "epoch", "3"], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert "unknown parameter(s) epoch" in done.stderr and "Traceback" not in done.stderr
+    assert not any(tmp_path.iterdir())

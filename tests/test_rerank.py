@@ -1,0 +1,172 @@
+"""Two-stage re-ranking: top-K files, stage I, stage II keeps exactly the top-K, training."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from fusion_fixtures import make_demo, tiny_context
+from irkit.errors import InputError
+from irkit.eval import protocols
+from irkit.methods import create_method
+from irkit.methods.rerank import (
+    TopK,
+    evaluate_ranking_method,
+    load_topk_file,
+    rerank_split,
+    resort_candidates,
+    save_topk_file,
+    stage1_topk,
+    train_reranker,
+)
+from irkit.methods.textual_inversion import load_cir_splits
+from irkit.models.reranker import CrossEncoderReranker, RerankerConfig
+from irkit.runs import RunFolder
+from irkit.train.features import build_features
+from irkit.train.heads import HeadTrainingConfig
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    root = make_demo(tmp_path_factory.mktemp("demo"))
+    ctx = tiny_context(tmp_path_factory.mktemp("cache"))
+    return root, ctx
+
+
+def test_resort_candidates_property():
+    rng = random.Random(0)
+    for _ in range(300):
+        n = rng.randint(0, 12)
+        candidates = [f"img{i}" for i in rng.sample(range(100), n)]
+        scores = [float(rng.randint(0, 3)) for _ in range(n)]  # many ties
+        ranked, values = resort_candidates(candidates, scores)
+        assert sorted(ranked) == sorted(candidates) and len(ranked) == n
+        assert values == sorted(values, reverse=True)
+        assert values == [scores[candidates.index(c)] for c in ranked]
+        for a, b in zip(ranked, ranked[1:]):  # ties keep the stage-I order
+            if scores[candidates.index(a)] == scores[candidates.index(b)]:
+                assert candidates.index(a) < candidates.index(b)
+
+
+def _random_part(split, rng: np.random.Generator, k: int) -> TopK:
+    ids, scores = [], []
+    for query in split.queries:
+        pool = [g for g in split.gallery if g != query.reference]
+        chosen = [pool[i] for i in rng.permutation(len(pool))[:k]]
+        ids.append(chosen)
+        scores.append(sorted(rng.normal(size=len(chosen)).tolist(), reverse=True))
+    return TopK(split.dataset, split.split, split.category, k, [q.query_id for q in split.queries], ids, scores)
+
+
+def test_rerank_keeps_exactly_the_top_k_property(demo):
+    root, ctx = demo
+    (split,) = load_cir_splits("cirr", root / "cirr", "val")
+    features = build_features(ctx, split)
+    rng = np.random.default_rng(0)
+    torch.manual_seed(0)
+    model = CrossEncoderReranker(RerankerConfig(embed_dim=128, token_dim=128, num_heads=4, depth=1))
+    with torch.no_grad():  # a model whose learned term is not zero
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+    for _ in range(8):
+        stage1_k = int(rng.integers(1, len(split.gallery)))
+        k = int(rng.integers(1, stage1_k + 1))
+        part = _random_part(split, rng, stage1_k)
+        result = rerank_split(model, ctx, split, part, features, k=k, chunk_size=int(rng.integers(1, 64)))
+        assert result.topk.k == k and result.topk.query_ids == part.query_ids
+        for query, before, after, scores in zip(split.queries, part.ids, result.topk.ids, result.topk.scores):
+            assert len(after) == k and sorted(after) == sorted(before[:k])
+            assert scores == sorted(scores, reverse=True)
+            assert query.reference not in after
+        for query in split.queries:  # subset rankings: the 5 candidates, each once
+            members = sorted(set(query.subset) - {query.reference})
+            assert sorted(result.subset_rankings[query.query_id]) == members
+    with pytest.raises(InputError, match="k=9"):
+        rerank_split(model, ctx, split, _random_part(split, rng, 5), features, k=9)
+
+
+def test_topk_file_round_trip(tmp_path):
+    parts = [
+        TopK("fashioniq", "val", "dress", 3, ["0", "1"], [["a", "b", "c"], ["c", "a", "b"]],
+             [[0.5, 0.25, -1.0 / 3.0], [1e-7, -2.5, -3.0]], stage="stage1:magiclens"),
+        TopK("fashioniq", "val", "shirt", 2, ["0"], [["x", "y"]], [[0.1, 0.1]], stage="stage1:magiclens"),
+    ]
+    path = save_topk_file(tmp_path / "topk.json", parts)
+    assert load_topk_file(path) == parts  # scores exactly, order, categories, stage
+    data = json.loads(path.read_text())
+    assert data["format"] == "irkit-topk" and data["parts"][0]["queries"][1]["ids"] == ["c", "a", "b"]
+
+
+@pytest.mark.parametrize("mutate, field", [
+    (lambda d: d.update(format="other"), "format"),
+    (lambda d: d["parts"][0].update(k=0), "parts[0].k"),
+    (lambda d: d["parts"][0]["queries"][0].update(ids=["a", "a"]), "parts[0].queries[0].ids"),
+    (lambda d: d["parts"][0]["queries"][0].update(scores=[1.0]), "parts[0].queries[0].scores"),
+    (lambda d: d["parts"][0]["queries"][0].update(ids=["a", "b", "c"], scores=[1, 2, 3]), "parts[0].queries[0].ids"),
+    (lambda d: d["parts"][0].pop("queries"), "parts[0]"),
+])
+def test_malformed_topk_files(tmp_path, mutate, field):
+    good = {"format": "irkit-topk", "version": 1, "stage": "s", "parts": [
+        {"dataset": "cirr", "split": "val", "category": None, "k": 2,
+         "queries": [{"query_id": "1", "ids": ["a", "b"], "scores": [2.0, 1.0]}]}]}
+    mutate(good)
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(good))
+    with pytest.raises(InputError) as info:
+        load_topk_file(path)
+    assert info.value.field == field and str(path) in str(info.value)
+
+
+def test_saving_invalid_scores_writes_nothing(tmp_path):
+    bad = TopK("cirr", "val", None, 2, ["1"], [["a", "b"]], [[1.0, float("nan")]])
+    with pytest.raises(InputError, match="finite"):
+        save_topk_file(tmp_path / "t.json", [bad])
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("dataset", ["cirr", "fashioniq"])
+def test_stage1_agrees_with_the_protocol_ranking(demo, dataset):
+    root, ctx = demo
+    split = load_cir_splits(dataset, root / dataset, "val")[0]
+    method = create_method("image-text-sum")
+    k = len(split.gallery) - 2
+    part = stage1_topk(method, ctx, split, k)
+    expected = protocols.rank_split(split, method.query_embeddings(ctx, split), method.gallery_embeddings(ctx, split), k)
+    assert part.rankings() == expected
+    assert all(len(ids) == k for ids in part.ids)
+    gallery = method.gallery_embeddings(ctx, split)
+    query = method.query_embeddings(ctx, split)
+    position = {g: i for i, g in enumerate(split.gallery)}
+    for row, (ids, scores) in enumerate(zip(part.ids, part.scores)):
+        np.testing.assert_allclose(scores, [float(query[row] @ gallery[position[i]]) for i in ids], rtol=1e-5, atol=1e-6)
+
+
+def test_train_and_evaluate_reranker(demo, tmp_path):
+    root, ctx = demo
+    train = load_cir_splits("cirr", root / "cirr", "train")
+    val = load_cir_splits("cirr", root / "cirr", "val")
+    stage1 = [stage1_topk(create_method("image-text-sum"), ctx, s, 50) for s in val]
+    topk_path = save_topk_file(tmp_path / "stage1.json", stage1)
+    run = RunFolder.create(tmp_path / "log", "rr", {})
+    config = HeadTrainingConfig(steps=3, batch_size=4, learning_rate=1e-3, validate_every=2)
+    model_config = RerankerConfig(embed_dim=128, token_dim=128, num_heads=4, depth=1)
+    result = train_reranker(ctx, train, run, config, model_config, val_splits=val, val_stage1=stage1)
+    run.close()
+    assert result.step == 3 and result.best_checkpoint is not None
+    method = create_method("rerank", checkpoint=result.best_checkpoint, stage1=str(topk_path))
+    metrics = evaluate_ranking_method(method, ctx, val)
+    assert metrics["method"] == "rerank" and metrics["num_queries"] == len(val[0].queries)
+    assert metrics["(R@5+Rs@1)/2"] == pytest.approx(result.best_value)  # best.pt is the best validation
+    # The reranked lists are the stage-I lists, re-sorted (the gallery is smaller than K=50).
+    reranked = method.rerank(ctx, val[0]).topk
+    for before, after in zip(stage1[0].ids, reranked.ids):
+        assert sorted(before) == sorted(after)
+    with pytest.raises(InputError, match="no query embeddings"):
+        method.query_embeddings(ctx, val[0])
+    with pytest.raises(InputError, match="no top-K part"):
+        create_method("rerank", checkpoint=result.best_checkpoint, stage1=str(topk_path)).rerank(
+            ctx, load_cir_splits("cirr", root / "cirr", "train")[0])
