@@ -7,6 +7,7 @@ folders / files are checked (CI budget: a few seconds per command).
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -44,7 +45,8 @@ def test_train_fusion_with_projector_resume_and_eval(demo, tmp_path, capsys):
     first = _run(capsys, "cir", "train-fusion", *_training(demo, "cirr", tmp_path, "fusion", 2), "--projector")
     run_dir = tmp_path / "log" / "fusion"
     assert first["steps"] == 2 and first["run_dir"] == str(run_dir)
-    assert {"params.txt", "out.log", "results.jsonl", "checkpoints", "tensorboard"} <= {p.name for p in run_dir.iterdir()}
+    expected = {"params.txt", "out.log", "results.jsonl", "checkpoints", "tensorboard"}
+    assert expected <= {p.name for p in run_dir.iterdir()}
     resumed = _run(capsys, "cir", "train-fusion", *_training(demo, "cirr", tmp_path, "fusion", 4), "--projector",
                    "--resume", "latest")
     assert resumed["steps"] == 4 and "resumed from" in (run_dir / "out.log").read_text()
@@ -86,10 +88,11 @@ def test_stage1_train_reranker_and_rerank(demo, tmp_path, capsys):
         assert sorted(before) == sorted(after) and len(after) == 29
     assert result["metrics"]["method"] == "rerank"
     assert result["metrics"]["(R@5+Rs@1)/2"] == pytest.approx(trained["best_value"])
-    # A stage-I method name works too (computed on the fly).
-    by_name = _run(capsys, "cir", "rerank", *_common(demo, "cirr"), "--reranker", trained["best_checkpoint"],
-                   "--stage1", "image-text-sum")
-    assert by_name["metrics"]["R@10"] == result["metrics"]["R@10"]
+    # `cir eval --method rerank` with a stage-I method name (computed on the fly): the same numbers.
+    by_name = _run(capsys, "cir", "eval", *_common(demo, "cirr"), "--method", "rerank",
+                   "--method-checkpoint", trained["best_checkpoint"], "--method-option", "stage1=image-text-sum")
+    assert {k: v for k, v in by_name.items() if k.startswith("R")} == \
+        {k: v for k, v in result["metrics"].items() if k.startswith("R")}
     # Fewer candidates than the protocol's depth (R@50) cannot be scored: a clear error, nothing written;
     # --no-eval writes the K=20 lists.
     short_args = [*map(str, _common(demo, "cirr")), "--reranker", trained["best_checkpoint"], "--stage1", str(topk),
@@ -102,3 +105,27 @@ def test_stage1_train_reranker_and_rerank(demo, tmp_path, capsys):
     args = [*map(str, _common(demo, "cirr", "train")), "--reranker", trained["best_checkpoint"], "--stage1", str(topk)]
     assert main(["cir", "rerank", *args]) == 2
     assert "no top-K part" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_fusion_rerank_notebook(demo, tmp_path):
+    import nbformat
+
+    from irkit.notebook import run_notebook
+
+    root, cache = demo
+    notebook = Path(__file__).resolve().parents[1] / "notebooks" / "fusion-rerank.ipynb"
+    run_dir = run_notebook(notebook, {"data_root": str(root), "cache_dir": str(cache), "steps": 2,
+                                      "validate_every": 2, "batch_size": 4}, log_dir=tmp_path, name="nb")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert set(metrics["results"]) == {"image-text-sum", "magiclens", "combiner", "magiclens, projector off",
+                                       "rerank (stage I: magiclens)"}
+    for result in metrics["results"].values():
+        assert result["protocol"].startswith("cirr-val") and 0 <= result["(R@5+Rs@1)/2"] <= 100
+    for head in ("fusion", "combiner", "reranker"):
+        assert (run_dir / head / "checkpoints" / "best.pt").is_file()
+    (stage1,) = load_topk_file(run_dir / "stage1_topk.json")
+    assert stage1.stage == "stage1:magiclens"
+    executed = nbformat.read(run_dir / "fusion-rerank.ipynb", as_version=4)
+    images = [o for c in executed.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert len(images) == 2

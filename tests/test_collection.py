@@ -153,7 +153,7 @@ def test_cli_embed_images_and_search(tmp_path, capsys, monkeypatch):
     summary = json.loads(capsys.readouterr().out)
     assert summary["images"] == 3 and summary["weights_id"] == "random-init:0"
     embeddings, metadata = read_embedding_collection(out)
-    assert embeddings.shape == (3, 128)
+    assert embeddings.shape == (3, summary["dim"]) and summary["dim"] > 0
     assert metadata["image_name"].tolist() == ["a.jpg", "b.png", "sub/c.jpg"]
     assert len(list(cache.glob("*.npy"))) == 1
 

@@ -68,8 +68,10 @@ def test_rows_match_manual_encoding_in_order(checkpoint, images):
     loaded = create_model(checkpoint=checkpoint)
     expected = manual_embeddings(loaded, images)
     in_process = encode_image_files(loaded, images, batch_size=2, num_workers=0)
-    workers = encode_image_files(loaded, images[::-1], batch_size=2, num_workers=2)
-    assert in_process.shape == (5, 128) and in_process.dtype == np.float32
+    workers = encode_image_files(loaded, images[::-1], batch_size=2, num_workers=2)  # decode + encode
+    decode_workers = encode_image_files(loaded, images, batch_size=2, num_workers=2, encode_in_workers=False)
+    np.testing.assert_allclose(decode_workers, expected, atol=1e-5)
+    assert in_process.shape == (5, loaded.embed_dim) and in_process.dtype == np.float32
     np.testing.assert_allclose(in_process, expected, atol=1e-5)
     np.testing.assert_allclose(workers, expected[::-1], atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(in_process, axis=1), 1.0, atol=1e-5)

@@ -185,7 +185,8 @@ def test_combiner_forward_matches_the_formula():
     def lin(x, name):
         return x @ sd[f"{name}.weight"].T + sd[f"{name}.bias"]
 
-    raw = torch.cat([torch.relu(lin(text, "text_projection_layer")), torch.relu(lin(image, "image_projection_layer"))], -1)
+    raw = torch.cat([torch.relu(lin(text, "text_projection_layer")),
+                     torch.relu(lin(image, "image_projection_layer"))], -1)
     lam = torch.sigmoid(lin(torch.relu(lin(raw, "dynamic_scalar.0")), "dynamic_scalar.3"))
     out = lin(torch.relu(lin(raw, "combiner_layer")), "output_layer") + lam * text + (1 - lam) * image
     query = out / out.norm(dim=-1, keepdim=True)

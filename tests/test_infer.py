@@ -196,3 +196,69 @@ def test_cli_merge(tmp_path: Path, capsys) -> None:
     assert cli_main(args) == 2
     err = capsys.readouterr().err
     assert err.startswith("irkit: error:") and "no answer" in err and not out.exists()
+
+
+# ------------------------------------------------------------------------------ end to end (demo data)
+
+@pytest.fixture(scope="module")
+def demo_traffic(tmp_path_factory) -> Path:
+    from irkit.data.demo import generate_demo
+
+    out = tmp_path_factory.mktemp("demo")
+    generate_demo(out, seed=0, scale="tiny", datasets="traffic", workers=1, progress=False)
+    return out / "traffic"
+
+
+def test_infer_and_merge_on_demo_data(demo_traffic: Path, tmp_path: Path) -> None:
+    from irkit.data.traffic import load_traffic
+    from irkit.embeddings import encode_image_files
+    from irkit.infer.traffic import infer_traffic
+    from irkit.models import create_model
+
+    root = demo_traffic
+    split = load_traffic(root, "test")
+    loaded = create_model("irkit-tiny")
+    out = tmp_path / "infer"
+    inference = infer_traffic(split, loaded, prompt="suffix", out_dir=out, cache_dir=tmp_path / "cache")
+    queries = (root / "test" / "test_text.txt").read_text().splitlines()
+    # Vehicle queries are those whose ground-truth images are vehicle_* (independent of the classifier).
+    truth_lines = [line.split("$") for line in (root / "test" / "test_ground_truth.txt").read_text().splitlines()]
+    num_vehicle = sum(1 for parts in truth_lines if parts[1].startswith("vehicle_"))
+    assert inference.vehicle.queries == queries[:num_vehicle] and inference.person.queries == queries[num_vehicle:]
+    assert inference.vehicle.encoded_texts[0] == queries[0].rstrip(".") + " image taken by traffic surveillance cameras"
+
+    # Independent ranking: embeddings + numpy stable argsort over the vehicle gallery.
+    vehicle_gallery = sorted(p.name for p in (root / "test" / "test_images").glob("vehicle_*"))
+    gallery_embeddings = encode_image_files(loaded, [root / "test" / "test_images" / n for n in vehicle_gallery],
+                                            batch_size=16, num_workers=0)
+    text_embeddings = loaded.encode_texts(inference.vehicle.encoded_texts)
+    scores = text_embeddings @ gallery_embeddings.T
+    expected = [[vehicle_gallery[j] for j in np.argsort(-row, kind="stable")[:10]] for row in scores]
+    assert inference.vehicle.rankings == expected
+    assert inference.vehicle.rank_statistics["num_queries"] == num_vehicle
+
+    submission = merge_results(out / "vehicle_results.json", out / "person_results.json",
+                               root / "test" / "test_text.txt", tmp_path / "submission.json")
+    written = json.loads((tmp_path / "submission.json").read_text())
+    assert written == submission
+    assert [e["text"] for e in written["results"]] == queries
+    gallery = set(split.gallery)
+    for i, entry in enumerate(written["results"]):
+        prefix = "vehicle_" if i < num_vehicle else "person_"
+        names = entry["image_names"]
+        assert len(names) == 10 == len(set(names))
+        assert all(n.startswith(prefix) and n in gallery for n in names)
+
+
+def test_cli_infer_strip_with_submission(demo_traffic: Path, tmp_path: Path, capsys) -> None:
+    out, submission = tmp_path / "infer", tmp_path / "submission.json"
+    assert cli_main(["infer", "traffic", "--root", str(demo_traffic), "--prompt", "strip", "--out", str(out),
+                     "--submission", str(submission), "--batch-size", "16"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["prompt"] == "strip" and summary["submission"] == str(submission)
+    queries = (demo_traffic / "test" / "test_text.txt").read_text().splitlines()
+    assert [e["text"] for e in json.loads(submission.read_text())["results"]] == queries
+    # An override outside [0, number of queries] is one clean error (exit 2).
+    assert cli_main(["infer", "traffic", "--root", str(demo_traffic), "--out", str(tmp_path / "x"),
+                     "--num-vehicle-queries", "999"]) == 2
+    assert "outside" in capsys.readouterr().err

@@ -246,3 +246,46 @@ def test_caption_csv_write_round_trip_matches_pandas(tmp_path: Path) -> None:
     assert [r.line for r in records] == [2, 3, 5]  # the second row spans lines 3-4
     write_caption_csv(tmp_path / "again.csv", records)
     assert (tmp_path / "again.csv").read_bytes() == out.read_bytes()
+
+
+# ---------------------------------------------------------------- the generated demo data
+
+def test_every_dataset_of_a_tiny_demo_loads(tmp_path: Path) -> None:
+    """The demo generator writes the published layouts: every loader reads them, with images."""
+    from irkit.data.demo import generate_demo
+
+    out = tmp_path / "demo"
+    counts = generate_demo(out, 0, "tiny", workers=1, progress=False)["counts"]
+
+    traffic = counts["traffic"]
+    for split in ("train", "val"):
+        labels = load_traffic(out / "traffic", split).labels
+        assert len(labels) == traffic[split]["images"]
+        assert sum(lab.kind == "person" for lab in labels) == traffic[split]["persons"]
+        assert sum(lab.kind == "vehicle" for lab in labels) == traffic[split]["vehicles"]
+    test = load_traffic(out / "traffic", "test")
+    assert (len(test.queries), len(test.gallery)) == (traffic["test"]["queries"], traffic["test"]["images"])
+    assert test.ground_truth is not None and set(test.ground_truth) == set(test.queries)
+
+    for split in ("train", "val", "test"):
+        for category, data in load_fashioniq_all(out / "fashioniq", split, check_images=True).items():
+            assert len(data.queries) == counts["fashioniq"][split][f"{category}_queries"]
+            assert len(data.gallery) == counts["fashioniq"][split][f"{category}_images"]
+    for split in ("train", "val", "test1"):
+        cirr = load_cirr(out / "cirr", split, check_images=True)
+        assert (len(cirr.queries), len(cirr.gallery)) == (counts["cirr"][split]["queries"],
+                                                          counts["cirr"][split]["images"])
+    for split in ("val", "test"):
+        circo = load_circo(out / "circo", split, check_images=True)
+        assert len(circo.queries) == counts["circo"][split]["queries"]
+        assert len(circo.gallery) == counts["circo"]["gallery"]["images"]
+    assert sum(len(q.ground_truths) for q in load_circo(out / "circo", "val").queries) == \
+        counts["circo"]["val"]["ground_truths"]
+
+    csv_files = sorted((out / "captions").glob("*.csv"))
+    assert csv_files
+    for csv_path in csv_files:
+        records = load_caption_csv(csv_path, check_images=False)
+        assert records and all(r.title.strip() for r in records)
+        # paths are absolute or relative to the CSV's folder; either way the image is there
+        assert all((csv_path.parent / r.filepath).is_file() for r in records), csv_path

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,11 @@ import torch.nn.functional as F
 
 import irkit.models.factory as factory
 from irkit.errors import InputError
-from irkit.models import create_model, read_weights_metadata, save_weights
+from irkit.models import CONFIGS_DIR, create_model, read_weights_metadata, save_weights
+
+TINY_CONFIG = json.loads((CONFIGS_DIR / "irkit-tiny.json").read_text())
+EMBED_DIM = TINY_CONFIG["embed_dim"]
+IMAGE_SIZE = TINY_CONFIG["vision_cfg"]["image_size"]
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +30,7 @@ def source_model():
 
 @pytest.fixture(scope="module")
 def probe_pixels() -> torch.Tensor:
-    return torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(7))
+    return torch.randn(3, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(7))
 
 
 def image_features(loaded, pixels: torch.Tensor) -> torch.Tensor:
@@ -40,16 +45,16 @@ def test_create_irkit_tiny_properties(source_model, probe_pixels):
     assert "irkit-tiny" in open_clip.list_models()
     assert source_model.model_name == "irkit-tiny"
     assert source_model.weights_id == "random-init:1"
-    assert (source_model.embed_dim, source_model.image_size) == (128, 64)
+    assert (source_model.embed_dim, source_model.image_size) == (EMBED_DIM, IMAGE_SIZE)
     assert source_model.transform_name == "square" and not source_model.model.training
     features = image_features(source_model, probe_pixels)
-    assert features.shape == (3, 128) and features.dtype == torch.float32
+    assert features.shape == (3, EMBED_DIM) and features.dtype == torch.float32
     assert torch.allclose(features.norm(dim=-1), torch.ones(3), atol=1e-5)
 
 
 def test_encoded_images_can_feed_a_trained_module(source_model, probe_pixels):
     features = source_model.encode_images(probe_pixels)  # e.g. SEARLE's phi takes these as input
-    head = torch.nn.Linear(128, 4)
+    head = torch.nn.Linear(EMBED_DIM, 4)
     head(features).sum().backward()
     assert head.weight.grad is not None and not features.requires_grad
 
@@ -67,7 +72,7 @@ def test_encode_texts_matches_manual_text_tower(source_model):
     tokens = open_clip.get_tokenizer("irkit-tiny")(texts)
     with torch.no_grad():
         manual = F.normalize(source_model.model.encode_text(tokens), dim=-1).numpy()
-    assert ours.shape == (3, 128) and ours.dtype == np.float32
+    assert ours.shape == (3, EMBED_DIM) and ours.dtype == np.float32
     np.testing.assert_allclose(ours, manual, atol=1e-5)
 
 
@@ -95,7 +100,7 @@ def test_raw_state_dict_and_pretrained_path_reload(tmp_path, source_model, probe
 
 def test_safetensors_roundtrip_fp32_and_fp16(tmp_path, source_model, probe_pixels):
     full = save_weights(source_model, tmp_path / "tiny.safetensors")
-    half = save_weights(source_model, tmp_path / "tiny-fp16.safetensors", dtype=torch.float16)
+    half = save_weights(source_model, tmp_path / "tiny-fp16.safetensors", dtype="float16")
     assert read_weights_metadata(full)["model_name"] == "irkit-tiny"
     assert read_weights_metadata(half)["dtype"] == "float16"
     assert half.stat().st_size < 0.55 * full.stat().st_size
@@ -124,7 +129,9 @@ def test_missing_checkpoint_path(tmp_path):
 
 def test_wrong_shape_checkpoint_names_key_and_shapes(tmp_path, source_model):
     state = _state_dict(source_model)
-    state["visual.conv1.weight"] = torch.zeros(64, 3, 8, 8)  # model has width 192
+    model_shape = tuple(state["visual.conv1.weight"].shape)
+    bad_shape = (model_shape[0] // 2, *model_shape[1:])  # half the output channels
+    state["visual.conv1.weight"] = torch.zeros(bad_shape)
     del state["ln_final.bias"]
     path = tmp_path / "bad.pt"
     torch.save({"epoch": 1, "state_dict": state}, path)
@@ -132,7 +139,7 @@ def test_wrong_shape_checkpoint_names_key_and_shapes(tmp_path, source_model):
         create_model(checkpoint=path)
     message = str(info.value)
     assert "does not match model 'irkit-tiny'" in message
-    assert "visual.conv1.weight: checkpoint (64, 3, 8, 8) vs model (192, 3, 8, 8)" in message
+    assert f"visual.conv1.weight: checkpoint {bad_shape} vs model {model_shape}" in message
     assert "missing keys [1]: ln_final.bias" in message
     assert str(path) in message
 

@@ -106,3 +106,39 @@ def test_unknown_notebook_parameter_is_refused(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "unknown parameter(s) epoch" in done.stderr and "Traceback" not in done.stderr
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_grid_runs_each_combination_into_its_own_folder_and_tabulates(tiny_demo: Path, tmp_path: Path) -> None:
+    """quick-review over two prompt variants of one (random-init) model: two run folders and a
+    comparison table whose cells equal each run's own metrics.json."""
+    argv = [sys.executable, "-m", "irkit", "batch", "grid", str(REPO / "notebooks" / "quick-review.ipynb"),
+            "--grid", "prompt=suffix,strip", "-p", "data_root", str(tiny_demo), "-p", "workers", "0",
+            "-p", "cache_dir", str(tmp_path / "cache"), "--log-dir", str(tmp_path), "--name", "grid",
+            "--columns", "trained.official_mAP@10,trained.R@1"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    batch = tmp_path / "grid"
+    runs = sorted(p.name for p in batch.iterdir() if p.is_dir())
+    assert runs == ["prompt_strip", "prompt_suffix"]
+    import csv
+
+    with open(batch / "comparison.csv", newline="") as f:
+        rows = {row["run"]: row for row in csv.DictReader(f)}
+    for run in runs:
+        metrics = json.loads((batch / run / "metrics.json").read_text())
+        assert rows[run]["prompt"] == run.split("_", 1)[1] == metrics["trained"]["prompt"]
+        assert float(rows[run]["trained.official_mAP@10"]) == pytest.approx(metrics["trained"]["official_mAP@10"])
+    table = (batch / "comparison.md").read_text().splitlines()
+    assert table[0] == "| run | prompt | trained.official_mAP@10 | trained.R@1 |" and len(table) == 4
+
+
+def test_parse_grid_and_values() -> None:
+    from irkit.errors import InputError
+    from irkit.notebook import parse_grid, parse_value
+
+    assert parse_grid(["augment=true,false", "lr=1e-3,5e-4", "prompt=suffix"]) == {
+        "augment": [True, False], "lr": [1e-3, 5e-4], "prompt": ["suffix"]}
+    assert parse_value("null") is None and parse_value("True") is True and parse_value("x.pt") == "x.pt"
+    with pytest.raises(InputError, match="name=value1,value2"):
+        parse_grid(["augment"])

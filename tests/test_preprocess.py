@@ -13,7 +13,6 @@ from irkit.cli import main as cli_main
 from irkit.data.records import TrafficLabel
 from irkit.data.traffic import read_label_file
 from irkit.errors import InputError
-from irkit.preprocess import augment as augment_module
 from irkit.preprocess.attributes import (
     VehicleAttributes,
     VehicleVocab,
@@ -318,3 +317,62 @@ def test_cli_csv(tmp_path: Path, capsys) -> None:
     assert cli_main(["preprocess", "csv", "--labels", str(plain), "--images", str(images),
                      "--out", str(tmp_path / "x.csv")]) == 2
     assert "augment" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ end to end (demo data)
+
+@pytest.fixture(scope="module")
+def demo_traffic(tmp_path_factory) -> Path:
+    from irkit.data.demo import generate_demo
+
+    out = tmp_path_factory.mktemp("demo")
+    generate_demo(out, seed=0, scale="tiny", datasets="traffic", workers=1, progress=False)
+    return out / "traffic"
+
+
+def _sidecar_rows(root: Path, split: str) -> dict[str, dict]:
+    rows = [json.loads(line) for line in (root / "irkit_attributes.jsonl").read_text().splitlines() if line]
+    return {Path(r["image"]).name: r for r in rows if r["split"] == split}
+
+
+def test_augment_cli_on_demo_data(demo_traffic: Path, tmp_path: Path, capsys) -> None:
+    root = demo_traffic
+    vocab_path = tmp_path / "car_attribute.json"
+    assert cli_main(["preprocess", "attributes", "--labels", str(root / "train" / "train_label.txt"),
+                     "--out", str(vocab_path)]) == 0
+    capsys.readouterr()
+    out = tmp_path / "train_label_aug.txt"
+    assert cli_main(["preprocess", "augment", "--labels", str(root / "train" / "train_label.txt"),
+                     "--images", str(root / "train" / "train_images"), "--vocab", str(vocab_path),
+                     "--model", "irkit-tiny", "--out", str(out), "--cache-dir", str(tmp_path / "cache")]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    vocab = load_car_attribute(vocab_path)
+    original = read_label_file(root / "train" / "train_label.txt")
+    augmented = read_label_file(out)
+    rows = _sidecar_rows(root, "train")
+    # Which labels lack colour or type comes from the generator's own record (label_has).
+    partial = {name for name, r in rows.items() if r["kind"] == "vehicle"
+               and not (r["label_has"]["color"] and r["label_has"]["type"])}
+    assert partial and summary["augmented"] == len(partial)
+    assert [(a.image, a.attr, a.text) for a in augmented] == [(o.image, o.attr, o.text) for o in original]
+    for label in augmented:
+        if label.image not in partial:
+            assert label.aug == label.text
+            continue
+        known = parse_vehicle_attr(label.attr, vocab)
+        filled = parse_vehicle_attr(label.aug, vocab)
+        assert label.aug.endswith(".") and label.aug.startswith(("This is a ", "A "))
+        assert filled.color in vocab.colors and filled.type in vocab.types
+        for slot in ("color", "brand", "type"):          # slots the label names are kept
+            if getattr(known, slot) is not None:
+                assert getattr(filled, slot) == getattr(known, slot)
+    # Fill accuracy is scored against the generator's true attributes.
+    scored = summary["fill_accuracy"]
+    assert scored["color"]["filled"] == sum(1 for n in partial if not rows[n]["label_has"]["color"])
+    assert scored["type"]["filled"] == sum(1 for n in partial if not rows[n]["label_has"]["type"])
+    correct_colour = sum(1 for label in augmented if label.image in partial and not rows[label.image]["label_has"]["color"]
+                         and parse_vehicle_attr(label.aug, vocab).color == rows[label.image]["color"])
+    assert scored["color"]["correct"] == correct_colour
+    # The augmented labels build a training CSV.
+    csv_path = build_training_csv(augmented, root / "train" / "train_images", tmp_path / "train.csv", source=out)
+    assert len(csv_path.read_text().splitlines()) == len(augmented) + 1

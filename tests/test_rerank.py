@@ -15,7 +15,6 @@ from irkit.eval import protocols
 from irkit.methods import create_method
 from irkit.methods.rerank import (
     TopK,
-    evaluate_ranking_method,
     load_topk_file,
     rerank_split,
     resort_candidates,
@@ -23,7 +22,7 @@ from irkit.methods.rerank import (
     stage1_topk,
     train_reranker,
 )
-from irkit.methods.textual_inversion import load_cir_splits
+from irkit.methods.textual_inversion import evaluate_method, load_cir_splits
 from irkit.models.reranker import CrossEncoderReranker, RerankerConfig
 from irkit.runs import RunFolder
 from irkit.train.features import build_features
@@ -135,14 +134,14 @@ def test_stage1_agrees_with_the_protocol_ranking(demo, dataset):
     method = create_method("image-text-sum")
     k = len(split.gallery) - 2
     part = stage1_topk(method, ctx, split, k)
-    expected = protocols.rank_split(split, method.query_embeddings(ctx, split), method.gallery_embeddings(ctx, split), k)
+    query, gallery = method.query_embeddings(ctx, split), method.gallery_embeddings(ctx, split)
+    expected = protocols.rank_split(split, query, gallery, k)
     assert part.rankings() == expected
     assert all(len(ids) == k for ids in part.ids)
-    gallery = method.gallery_embeddings(ctx, split)
-    query = method.query_embeddings(ctx, split)
     position = {g: i for i, g in enumerate(split.gallery)}
     for row, (ids, scores) in enumerate(zip(part.ids, part.scores)):
-        np.testing.assert_allclose(scores, [float(query[row] @ gallery[position[i]]) for i in ids], rtol=1e-5, atol=1e-6)
+        expected_scores = [float(query[row] @ gallery[position[i]]) for i in ids]
+        np.testing.assert_allclose(scores, expected_scores, rtol=1e-5, atol=1e-6)
 
 
 def test_train_and_evaluate_reranker(demo, tmp_path):
@@ -158,7 +157,7 @@ def test_train_and_evaluate_reranker(demo, tmp_path):
     run.close()
     assert result.step == 3 and result.best_checkpoint is not None
     method = create_method("rerank", checkpoint=result.best_checkpoint, stage1=str(topk_path))
-    metrics = evaluate_ranking_method(method, ctx, val)
+    metrics = evaluate_method(method, ctx, val)
     assert metrics["method"] == "rerank" and metrics["num_queries"] == len(val[0].queries)
     assert metrics["(R@5+Rs@1)/2"] == pytest.approx(result.best_value)  # best.pt is the best validation
     # The reranked lists are the stage-I lists, re-sorted (the gallery is smaller than K=50).
@@ -170,3 +169,30 @@ def test_train_and_evaluate_reranker(demo, tmp_path):
     with pytest.raises(InputError, match="no top-K part"):
         create_method("rerank", checkpoint=result.best_checkpoint, stage1=str(topk_path)).rerank(
             ctx, load_cir_splits("cirr", root / "cirr", "train")[0])
+
+
+def test_patch_tokens_match_open_clip_and_are_cached(demo, tmp_path):
+    from PIL import Image
+
+    from irkit.train import features as feature_module
+
+    root, ctx = demo
+    (split,) = load_cir_splits("cirr", root / "cirr", "val")
+    paths = [split.image_path(i) for i in split.gallery[:3]]
+    cache = tmp_path / "tokens"
+    tokens = feature_module.encode_image_tokens(ctx.loaded, paths, cache_dir=cache, num_workers=0)
+    assert tokens.shape == (3, 64, 128) and tokens.dtype == np.float16  # (64 px / 8 px)^2 patches, D = 128
+    # Independently: open_clip's forward_intermediates (last block, final LayerNorm) x visual.proj.
+    visual = ctx.loaded.model.visual
+    pixels = torch.stack([ctx.loaded.preprocess(Image.open(p).convert("RGB")) for p in paths])
+    with torch.no_grad():
+        last = visual.forward_intermediates(pixels, indices=1, normalize_intermediates=True,
+                                            output_fmt="NLC", intermediates_only=True)["image_intermediates"][-1]
+        expected = (last @ visual.proj).numpy()
+    np.testing.assert_allclose(tokens.astype(np.float32), expected, rtol=1e-2, atol=1e-2)
+    records = [json.loads(p.read_text()) for p in cache.glob("*.json")]
+    assert len(records) == 1 and records[0]["material"]["kind"] == "image_patch_tokens"
+    feature_module._MEMO.clear()  # the next call must come from the disk cache
+    cached = feature_module.encode_image_tokens(ctx.loaded, paths, cache_dir=cache, num_workers=0)
+    np.testing.assert_array_equal(cached, tokens)
+    assert len(list(cache.glob("*.npy"))) == 1

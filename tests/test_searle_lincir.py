@@ -328,7 +328,7 @@ def test_lincir_training_runs_validates_and_keeps_best(tiny, demo, tmp_path, nlp
     captions = read_captions(demo / "captions" / "cirr_train.csv")
     validator = make_phi_validator(ctx, "lincir", "cirr", demo / "cirr", "val")
     config = PhiTrainingConfig(steps=6, batch_size=8, validate_every=2, seed=0)
-    run = RunFolder.create(tmp_path / "log", "lincir", config.to_params())
+    run = RunFolder.create(tmp_path / "log", "lincir-library", config.to_params())
     try:
         result = train_phi_lincir(tiny, captions, run, config, validator, nlp=nlp)
     finally:
@@ -349,7 +349,7 @@ def test_searle_distillation_training_on_oti_tokens(tiny, demo, tmp_path, small_
                                {q.reference for s in train_splits for q in s.queries})
     validator = make_phi_validator(ctx, "searle", "circo", demo / "circo", "val")
     config = PhiTrainingConfig(steps=4, batch_size=8, validate_every=2, seed=0)
-    run = RunFolder.create(tmp_path / "log", "searle", config.to_params())
+    run = RunFolder.create(tmp_path / "log", "searle-library", config.to_params())
     try:
         result = train_phi_searle(tiny, oti, run, config, small_bank, validator)
     finally:
@@ -362,9 +362,52 @@ def test_searle_distillation_training_on_oti_tokens(tiny, demo, tmp_path, small_
 def test_searle_training_refuses_tokens_of_another_backbone(tiny, small_bank, tmp_path):
     oti = OTITokens(["a"], torch.zeros(1, 128), torch.zeros(1, 128), torch.zeros(1, 128),
                     {"weights_id": "random-init:99"})
-    run = RunFolder.create(tmp_path / "log", "x", {})
+    run = RunFolder.create(tmp_path / "log", "searle-wrong-backbone", {})
     try:
         with pytest.raises(InputError, match="computed with weights 'random-init:99'"):
             train_phi_searle(tiny, oti, run, PhiTrainingConfig(steps=1), small_bank)
     finally:
         run.close()
+
+
+def test_lincir_training_resumes_exactly(tiny, tmp_path, nlp):
+    captions = ["a red car on the road", "a man in a blue jacket", "is running quickly", "the white bus",
+                "a tall woman with a black bag", "two dogs on the grass"]
+    config = PhiTrainingConfig(steps=4, batch_size=4, validate_every=100, seed=3)
+
+    def train(name, steps, resume=None):
+        run = RunFolder.open_existing(tmp_path / name) if resume else RunFolder.create(tmp_path, name, {})
+        try:
+            result = train_phi_lincir(tiny, captions, run, PhiTrainingConfig(**{**config.to_params(), "steps": steps}),
+                                      resume=resume, nlp=nlp)
+        finally:
+            run.close()
+        return result
+
+    train("straight", 4)
+    train("interrupted", 2)
+    result = train("interrupted", 4, resume="latest")
+    assert result.step == 4
+    straight = torch.load(tmp_path / "straight" / "checkpoints" / "latest.pt", weights_only=True)["model"]
+    resumed = torch.load(tmp_path / "interrupted" / "checkpoints" / "latest.pt", weights_only=True)["model"]
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+
+def test_searle_oti_method_runs_oti_once_and_caches_it(tiny, demo, tmp_path, monkeypatch):
+    split = load_cir_splits("cirr", demo / "cirr", "val")[0]
+    ctx = _ctx(tiny, tmp_path)
+    calls: list[int] = []
+    original = searle_module._invert_batch
+
+    def counting(*args, **kwargs):
+        calls.append(args[-1])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(searle_module, "_invert_batch", counting)
+    method = create_method("searle-oti", steps=1, batch_size=64)
+    first = method.query_embeddings(ctx, split)
+    assert first.shape == (len(split.queries), tiny.embed_dim)
+    assert np.allclose(np.linalg.norm(first, axis=1), 1.0, atol=1e-5)
+    assert calls == [0]
+    second = create_method("searle-oti", steps=1, batch_size=64).query_embeddings(ctx, split)
+    assert calls == [0] and np.array_equal(first, second)  # the cached OTI store was reused

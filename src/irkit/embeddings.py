@@ -1,8 +1,17 @@
 """Gallery image embeddings: parallel decoding, batched inference and an on-disk cache.
 
-:func:`encode_image_files` decodes images in DataLoader worker processes (PIL open ->
-RGB -> the model's preprocess) while the main process runs the image tower, and returns
-``[N, D]`` float32 L2-normalised rows in the order of ``paths``.
+:func:`encode_image_files` returns ``[N, D]`` float32 L2-normalised rows in the order of
+``paths``. Work is split into batches handled by DataLoader worker processes:
+
+- on CPU, each worker decodes its batch (PIL open -> RGB -> the model's preprocess) *and*
+  runs the image tower on it with one torch thread: data-parallel inference. On few cores this
+  beats one process running the model with several threads while others decode: intra-op
+  threads synchronise at every layer, so any decoding (or any other program) that preempts
+  one of them stalls all of them, and small per-thread batches stay in cache. (Forked
+  workers must stay single-threaded: GNU OpenMP hangs in a child forked after the parent
+  used its thread pool.) The workers share the model's weights copy-on-write.
+- on an accelerator, workers only decode; the main process runs the model.
+- with ``num_workers=0`` everything runs in the main process with ``num_threads()`` threads.
 
 Cache: ``<cache_dir>/<key>.npy`` + ``<key>.json``. The key is a hash of everything that
 changes the result: model name, weights id (checkpoint content hash / pretrained tag /
@@ -39,7 +48,6 @@ log = logging.getLogger(__name__)
 
 CACHE_FORMAT_VERSION = 1
 NUM_THREADS_ENV = "IRKIT_NUM_THREADS"
-WORKER_NICENESS = 10  # decoding processes run at this nice increment (0 = same priority)
 
 
 def num_threads() -> int:
@@ -72,47 +80,41 @@ def torch_threads(count: Optional[int] = None) -> Iterator[int]:
 
 # --------------------------------------------------------------------------- decoding
 
-class ImageFileDataset(Dataset):
-    """Item i = ``(i, preprocess(RGB image), None)``, or ``(i, None, error text)`` if it fails.
+class ImageBatches(Dataset):
+    """Item b = ``(first row, result, errors)`` for the images ``[b*B, (b+1)*B)``.
 
-    Errors are returned rather than raised so the main process can raise one clean
+    ``result`` is the ``[n, D]`` float32 embeddings when ``encode`` is set, else the
+    ``[n, 3, S, S]`` preprocessed pixels. Errors (undecodable images) are returned as
+    ``[(row, message)]`` rather than raised, so the main process can raise one clean
     InputError naming the file (a worker's exception would arrive wrapped in a traceback).
     """
 
-    def __init__(self, paths: Sequence[Path], preprocess: Callable[[Image.Image], torch.Tensor]) -> None:
-        self.paths = list(paths)
-        self.preprocess = preprocess
+    def __init__(self, loaded: "LoadedModel", paths: Sequence[Path], batch_size: int, encode: bool) -> None:
+        self.loaded, self.paths, self.batch_size, self.encode = loaded, list(paths), batch_size, encode
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return -(-len(self.paths) // self.batch_size)
 
-    def __getitem__(self, index: int) -> tuple[int, Optional[torch.Tensor], Optional[str]]:
-        try:
-            with Image.open(self.paths[index]) as image:
-                rgb = image.convert("RGB")
-            return index, self.preprocess(rgb), None
-        except Exception as e:  # undecodable, truncated, not an image ...
-            return index, None, f"{type(e).__name__}: {e}"
-
-
-def _lower_worker_priority(worker_id: int) -> None:
-    """DataLoader worker init: decode at lower CPU priority than the model's threads.
-
-    On few cores the decoders share CPUs with the inference threads; the inference threads
-    synchronise at every layer, so a decoder preempting one of them stalls all of them. With
-    a lower priority the decoders fill the cores' idle gaps instead.
-    """
-    if WORKER_NICENESS and hasattr(os, "nice"):
-        with contextlib.suppress(OSError):
-            os.nice(WORKER_NICENESS)
+    def __getitem__(self, batch: int) -> tuple[int, Any, list[tuple[int, str]]]:
+        first = batch * self.batch_size
+        pixels, errors = [], []
+        for row in range(first, min(first + self.batch_size, len(self.paths))):
+            try:
+                with Image.open(self.paths[row]) as image:
+                    pixels.append(self.loaded.preprocess(image.convert("RGB")))
+            except Exception as e:  # undecodable, truncated, not an image ...
+                errors.append((row, f"{type(e).__name__}: {e}"))
+        if errors:
+            return first, None, errors
+        stacked = torch.stack(pixels)
+        if not self.encode:
+            return first, stacked, []
+        with torch.inference_mode():
+            return first, self.loaded.encode_images(stacked).cpu().numpy(), []
 
 
-def _collate(items: list[tuple[int, Optional[torch.Tensor], Optional[str]]]):
-    errors = [(i, err) for i, _, err in items if err is not None]
-    if errors:
-        return None, None, errors
-    indices = torch.tensor([i for i, _, _ in items], dtype=torch.long)
-    return indices, torch.stack([t for _, t, _ in items]), []
+def _unchanged(item: Any) -> Any:
+    return item
 
 
 def _check_files(paths: Sequence[Path]) -> list[list[Any]]:
@@ -133,24 +135,27 @@ def _check_files(paths: Sequence[Path]) -> list[list[Any]]:
 
 
 def _encode_uncached(loaded: "LoadedModel", paths: Sequence[Path], batch_size: int, num_workers: int,
-                     desc: str) -> np.ndarray:
+                     desc: str, encode_in_workers: Optional[bool] = None) -> np.ndarray:
+    """Embed ``paths`` without the cache (see :func:`encode_image_files` for the process layout)."""
     embeddings = np.zeros((len(paths), loaded.embed_dim), dtype=np.float32)
-    num_batches = -(-len(paths) // batch_size)
-    workers = max(0, min(num_workers, num_batches))
-    loader = DataLoader(
-        ImageFileDataset(paths, loaded.preprocess), batch_size=batch_size, shuffle=False,
-        num_workers=workers, collate_fn=_collate,
-        prefetch_factor=4 if workers else None, persistent_workers=False,
-        worker_init_fn=_lower_worker_priority if workers else None,
-    )
-    with torch_threads(), torch.inference_mode(), tqdm(total=len(paths), desc=desc, unit="img", disable=len(paths) < 2 * batch_size) as bar:
-        for indices, pixels, errors in loader:
+    batches = ImageBatches(loaded, paths, batch_size, encode=True)
+    workers = max(0, min(num_workers, len(batches)))
+    if encode_in_workers is None:
+        encode_in_workers = torch.device(loaded.device).type == "cpu"
+    batches.encode = workers == 0 or encode_in_workers
+    loader = DataLoader(batches, batch_size=None, shuffle=False, num_workers=workers, collate_fn=_unchanged,
+                        prefetch_factor=2 if workers else None, persistent_workers=False)
+    progress = tqdm(total=len(paths), desc=desc, unit="img", disable=len(paths) < 2 * batch_size)
+    with torch_threads(), torch.inference_mode(), progress as bar:
+        for first, result, errors in loader:
             if errors:
-                index, message = errors[0]
+                row, message = errors[0]
                 raise InputError(f"cannot decode image ({message}); expected a readable image file",
-                                 path=paths[index])
-            embeddings[indices.numpy()] = loaded.encode_images(pixels).cpu().numpy()
-            bar.update(len(indices))
+                                 path=paths[row])
+            if not batches.encode:
+                result = loaded.encode_images(result).cpu().numpy()
+            embeddings[first:first + len(result)] = result
+            bar.update(len(result))
     return embeddings
 
 
@@ -223,11 +228,15 @@ def encode_image_files(
     num_workers: int = 2,
     cache_dir: Optional[os.PathLike | str] = None,
     desc: str = "images",
+    encode_in_workers: Optional[bool] = None,
 ) -> np.ndarray:
     """Embed image files -> ``[N, D]`` float32 L2-normalised rows, in the order of ``paths``.
 
-    Images are decoded by ``num_workers`` processes (0 = in the main process). With
-    ``cache_dir`` the result is read from / written to the on-disk cache (module docstring).
+    ``num_workers`` processes handle whole batches (on CPU: decode + encode, one thread each,
+    so use about one worker per core; 0 = all in the main process). With ``cache_dir`` the
+    result is read from / written to the on-disk cache (module docstring).
+    ``encode_in_workers`` overrides the layout (default: True on CPU, False on accelerators);
+    it never changes the result, so it is not part of the cache key.
     A missing or undecodable image raises :class:`InputError` naming the file.
     """
     if batch_size <= 0:
@@ -237,7 +246,7 @@ def encode_image_files(
     if not paths:
         return np.zeros((0, loaded.embed_dim), dtype=np.float32)
     if cache_dir is None:
-        return _encode_uncached(loaded, paths, batch_size, num_workers, desc)
+        return _encode_uncached(loaded, paths, batch_size, num_workers, desc, encode_in_workers)
     cache_dir = Path(cache_dir)
     material = image_cache_material(loaded, fingerprints)
     key = stable_hash(material)
@@ -245,7 +254,7 @@ def encode_image_files(
     if cached is not None:
         log.info("embedding cache hit %s (%d images)", key[:12], len(paths))
         return cached.astype(np.float32, copy=False)
-    embeddings = _encode_uncached(loaded, paths, batch_size, num_workers, desc)
+    embeddings = _encode_uncached(loaded, paths, batch_size, num_workers, desc, encode_in_workers)
     _save_cache(cache_dir, key, material, embeddings)
     return embeddings
 

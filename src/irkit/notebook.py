@@ -133,8 +133,6 @@ def run_grid(notebook: Path | str, grid: Mapping[str, Sequence[Any]], base_param
              metric_columns: Optional[Sequence[str]] = None) -> GridResult:
     """Run ``notebook`` once per combination of ``grid`` values into ``<log_dir>/<batch>/<run>/``
     and write ``comparison.csv`` / ``comparison.md`` of every run's flattened metrics."""
-    import pandas as pd
-
     notebook = Path(notebook)
     batch_name = batch_name or f"{time.strftime('%Y_%m_%d-%H_%M_%S')}-{notebook.stem}-grid"
     batch_dir = Path(log_dir) / batch_name
@@ -142,16 +140,45 @@ def run_grid(notebook: Path | str, grid: Mapping[str, Sequence[Any]], base_param
         raise InputError("batch folder already exists; choose another --name", path=batch_dir)
     _check_parameters(notebook, {**base_params, **grid})
     names = list(grid)
-    rows: list[dict[str, Any]] = []
+    run_dirs: list[Path] = []
     for values in itertools.product(*(grid[n] for n in names)):
         combo = dict(zip(names, values))
         run_name = "-".join(f"{n}_{v}" for n, v in combo.items()) or "run"
-        run_dir = run_notebook(notebook, {**base_params, **combo}, log_dir=batch_dir, name=run_name)
-        rows.append({"run": run_name, **combo, **flatten(read_metrics(run_dir))})
+        run_dirs.append(run_notebook(notebook, {**base_params, **combo}, log_dir=batch_dir, name=run_name))
+    return compare_runs(run_dirs, batch_dir, parameters=names, metric_columns=metric_columns)
+
+
+def read_run_parameters(run_dir: Path | str) -> dict[str, Any]:
+    """The papermill parameters a notebook run was executed with (from the saved notebook)."""
+    import nbformat
+
+    for notebook in sorted(Path(run_dir).glob("*.ipynb")):
+        papermill = nbformat.read(notebook, as_version=4).metadata.get("papermill", {})
+        if "parameters" in papermill:
+            return dict(papermill["parameters"])
+    return {}
+
+
+def compare_runs(run_dirs: Sequence[Path | str], out_dir: Path | str, parameters: Optional[Sequence[str]] = None,
+                 metric_columns: Optional[Sequence[str]] = None) -> GridResult:
+    """Write ``comparison.csv`` / ``comparison.md`` of the runs' parameters and flattened metrics.
+
+    ``parameters`` names the notebook parameters shown as columns (default: those that differ
+    between the runs).
+    """
+    import pandas as pd
+
+    run_params = [read_run_parameters(d) for d in run_dirs]
+    if parameters is None:
+        keys = sorted({k for p in run_params for k in p} - {"run_dir", "run_name"})
+        parameters = [k for k in keys if len({json.dumps(p.get(k), sort_keys=True) for p in run_params}) > 1]
+    rows = [{"run": Path(d).name, **{n: p.get(n) for n in parameters}, **flatten(read_metrics(d))}
+            for d, p in zip(run_dirs, run_params)]
     metric_names = list(metric_columns) if metric_columns else sorted(
-        {k for row in rows for k in row} - {"run", *names})
-    columns = ["run", *names, *metric_names]
+        {k for row in rows for k in row} - {"run", *parameters})
+    columns = ["run", *parameters, *metric_names]
+    out_dir = Path(out_dir)
     table = pd.DataFrame(rows, columns=columns)
-    atomic_write_text(batch_dir / "comparison.csv", table.to_csv(index=False))
-    atomic_write_text(batch_dir / "comparison.md", markdown_table(rows, columns))
-    return GridResult(batch_dir=batch_dir, rows=rows, columns=columns)
+    atomic_write_text(out_dir / "comparison.csv", table.to_csv(index=False))
+    atomic_write_text(out_dir / "comparison.md", markdown_table(rows, columns))
+    return GridResult(batch_dir=out_dir, rows=rows, columns=columns)

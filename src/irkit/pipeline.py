@@ -42,8 +42,8 @@ class TrafficRunParams:
     model: str = "irkit-tiny"          # any open_clip model name
     pretrained: Optional[str] = None   # open_clip tag or local file: fine-tune instead of from scratch
     checkpoint: Optional[str] = None   # quick-review: weights to evaluate; reproduce: start weights
-    epochs: int = 10                   # total training epochs (warm-up included)
-    warmup_epochs: int = 4             # from-scratch only: epochs before the model augments labels
+    epochs: int = 6                    # total training epochs (warm-up included)
+    warmup_epochs: int = 2             # from-scratch only: epochs before the model augments labels
     lr: Optional[float] = None         # None: recipe default (4e-7 fine-tuning, 1e-3 from scratch)
     wd: Optional[float] = None
     batch_size: Optional[int] = None
@@ -165,7 +165,8 @@ def reproduce(params: TrafficRunParams, run_dir: Path | str) -> PipelineResult:
     from irkit.data.traffic import load_traffic, read_label_file, write_label_file
     from irkit.models import create_model
     from irkit.preprocess.attributes import count_attributes, load_car_attribute, write_car_attribute
-    from irkit.preprocess.augment import augment_labels_detailed
+    from irkit.preprocess.augment import (augment_labels_detailed, default_truth_path, fill_accuracy,
+                                          read_attribute_truth)
     from irkit.preprocess.csvbuild import build_training_csv
 
     prompts = _prompt_order(params.prompt)
@@ -211,7 +212,9 @@ def reproduce(params: TrafficRunParams, run_dir: Path | str) -> PipelineResult:
                                          cache_dir=params.cache_dir, num_workers=params.workers,
                                          source=train_labels_path)
         augmentation.update(result.summary())
-        augmentation.update(_augmentation_accuracy(root, result))
+        truth_path = default_truth_path(train_images)
+        if truth_path is not None:  # demo data ships the true attributes: how good were the fills?
+            augmentation["fill_accuracy"] = fill_accuracy(result, read_attribute_truth(truth_path), train_images)
         write_label_file(run.path / "train_label_aug.txt", result.labels)
         train_csv = build_training_csv(result.labels, train_images, run.path / "train.csv", caption="aug",
                                        source=run.path / "train_label_aug.txt")
@@ -289,32 +292,6 @@ def _last_val(train_run: Path) -> Optional[dict[str, Any]]:
 
     results = read_results(train_run)
     return results[-1] if results else None
-
-
-def _augmentation_accuracy(root: Path, result: Any) -> dict[str, Any]:
-    """Accuracy of the filled slots against the demo's true attributes, when it ships them."""
-    sidecar = root / "irkit_attributes.jsonl"
-    if not sidecar.is_file():
-        return {}
-    truth: dict[str, dict[str, Any]] = {}
-    for line in sidecar.read_text().splitlines():
-        if line.strip():
-            row = json.loads(line)
-            if row.get("split", "train") == "train":
-                truth[Path(row["image"]).name] = row
-    correct: dict[str, list[int]] = {"color": [0, 0], "type": [0, 0], "brand": [0, 0]}
-    for label, parsed, chosen in zip(result.labels, result.parsed, result.chosen):
-        row = truth.get(label.image)
-        if parsed is None or chosen is None or row is None:
-            continue
-        for slot in parsed.missing():
-            value = getattr(chosen, slot)
-            if value is None or slot not in row:
-                continue
-            correct[slot][0] += int(str(value).lower() == str(row[slot]).lower())
-            correct[slot][1] += 1
-    return {"filled_accuracy": {slot: (hits / total if total else None) for slot, (hits, total) in correct.items()},
-            "filled_counts": {slot: total for slot, (_, total) in correct.items()}}
 
 
 def training_loss_series(training_runs: list[Path]) -> dict[str, list[tuple[int, float]]]:

@@ -44,13 +44,18 @@ class RunFolder:
         self.checkpoints_dir = self.path / "checkpoints"
         self.tensorboard_dir = self.path / "tensorboard"
         self._writer = None
-        self.logger = logging.getLogger(f"irkit.run.{self.path.name}")
+        self.logger = logging.getLogger(f"irkit.run.{self.path.resolve()}")
         self.logger.setLevel(logging.INFO)
         self.logger.propagate = False
-        if not self.logger.handlers:
+        log_file = str((self.path / "out.log").resolve())
+        # Handlers are keyed by this run's own files: other code (pytest, notebooks) may attach
+        # handlers of its own to the logger, which must not stop out.log from being written.
+        owned = [h for h in self.logger.handlers if getattr(h, "irkit_run", None) == log_file]
+        if not owned:
             formatter = logging.Formatter("%(asctime)s | %(levelname)s | %(message)s", "%Y-%m-%d,%H:%M:%S")
-            for handler in (logging.FileHandler(self.path / "out.log"), logging.StreamHandler(sys.stderr)):
+            for handler in (logging.FileHandler(log_file), logging.StreamHandler(sys.stderr)):
                 handler.setFormatter(formatter)
+                handler.irkit_run = log_file
                 self.logger.addHandler(handler)
 
     @classmethod

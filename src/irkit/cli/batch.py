@@ -27,6 +27,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                       help="a parameter and its values; repeatable (the product is run)")
     grid.add_argument("--columns", default=None, help="comma-separated metric columns for the table")
     grid.set_defaults(func=_grid)
+    compare = group.add_parser("compare", help="comparison table (CSV + markdown) of existing notebook runs")
+    compare.add_argument("runs", nargs="+", type=Path, help="run folders (each with metrics.json)")
+    compare.add_argument("--out", type=Path, required=True, help="folder for comparison.csv / comparison.md")
+    compare.add_argument("--columns", default=None, help="comma-separated metric columns for the table")
+    compare.set_defaults(func=_compare)
     best = group.add_parser("best", help="copy the best reproduce run into best-result-review/")
     best.add_argument("folders", nargs="+", type=Path, help="folders searched for reproduce runs")
     best.add_argument("--out", type=Path, default=Path("best-result-review"))
@@ -63,4 +68,13 @@ def _best(args: argparse.Namespace) -> int:
 
     run_dir = export_best_result(args.folders, args.out, args.metric)
     print(json.dumps({"best_run": str(run_dir), "out": str(args.out)}))
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from irkit.notebook import compare_runs
+
+    columns = args.columns.split(",") if args.columns else None
+    result = compare_runs(args.runs, args.out, metric_columns=columns)
+    print((result.batch_dir / "comparison.md").read_text())
     return 0

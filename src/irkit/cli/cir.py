@@ -7,8 +7,8 @@
     irkit cir train-phi --method lincir --captions captions.csv --val-dataset circo --val-root R
     irkit cir phrases --out phrases.tsv
 
-``eval`` prints ONE JSON object of metrics; every registered method works
-(``--method`` choices come from the method registry).
+``eval`` prints ONE JSON object of metrics. Every registered method works (an unknown
+``--method`` lists them); ``--method-checkpoint`` is passed to it as ``checkpoint``.
 """
 
 from __future__ import annotations
@@ -19,17 +19,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-from irkit.cli.embed import add_model_arguments, load_model_from_args
+from irkit.cli.common import add_encoding_arguments, add_model_arguments, cache_dir, load_model
 
 DATASETS = ("cirr", "circo", "fashioniq")
 
 
 def _add_context_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
-    parser.add_argument("--cache-dir", type=Path, default=Path(".cache/irkit"),
-                        help="embedding cache (default .cache/irkit); 'none' disables it")
-    parser.add_argument("--batch-size", type=int, default=64, help="encoding batch size")
-    parser.add_argument("--num-workers", type=int, default=2, help="image decoding processes")
+    add_encoding_arguments(parser)
 
 
 def _add_data_arguments(parser: argparse.ArgumentParser, prefix: str = "", required: bool = True,
@@ -142,8 +139,7 @@ def _add_phrase_arguments(parser: argparse.ArgumentParser) -> None:
 def _context(args: argparse.Namespace) -> Any:
     from irkit.methods import CIRContext
 
-    cache_dir = None if str(args.cache_dir).lower() == "none" else args.cache_dir
-    return CIRContext(load_model_from_args(args), cache_dir=cache_dir, batch_size=args.batch_size,
+    return CIRContext(load_model(args), cache_dir=cache_dir(args), batch_size=args.batch_size,
                       num_workers=args.num_workers)
 
 

@@ -2,14 +2,17 @@
 
     irkit cir train-fusion   --dataset cirr --root R --val-dataset cirr --val-root R [--projector]
     irkit cir train-combiner --dataset fashioniq --root R --val-dataset fashioniq --val-root R
-    irkit cir stage1         --dataset cirr --root R --split val --method magiclens --method-checkpoint best.pt --k 50 --out topk.json
+    irkit cir stage1         --dataset cirr --root R --split val --method magiclens --method-checkpoint best.pt \
+                             --k 50 --out topk.json
     irkit cir train-reranker --dataset cirr --root R --val-dataset cirr --val-root R --val-stage1 topk.json
-    irkit cir rerank         --dataset cirr --root R --split val --reranker best.pt --stage1 topk.json [--out reranked.json]
+    irkit cir rerank         --dataset cirr --root R --split val --reranker best.pt --stage1 topk.json \
+                             [--out reranked.json]
 
 Training commands write a run folder (``log/<name>/``: out.log, params.txt, checkpoints/
 {epoch_<n>,latest,best}.pt, results.jsonl, tensorboard/) and continue one with
-``--name N --resume latest``; they print one JSON line. ``cir eval --method magiclens|combiner``
-scores a trained head like any other method.
+``--name N --resume latest``; they print one JSON line. ``cir eval`` / ``cir submit`` with
+``--method magiclens|combiner --method-checkpoint best.pt`` score a trained head like any other
+method; ``cir rerank`` scores the two-stage system through the same protocols.
 """
 
 from __future__ import annotations
@@ -27,13 +30,6 @@ from irkit.cli.cir import (
     _method,
     _splits,
 )
-
-#: Head kind -> (sub-command, help).
-_TRAIN_COMMANDS = {
-    "magiclens": ("train-fusion", "train a MagicLens-style fusion head (optionally with the vision projector)"),
-    "combiner": ("train-combiner", "train a CLIP4Cir Combiner"),
-    "reranker": ("train-reranker", "train the stage-II re-ranking cross-encoder"),
-}
 
 
 def _add_training_arguments(parser: argparse.ArgumentParser, lr: float, wd: float, batch_size: int) -> None:
@@ -58,7 +54,8 @@ def _add_training_arguments(parser: argparse.ArgumentParser, lr: float, wd: floa
 
 def register(cir_subparsers: argparse._SubParsersAction) -> None:
     """Add train-fusion, train-combiner, stage1, train-reranker and rerank to ``irkit cir``."""
-    fusion = cir_subparsers.add_parser("train-fusion", help=_TRAIN_COMMANDS["magiclens"][1])
+    fusion = cir_subparsers.add_parser(
+        "train-fusion", help="train a MagicLens-style fusion head (optionally with the vision projector)")
     _add_training_arguments(fusion, lr=1e-4, wd=0.01, batch_size=64)
     fusion.add_argument("--depth", type=int, default=4, help="transformer layers (MagicLens: 4)")
     fusion.add_argument("--heads", type=int, default=8, help="attention heads (MagicLens base 8, large 16)")
@@ -69,14 +66,14 @@ def register(cir_subparsers: argparse._SubParsersAction) -> None:
                         help="random projector init instead of the identity start")
     fusion.set_defaults(func=_run_train, kind="magiclens")
 
-    combiner = cir_subparsers.add_parser("train-combiner", help=_TRAIN_COMMANDS["combiner"][1])
+    combiner = cir_subparsers.add_parser("train-combiner", help="train a CLIP4Cir Combiner")
     _add_training_arguments(combiner, lr=2e-5, wd=0.0, batch_size=64)
     combiner.add_argument("--projection-dim", type=int, default=None, help="P (default 4d; published 2560)")
     combiner.add_argument("--hidden-dim", type=int, default=None, help="H (default 8d; published 5120)")
     combiner.add_argument("--published-sizes", action="store_true", help="P=2560, H=5120 whatever the backbone")
     combiner.set_defaults(func=_run_train, kind="combiner")
 
-    reranker = cir_subparsers.add_parser("train-reranker", help=_TRAIN_COMMANDS["reranker"][1])
+    reranker = cir_subparsers.add_parser("train-reranker", help="train the stage-II re-ranking cross-encoder")
     _add_training_arguments(reranker, lr=1e-4, wd=0.01, batch_size=32)
     reranker.add_argument("--depth", type=int, default=2, help="cross-attention blocks")
     reranker.add_argument("--heads", type=int, default=8)
@@ -135,8 +132,7 @@ def _run_train(args: argparse.Namespace) -> int:
     train_splits, val_splits = _splits(args), _val_splits(args)
     params = {"kind": args.kind, "model": args.model, "pretrained": args.pretrained, "checkpoint": args.checkpoint,
               "dataset": args.dataset, "root": args.root, "split": args.split, "val_dataset": args.val_dataset,
-              "val_root": args.val_root, "val_split": args.val_split, "method": args.kind,
-              "learning_rate": config.learning_rate, **config.to_params(),
+              "val_root": args.val_root, "val_split": args.val_split, "method": args.kind, **config.to_params(),
               **{k: v for k, v in vars(args).items() if k in ("depth", "heads", "projector", "projection_dim",
                                                                "hidden_dim", "val_stage1", "k")}}
     run = open_run(args.log_dir, args.name, params, args.resume)
@@ -150,7 +146,8 @@ def _run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train_fusion(args, ctx, train_splits, val_splits, run, config):
+def _train_fusion(args: argparse.Namespace, ctx: Any, train_splits: list[Any], val_splits: list[Any],
+                  run: Any, config: Any) -> Any:
     from irkit.methods.fusion import train_fusion
     from irkit.models.fusion import FusionConfig
 
@@ -160,7 +157,8 @@ def _train_fusion(args, ctx, train_splits, val_splits, run, config):
     return train_fusion(ctx, train_splits, run, config, model_config, val_splits, args.val_metric, args.resume)
 
 
-def _train_combiner(args, ctx, train_splits, val_splits, run, config):
+def _train_combiner(args: argparse.Namespace, ctx: Any, train_splits: list[Any], val_splits: list[Any],
+                    run: Any, config: Any) -> Any:
     from irkit.methods.combiner import train_combiner
     from irkit.models.combiner import CombinerConfig
 
@@ -169,7 +167,8 @@ def _train_combiner(args, ctx, train_splits, val_splits, run, config):
     return train_combiner(ctx, train_splits, run, config, model_config, val_splits, args.val_metric, args.resume)
 
 
-def _train_reranker(args, ctx, train_splits, val_splits, run, config):
+def _train_reranker(args: argparse.Namespace, ctx: Any, train_splits: list[Any], val_splits: list[Any],
+                    run: Any, config: Any) -> Any:
     from irkit.methods.rerank import stage1_parts, train_reranker
     from irkit.models.reranker import RerankerConfig
 
@@ -200,7 +199,8 @@ def _run_stage1(args: argparse.Namespace) -> int:
 
 def _run_rerank(args: argparse.Namespace) -> int:
     from irkit.methods import create_method
-    from irkit.methods.rerank import evaluate_ranking_method, is_topk_path, save_topk_file
+    from irkit.methods.rerank import is_topk_path, save_topk_file
+    from irkit.methods.textual_inversion import evaluate_method
 
     ctx, splits = _context(args), _splits(args)
     stage1: Any = args.stage1
@@ -213,7 +213,7 @@ def _run_rerank(args: argparse.Namespace) -> int:
     output: dict[str, Any] = {"method": "rerank", "stage1": args.stage1}
     annotated = all(q.target is not None for split in splits for q in split.queries)
     if annotated and not args.no_eval:  # scored first: a failure writes nothing
-        output["metrics"] = evaluate_ranking_method(method, ctx, splits, args.include_shared_concept)
+        output["metrics"] = evaluate_method(method, ctx, splits, args.include_shared_concept)
     if args.out is not None:
         save_topk_file(args.out, [method.rerank(ctx, split).topk for split in splits])
         output["out"] = str(args.out)

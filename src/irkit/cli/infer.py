@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from irkit.cli.preprocess import add_model_arguments, model_from_args
+from irkit.cli.common import add_encoding_arguments, add_model_arguments, cache_dir, load_model
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -29,6 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     traffic.add_argument("--submission", type=Path, default=None,
                          help="also merge the two result files into this submission.json")
     add_model_arguments(traffic)
+    add_encoding_arguments(traffic)
     traffic.set_defaults(func=_run_traffic)
 
     merge = group.add_parser("merge", help="submission.json = vehicle results + person results, test_text order")
@@ -45,9 +46,9 @@ def _run_traffic(args: argparse.Namespace) -> int:
     from irkit.infer.traffic import RESULT_FILES, infer_traffic
 
     split = load_traffic(args.root, args.split)
-    loaded = model_from_args(args)
+    loaded = load_model(args)
     inference = infer_traffic(split, loaded, prompt=args.prompt, out_dir=args.out, k=args.k,
-                              batch_size=args.batch_size, num_workers=args.workers, cache_dir=args.cache_dir,
+                              batch_size=args.batch_size, num_workers=args.num_workers, cache_dir=cache_dir(args),
                               num_vehicle_queries=args.num_vehicle_queries)
     summary = inference.summary()
     if args.submission is not None:

@@ -6,32 +6,10 @@ import argparse
 import json
 from pathlib import Path
 
+from irkit.cli.common import add_encoding_arguments, add_model_arguments, cache_dir, load_model
 from irkit.errors import InputError
 
 SEPARATOR_WORDS = {"tab": "\t", "comma": ",", "semicolon": ";", "pipe": "|"}
-
-
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--model/--pretrained/--checkpoint/--transform/--device`` + image encoding options."""
-    parser.add_argument("--model", default="irkit-tiny", help="any open_clip model name (default irkit-tiny)")
-    weights = parser.add_mutually_exclusive_group()
-    weights.add_argument("--pretrained", default=None, help="open_clip pretrained tag (or a local weights file)")
-    weights.add_argument("--checkpoint", type=Path, default=None,
-                         help="local checkpoint: open_clip_train .pt, state dict or .safetensors")
-    parser.add_argument("--transform", default="square", choices=["square", "targetpad", "center"],
-                        help="image preprocessing (square = black padding to a square, as published)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--batch-size", type=int, default=64, help="images per encoding batch")
-    parser.add_argument("--workers", type=int, default=0, help="image loading worker processes")
-    parser.add_argument("--cache-dir", type=Path, default=None, help="embedding cache folder")
-
-
-def model_from_args(args: argparse.Namespace):
-    """Load the model named by :func:`add_model_arguments`' options."""
-    from irkit.models import create_model
-
-    return create_model(args.model, pretrained=args.pretrained, checkpoint=args.checkpoint,
-                        transform=args.transform, device=args.device)
 
 
 def parse_separator(value: str) -> str:
@@ -71,6 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          help="per-image attribute sidecar (irkit_attributes.jsonl) to score the filled slots; "
                               "default: <dataset root>/irkit_attributes.jsonl when present")
     add_model_arguments(augment)
+    add_encoding_arguments(augment)
     augment.set_defaults(func=_run_augment)
 
     csv = group.add_parser("csv", help="open_clip training CSV (filepath/title, absolute paths) from labels")
@@ -117,9 +96,9 @@ def _run_augment(args: argparse.Namespace) -> int:
     truth_path = args.truth if args.truth is not None else default_truth_path(args.images)
     if args.truth is not None and not args.truth.is_file():
         raise InputError("attribute sidecar not found; expected an irkit_attributes.jsonl", path=args.truth)
-    loaded = model_from_args(args)
+    loaded = load_model(args)
     result = augment_labels_detailed(labels, loaded, args.images, vocab, batch_size=args.batch_size,
-                                     cache_dir=args.cache_dir, num_workers=args.workers, source=args.labels)
+                                     cache_dir=cache_dir(args), num_workers=args.num_workers, source=args.labels)
     write_label_file(args.out, result.labels)
     summary = {"out": str(args.out), "weights_id": loaded.weights_id, **result.summary()}
     if truth_path is not None and truth_path.is_file():

@@ -19,14 +19,13 @@ from typing import Iterable, Optional, Sequence, Union
 from irkit.data.records import CaptionRecord
 from irkit.data.validate import (
     SEPARATOR_NAMES,
-    contained_path,
     decode_utf8,
     describe_separator,
     report_missing_images,
     require_file,
 )
 from irkit.errors import InputError
-from irkit.io import atomic_path
+from irkit.io import atomic_path, safe_join
 
 CaptionPair = tuple[Union[str, os.PathLike], str]
 
@@ -110,7 +109,7 @@ def load_caption_csv(path: os.PathLike | str, sep: str = "\t", img_key: str = "f
             if not title.strip():
                 raise InputError("empty caption; expected a non-empty caption", path=path, line=line,
                                  field=caption_key)
-            image = contained_path(root, filepath, source=path, line=line, field=img_key) if root is not None \
+            image = safe_join(root, filepath, source=path, line=line, field=img_key) if root is not None \
                 else Path(filepath)
             records.append(CaptionRecord(filepath=image, title=title, line=line))
     except csv.Error as e:

@@ -21,7 +21,6 @@ from typing import Any, Optional, Sequence
 from irkit.data.records import CIRQuery, CIRSplit
 from irkit.data.registry import register_dataset
 from irkit.data.validate import (
-    contained_path,
     entry_context,
     existing_names,
     expect_int,
@@ -33,7 +32,7 @@ from irkit.data.validate import (
     require_keys,
 )
 from irkit.errors import InputError
-from irkit.io import read_json
+from irkit.io import read_json, safe_join
 
 SPLITS = ("val", "test")
 VAL_KEYS = ("id", "reference_img_id", "target_img_id", "relative_caption", "shared_concept", "gt_img_ids")
@@ -172,7 +171,7 @@ def load_circo(root: os.PathLike | str, split: str, gallery_ids: Optional[Sequen
 
     image_dir = root / IMAGE_DIR
     image_paths = {
-        image_id: contained_path(image_dir, file_names.get(image_id) or coco_file_name(image_id),
+        image_id: safe_join(image_dir, file_names.get(image_id) or coco_file_name(image_id),
                             source=info_path, field=image_id)
         for image_id in gallery
     }

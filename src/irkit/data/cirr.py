@@ -26,7 +26,6 @@ from typing import Any, Mapping
 from irkit.data.records import CIRQuery, CIRSplit
 from irkit.data.registry import register_dataset
 from irkit.data.validate import (
-    contained_path,
     entry_context,
     expect_int,
     expect_list,
@@ -38,7 +37,7 @@ from irkit.data.validate import (
     type_name,
 )
 from irkit.errors import InputError
-from irkit.io import read_json
+from irkit.io import read_json, safe_join
 
 SPLITS = ("train", "val", "test1")
 SUBSET_SIZE = 6
@@ -64,7 +63,7 @@ def read_cirr_split_file(root: Path, split_path: Path) -> dict[str, Path]:
     for name, relative in mapping.items():
         expect_str(name, split_path, f"[{name!r}]")
         expect_str(relative, split_path, name)
-        image_paths[name] = contained_path(root, relative, source=split_path, field=name)
+        image_paths[name] = safe_join(root, relative, source=split_path, field=name)
     if not image_paths:
         raise InputError("no images; expected {image name: relative path} entries", path=split_path)
     return image_paths

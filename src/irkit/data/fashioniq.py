@@ -29,7 +29,6 @@ from typing import Any
 from irkit.data.records import CIRQuery, CIRSplit
 from irkit.data.registry import register_dataset
 from irkit.data.validate import (
-    contained_path,
     existing_names,
     expect_list,
     expect_object,
@@ -40,7 +39,7 @@ from irkit.data.validate import (
     require_keys,
 )
 from irkit.errors import InputError
-from irkit.io import read_json
+from irkit.io import read_json, safe_join
 
 CATEGORIES = ("dress", "shirt", "toptee")
 SPLITS = ("train", "val", "test")
@@ -82,7 +81,7 @@ def _parse_entry(entry: Any, index: int, path: Path, split: str, category: str) 
 def _image_path(images_dir: Path, asin: str, listing: set[str], source: Path, field: str) -> Path:
     """``images/<ASIN>.jpg``, or ``.png`` when only that exists; escaping names refused."""
     suffix = next((s for s in IMAGE_SUFFIXES if asin + s in listing), IMAGE_SUFFIXES[0])
-    return contained_path(images_dir, asin + suffix, source=source, field=field)
+    return safe_join(images_dir, asin + suffix, source=source, field=field)
 
 
 @register_dataset("fashioniq")

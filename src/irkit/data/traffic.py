@@ -24,7 +24,6 @@ from irkit.data.records import TrafficKind, TrafficLabel, TrafficSplit
 from irkit.data.registry import register_dataset
 from irkit.data.validate import (
     SEPARATOR_NAMES,
-    contained_path,
     existing_names,
     list_image_files,
     read_text_lines,
@@ -33,7 +32,7 @@ from irkit.data.validate import (
     require_dir,
 )
 from irkit.errors import InputError
-from irkit.io import atomic_path
+from irkit.io import atomic_path, safe_join
 
 SPLITS = ("train", "val", "test")
 SEP = "$"
@@ -120,7 +119,7 @@ def read_label_file(path: os.PathLike | str, images_dir: Optional[os.PathLike | 
     first_line: dict[str, int] = {}
     for number, line in lines:
         image, attr, text, aug = _parse_label_line(line, path, number)
-        contained_path(containment_root, image, source=path, line=number, field="img")
+        safe_join(containment_root, image, source=path, line=number, field="img")
         if image in first_line:
             raise InputError(
                 f"duplicate image name {image!r} (first on line {first_line[image]}); "

@@ -196,22 +196,3 @@ def report_missing_images(missing: Sequence[tuple[str, Path]], source: Path, wha
         f"check_images=False to read the annotations alone)",
         path=source, line=line, field=field,
     )
-
-
-def contained_path(root: os.PathLike | str, relative: str, source: Optional[os.PathLike | str] = None,
-                   line: Optional[int] = None, field: Optional[str] = None) -> Path:
-    """``root / relative`` as an absolute path, refusing paths that escape ``root``.
-
-    The check is lexical (``..`` components and absolute paths), like
-    :func:`irkit.io.safe_join`, but symlinks are *not* resolved: a dataset root whose image
-    folder is a symlink to another disk (a common layout) stays valid, and no file-system
-    call is made per image (galleries have 100k+ images).
-    """
-    if os.path.isabs(relative):
-        raise InputError(f"path '{relative}' is absolute; expected a path relative to {root}",
-                         path=source, line=line, field=field)
-    normalised = os.path.normpath(relative)
-    if normalised == os.pardir or normalised.startswith(os.pardir + os.sep):
-        raise InputError(f"path '{relative}' points outside the folder {root}; expected a path inside it",
-                         path=source, line=line, field=field)
-    return Path(os.path.abspath(root)) / normalised

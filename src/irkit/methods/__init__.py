@@ -11,5 +11,6 @@ from irkit.methods.base import (  # noqa: F401
     CIRMethod,
     create_method,
     list_methods,
+    method_class,
     register_method,
 )

@@ -43,12 +43,17 @@ def list_methods() -> list[str]:
     return sorted(_METHODS)
 
 
-def create_method(name: str, **options: Any) -> "CIRMethod":
-    """Instantiate the registered method ``name`` with its options."""
+def method_class(name: str) -> type:
+    """The class registered as method ``name`` (to inspect its options without building it)."""
     _import_builtin_methods()
     if name not in _METHODS:
         raise ValueError(f"unknown method '{name}'; registered: {', '.join(sorted(_METHODS))}")
-    return _METHODS[name](**options)
+    return _METHODS[name]
+
+
+def create_method(name: str, **options: Any) -> "CIRMethod":
+    """Instantiate the registered method ``name`` with its options."""
+    return method_class(name)(**options)
 
 
 @dataclass

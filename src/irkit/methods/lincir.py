@@ -33,9 +33,9 @@ from irkit.methods.textual_inversion import (
     frozen,
     index_batches,
     model_device,
+    new_phi,
     train_phi,
 )
-from irkit.models.phi import Phi
 from irkit.models.pseudo_token import (
     PLACEHOLDER,
     embed_dim,
@@ -161,7 +161,7 @@ def train_phi_lincir(loaded: Any, captions: Sequence[str], run: Any, config: Phi
     d, w = embed_dim(model), token_width(model)
     device = model_device(model)
     placeholder_id = placeholder_token_id(tokenizer)
-    phi = Phi(d, w, dropout=config.dropout).to(device)
+    phi = new_phi(d, w, config, device)
     spans_cache: dict[int, list[tuple[int, int]]] = {}
 
     def loss_fn(rows: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:

@@ -20,8 +20,9 @@ five ``img_set`` candidates are ordered by their stage-II scores too.
 
 Training (:func:`train_reranker`): for a batch of B triplets score every (query_i,
 target_j) pair and apply cross-entropy against the diagonal. ``create_method("rerank",
-checkpoint=..., stage1=<method name or top-K file>, k=...)`` evaluates it through the same
-protocols as every other method (:func:`evaluate_ranking_method`).
+checkpoint=..., stage1=<method name or top-K file>, k=...)`` is a *ranking* method
+(:meth:`RerankMethod.rank_split`): ``irkit cir eval`` / ``cir submit`` score it through the
+same protocols as every other method.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from irkit.io import atomic_write_json, read_json
 from irkit.methods.base import CIRContext, CIRMethod, register_method
 from irkit.models.reranker import CrossEncoderReranker, RerankerConfig
 from irkit.runs import RunFolder
-from irkit.train.features import encode_image_tokens, in_batch_contrastive_loss
+from irkit.train.features import image_tokens_for, in_batch_contrastive_loss
 from irkit.train.heads import HeadTrainingConfig, TrainedHeadMethod, train_on_triplets
 from irkit.train.loop import TrainResult
 
@@ -91,7 +92,8 @@ class TopK:
             missing = sorted(set(expected) - set(self.query_ids))
             extra = sorted(set(self.query_ids) - set(expected))
             detail = (f"missing {missing[:3]}" if missing else "") + (f" unexpected {extra[:3]}" if extra else "")
-            raise InputError(f"top-K queries do not match {split.dataset}-{split.split} ({detail or 'different order'});"
+            raise InputError(f"top-K queries do not match {split.dataset}-{split.split} "
+                             f"({detail or 'different order'});"
                              " expected one entry per query in split order", path=source, field="queries")
         gallery = set(split.gallery)
         for query_id, ids in zip(self.query_ids, self.ids):
@@ -238,6 +240,33 @@ class RerankResult:
     subset_rankings: Optional[dict[str, list[str]]] = None
 
 
+def _score_pairs(model: CrossEncoderReranker, features: Any, tokens: torch.Tensor, token_row: Mapping[str, int],
+                 candidates: Sequence[str], per_query: Sequence[Sequence[str]], chunk_size: int) -> np.ndarray:
+    """Cross-encoder scores of every (query q, candidate c in ``per_query[q]``) pair, flat in
+    that order. Candidates are processed ``chunk_size`` at a time: their memory (the
+    query-independent side) once, then every pair that ranks them."""
+    image_row = {image_id: i for i, image_id in enumerate(features.image_ids)}
+    slot = {c: i for i, c in enumerate(candidates)}
+    pair_query = np.array([q for q, pool in enumerate(per_query) for _ in pool], dtype=np.int64)
+    pair_slot = np.array([slot[c] for pool in per_query for c in pool], dtype=np.int64)
+    scores = np.zeros(len(pair_query), np.float32)
+    by_slot = np.argsort(pair_slot, kind="stable")
+    reference, text = features.reference, features.text
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(candidates), chunk_size):
+            chunk = candidates[start:start + chunk_size]
+            embeddings = features.images[[image_row[c] for c in chunk]]
+            memory = model.candidate_memory(embeddings, tokens[[token_row[c] for c in chunk]].float())
+            lo, hi = np.searchsorted(pair_slot[by_slot], [start, start + len(chunk)])
+            for pairs_start in range(lo, hi, chunk_size):
+                pairs = by_slot[pairs_start:min(hi, pairs_start + chunk_size)]
+                q = torch.from_numpy(pair_query[pairs])
+                rows = torch.from_numpy(pair_slot[pairs] - start)
+                scores[pairs] = model.score_pairs(reference[q], text[q], embeddings, memory, rows).numpy()
+    return scores
+
+
 def rerank_split(model: CrossEncoderReranker, ctx: CIRContext, split: CIRSplit, stage1: TopK,
                  features: Any, k: Optional[int] = None, chunk_size: int = 512) -> RerankResult:
     """Stage II: re-sort each query's first ``k`` stage-I candidates by the cross-encoder.
@@ -248,7 +277,7 @@ def rerank_split(model: CrossEncoderReranker, ctx: CIRContext, split: CIRSplit, 
         stage1: its top-K part (checked against ``split``).
         features: :class:`~irkit.train.features.CIRFeatures` of ``split`` with the gallery.
         k: candidates to re-rank per query (default ``stage1.k``; at most ``stage1.k``).
-        chunk_size: (query, candidate) pairs scored per forward pass.
+        chunk_size: candidates whose memory is computed together, and pairs per forward pass.
 
     Returns:
         :class:`RerankResult` whose lists hold exactly each query's first ``k`` stage-I
@@ -269,24 +298,12 @@ def rerank_split(model: CrossEncoderReranker, ctx: CIRContext, split: CIRSplit, 
         per_query.append(pool)
     image_row = {image_id: i for i, image_id in enumerate(features.image_ids)}
     needed = sorted({c for pool in per_query for c in pool}, key=image_row.__getitem__)
-    token_row = {image_id: i for i, image_id in enumerate(needed)}
-    tokens = torch.from_numpy(encode_image_tokens(ctx.loaded, [split.image_path(i) for i in needed],
-                                                  batch_size=ctx.batch_size, num_workers=ctx.num_workers,
-                                                  cache_dir=ctx.cache_dir))
-    pair_query = torch.tensor([q for q, pool in enumerate(per_query) for _ in pool], dtype=torch.long)
-    pair_image = torch.tensor([image_row[c] for pool in per_query for c in pool], dtype=torch.long)
-    pair_token = torch.tensor([token_row[c] for pool in per_query for c in pool], dtype=torch.long)
-    reference, text = features.reference, features.text
-    model.eval()
-    scores = torch.empty(len(pair_query))
-    with torch.no_grad():
-        for start in range(0, len(pair_query), chunk_size):
-            q, im, tk = (x[start:start + chunk_size] for x in (pair_query, pair_image, pair_token))
-            scores[start:start + chunk_size] = model(reference[q], text[q], features.images[im], tokens[tk].float())
+    tokens, token_row = image_tokens_for(ctx, split, features.image_ids, needed)
+    scores = _score_pairs(model, features, tokens, token_row, needed, per_query, chunk_size)
     ranked_ids, ranked_scores, subsets = [], [], {}
     offset = 0
     for query, pool, top in zip(split.queries, per_query, num_top):
-        pool_scores = scores[offset:offset + len(pool)].numpy()
+        pool_scores = scores[offset:offset + len(pool)]
         offset += len(pool)
         ids, values = resort_candidates(pool[:top], pool_scores[:top])
         ranked_ids.append(ids)
@@ -392,18 +409,18 @@ class RerankMethod(TrainedHeadMethod):
         key = (split.dataset, split.split, split.category, str(split.root))
         if key not in self._results:
             stage1 = self.stage1.topk(ctx, split)
-            k = min(self.k, stage1.k) if self.k else stage1.k
-            self._results[key] = rerank_split(self._model, ctx, split, stage1, self.features(ctx, split), k=k,
-                                              chunk_size=self.batch_size)
+            self._results[key] = rerank_split(self._model, ctx, split, stage1, self.features(ctx, split),
+                                              k=self.k or stage1.k, chunk_size=self.batch_size)
         return self._results[key]
 
-    def rank_split(self, ctx: CIRContext, split: CIRSplit) -> tuple[dict[str, list[str]], Optional[dict[str, list[str]]]]:
+    def rank_split(self, ctx: CIRContext,
+                   split: CIRSplit) -> tuple[dict[str, list[str]], Optional[dict[str, list[str]]]]:
         """``(rankings, subset_rankings or None)`` for :func:`irkit.eval.protocols.evaluate_rankings`."""
         from irkit.eval.protocols import GENERIC_MAP_KS, RANKING_DEPTH
 
         depth = RANKING_DEPTH.get(split.dataset, max(GENERIC_MAP_KS))
         stage1 = self.stage1.topk(ctx, split)
-        k = min(self.k, stage1.k) if self.k else stage1.k
+        k = self.k or stage1.k
         if k < depth and any(len(ids) > k for ids in stage1.ids):
             raise InputError(f"re-ranking keeps K={k} candidates per query, but the {split.dataset} protocol scores "
                              f"rankings down to rank {depth}; re-rank K >= {depth} candidates to evaluate "
@@ -412,32 +429,8 @@ class RerankMethod(TrainedHeadMethod):
         return result.topk.rankings(), result.subset_rankings
 
     def query_embeddings(self, ctx: CIRContext, split: CIRSplit) -> np.ndarray:
-        raise InputError("'rerank' re-sorts candidate lists and has no query embeddings; evaluate it with "
-                         "irkit.methods.rerank.evaluate_ranking_method (`irkit cir rerank`)", field="method")
-
-
-def evaluate_ranking_method(method: Any, ctx: CIRContext, splits: Sequence[CIRSplit],
-                            include_shared_concept: Optional[bool] = None) -> dict[str, Any]:
-    """Metrics of a method with ``rank_split`` (e.g. :class:`RerankMethod`) via
-    :func:`irkit.eval.protocols.evaluate_rankings`; FashionIQ's three categories are combined
-    with :func:`~irkit.eval.protocols.combine_fashioniq`, as for embedding methods."""
-    from irkit.eval import protocols
-
-    results = []
-    for split in splits:
-        rankings, subsets = method.rank_split(ctx, split)
-        results.append(protocols.evaluate_rankings(
-            split, rankings, subset_rankings=subsets,
-            shared_concept=include_shared_concept if split.dataset == "circo" else None))
-    if len(splits) == 3 and all(s.dataset == "fashioniq" for s in splits):
-        result = protocols.combine_fashioniq({s.category: r for s, r in zip(splits, results)})
-    elif len(splits) == 1:
-        result = results[0]
-    else:
-        raise InputError(f"cannot combine results of {len(splits)} splits; expected one split, or the three "
-                         "FashionIQ categories")
-    result["method"] = method.name
-    return result
+        raise InputError("'rerank' re-sorts candidate lists and has no query embeddings; score it through "
+                         "rank_split (irkit.methods.textual_inversion.evaluate_method does)", field="method")
 
 
 class RerankValidator:
@@ -454,11 +447,11 @@ class RerankValidator:
         self.metric = metric or SELECTION_METRIC.get(self.splits[0].dataset, "R@1")
 
     def __call__(self, model: torch.nn.Module) -> dict[str, float]:
-        from irkit.methods.textual_inversion import flatten_metrics
+        from irkit.methods.textual_inversion import evaluate_method, flatten_metrics
 
         method = RerankMethod(model=model, stage1=self.parts, k=self.k,
                               include_shared_concept=self.include_shared_concept)
-        metrics = flatten_metrics(evaluate_ranking_method(method, self.ctx, self.splits, self.include_shared_concept))
+        metrics = flatten_metrics(evaluate_method(method, self.ctx, self.splits, self.include_shared_concept))
         if self.metric not in metrics:
             raise InputError(f"validation metric {self.metric!r} is not among {sorted(metrics)}", field="val-metric")
         return metrics
@@ -492,3 +485,48 @@ def train_reranker(ctx: CIRContext, train_splits: Sequence[CIRSplit], run: RunFo
     return train_on_triplets(ctx, train_splits, run, config, lambda: CrossEncoderReranker(model_config),
                              reranker_loss, KIND, model_config.to_dict(), validator=validator, resume=resume,
                              with_tokens=True)
+
+
+# --------------------------------------------------------------------------- analysis
+
+
+def target_rank_changes(split: CIRSplit, before: TopK, after: TopK) -> list[tuple[str, Optional[int], Optional[int]]]:
+    """Per query ``(query_id, target rank in stage I, target rank after re-ranking)``, 1-based;
+    ``None`` where the target is not in that list (then it is in neither: stage II only re-sorts)."""
+    changes = []
+    for query, ids_before, ids_after in zip(split.queries, before.ids, after.ids):
+        rank_before = ids_before.index(query.target) + 1 if query.target in ids_before else None
+        rank_after = ids_after.index(query.target) + 1 if query.target in ids_after else None
+        changes.append((query.query_id, rank_before, rank_after))
+    return changes
+
+
+def rank_change_figure(changes: Sequence[tuple[str, Optional[int], Optional[int]]], k: int, title: str = ""):
+    """Scatter of target rank before vs after re-ranking and a histogram of the change
+    (positive = moved up); targets outside the top-K are counted in the title. Returns the Figure."""
+    import matplotlib.pyplot as plt
+
+    inside = [(b, a) for _, b, a in changes if b is not None and a is not None]
+    figure, (scatter, histogram) = plt.subplots(1, 2, figsize=(10, 4))
+    if inside:
+        before, after = np.array(inside).T
+        jitter = np.random.default_rng(0).uniform(-0.15, 0.15, size=(2, len(before)))
+        scatter.scatter(before + jitter[0], after + jitter[1], s=14, alpha=0.6)
+        gain = before - after
+        bins = np.arange(gain.min() - 0.5, gain.max() + 1.5)
+        histogram.hist(gain, bins=bins, color="#1f77b4")
+        histogram.axvline(0, color="grey", lw=1)
+        up, down = int((gain > 0).sum()), int((gain < 0).sum())
+        histogram.set_title(f"moved up {up}, down {down}, unchanged {len(gain) - up - down}", fontsize=9)
+    limit = max([1] + [max(b, a) for b, a in inside])  # the deepest rank shown
+    scatter.plot([1, limit], [1, limit], color="grey", lw=1, ls="--")
+    scatter.set_xlabel("target rank, stage I")
+    scatter.set_ylabel("target rank, after re-ranking")
+    scatter.set_xlim(0.5, limit + 0.5)
+    scatter.set_ylim(limit + 0.5, 0.5)
+    histogram.set_xlabel("rank gained by re-ranking (before - after)")
+    histogram.set_ylabel("queries")
+    outside = len(changes) - len(inside)
+    figure.suptitle((title + " - " if title else "") + f"{len(inside)} targets inside the top-{k}, {outside} outside")
+    figure.tight_layout()
+    return figure

@@ -44,13 +44,13 @@ from irkit.methods.textual_inversion import (
     index_batches,
     load_phrase_bank,
     model_device,
+    new_phi,
     phrase_regulariser,
     raw_image_embeddings,
     symmetric_contrastive_loss,
     train_phi,
     unique_references,
 )
-from irkit.models.phi import Phi
 from irkit.models.pseudo_token import embed_dim, encode_with_pseudo_tokens, placeholder_token_id, \
     token_width, tokenize_prompts
 
@@ -144,7 +144,7 @@ class OTITokens:
                 tensors = {k: f.get_tensor(k) for k in f.keys()}
             ids = json.loads(metadata["ids"])
             params = json.loads(metadata["params"])
-        except (KeyError, ValueError, OSError, Exception) as e:  # noqa: BLE001 - any unreadable file
+        except Exception as e:  # noqa: BLE001 - any unreadable or foreign file
             raise InputError(f"not a readable irkit OTI file ({type(e).__name__}: {e})", path=file) from None
         missing = {"tokens", "last_tokens", "image_features"} - set(tensors)
         if missing or len(ids) != tensors.get("tokens", torch.zeros(0)).shape[0]:
@@ -299,7 +299,7 @@ def train_phi_searle(loaded: Any, oti: OTITokens, run: Any, config: PhiTrainingC
     bank = phrases if phrases is not None else load_phrase_bank()
     device = model_device(model)
     placeholder_id = placeholder_token_id(tokenizer)
-    phi = Phi(d, w, dropout=config.dropout).to(device)
+    phi = new_phi(d, w, config, device)
     features, targets = oti.image_features.float(), oti.tokens.float()
 
     with frozen(model):

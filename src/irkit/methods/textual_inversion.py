@@ -4,10 +4,13 @@
 * losses: cosine distance, the symmetric contrastive (NT-Xent) distillation loss, the
   phrase regulariser;
 * the inference prompt ``a photo of $ that {caption}`` (FashionIQ: both caption orders);
-* :class:`PseudoTokenMethod`, the :class:`~irkit.methods.CIRMethod` base whose query is the
-  prompt encoded with one pseudo token per reference image;
-* :func:`evaluate_method`, scoring any registered method on a CIR split with the
-  :mod:`irkit.eval.protocols`, and the phi training loop with validation and best checkpoint.
+* :class:`PseudoTokenMethod` / :class:`PhiMethod`, the :class:`~irkit.methods.CIRMethod`
+  bases whose query is the prompt encoded with one pseudo token per reference image;
+* phi training on :func:`irkit.train.loop.train` with a CIR validation split
+  (:class:`PhiValidator`, best checkpoint kept);
+* running ANY registered method: :func:`evaluate_method` (metrics via
+  :mod:`irkit.eval.protocols`), :func:`write_method_submission` (test-server files), and the
+  notebook helpers :func:`review_cir_method` / :func:`review_grid`.
 
 Shapes: d = joint embedding width, w = token embedding width, B = batch.
 """
@@ -389,7 +392,7 @@ def split_raw_image_embeddings(ctx: CIRContext, split: CIRSplit, image_ids: Sequ
                                 ctx.num_workers, ctx.cache_dir)
 
 
-def encode_queries_with_tokens(loaded: Any, split: CIRSplit, reference_tokens: Mapping[str, torch.Tensor] | torch.Tensor,
+def encode_queries_with_tokens(loaded: Any, split: CIRSplit, reference_tokens: torch.Tensor,
                                reference_ids: Sequence[str], mode: InjectionMode,
                                include_shared_concept: bool = False, batch_size: int = 64,
                                progress: bool = True) -> np.ndarray:
@@ -409,15 +412,13 @@ def encode_queries_with_tokens(loaded: Any, split: CIRSplit, reference_tokens: M
             prompts.append(prompt)
             owners.append(qi)
             rows.append(row_of[query.reference])
-    tokens = reference_tokens if isinstance(reference_tokens, torch.Tensor) else torch.stack(
-        [reference_tokens[i] for i in reference_ids])
     features = np.zeros((len(prompts), loaded.embed_dim), dtype=np.float32)
     starts = range(0, len(prompts), batch_size)
     with torch.no_grad():
         for start in tqdm(starts, desc="queries", unit="batch", disable=not progress or len(starts) < 4):
             chunk = prompts[start:start + batch_size]
             ids = tokenize_prompts(tokenizer, chunk)
-            pseudo = tokens[rows[start:start + len(chunk)]]
+            pseudo = reference_tokens[rows[start:start + len(chunk)]]
             encoded = encode_with_pseudo_tokens(model, ids, pseudo, placeholder_id, mode)
             features[start:start + len(chunk)] = F.normalize(encoded.float(), dim=-1).cpu().numpy()
     summed = np.zeros((len(split.queries), features.shape[1]), dtype=np.float32)
@@ -505,27 +506,55 @@ def embed_splits(method: CIRMethod, ctx: CIRContext, splits: Sequence[CIRSplit])
     return [(method.query_embeddings(ctx, split), method.gallery_embeddings(ctx, split)) for split in splits]
 
 
-def score_embeddings(splits: Sequence[CIRSplit], embeddings: Sequence[tuple[np.ndarray, np.ndarray]],
-                     include_shared_concept: Optional[bool] = None) -> dict[str, Any]:
-    """Metrics of per-split embeddings via :mod:`irkit.eval.protocols`: FashionIQ's three
-    categories -> :func:`~irkit.eval.protocols.combine_fashioniq`; one split -> its protocol's dict."""
+def combine_split_results(splits: Sequence[CIRSplit], results: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One result for a benchmark split: FashionIQ's three categories ->
+    :func:`~irkit.eval.protocols.combine_fashioniq`; a single split -> its own dict."""
     from irkit.eval import protocols
 
-    results = [protocols.evaluate_embeddings(split, q, g, shared_concept=include_shared_concept
-                                             if split.dataset == "circo" else None)
-               for split, (q, g) in zip(splits, embeddings)]
     if len(splits) == 3 and all(s.dataset == "fashioniq" for s in splits):
         return protocols.combine_fashioniq({s.category: r for s, r in zip(splits, results)})
     if len(splits) == 1:
-        return results[0]
+        return dict(results[0])
     raise InputError(f"cannot combine results of {len(splits)} splits; expected one split, or the three "
                      "FashionIQ categories")
 
 
+def score_embeddings(splits: Sequence[CIRSplit], embeddings: Sequence[tuple[np.ndarray, np.ndarray]],
+                     include_shared_concept: Optional[bool] = None) -> dict[str, Any]:
+    """Metrics of per-split (query, gallery) embeddings via :mod:`irkit.eval.protocols`."""
+    from irkit.eval import protocols
+
+    return combine_split_results(splits, [
+        protocols.evaluate_embeddings(split, q, g, shared_concept=include_shared_concept
+                                      if split.dataset == "circo" else None)
+        for split, (q, g) in zip(splits, embeddings)])
+
+
+def is_ranking_method(method: Any) -> bool:
+    """Whether ``method`` ranks directly (``rank_split(ctx, split) -> (rankings, subsets)``,
+    e.g. re-ranking) instead of producing query/gallery embeddings."""
+    return callable(getattr(method, "rank_split", None))
+
+
 def evaluate_method(method: CIRMethod, ctx: CIRContext, splits: Sequence[CIRSplit],
                     include_shared_concept: Optional[bool] = None) -> dict[str, Any]:
-    """Metrics of ``method`` on annotated split(s) (:func:`score_embeddings`), plus ``"method"``."""
-    result = score_embeddings(splits, embed_splits(method, ctx, splits), include_shared_concept)
+    """Metrics of any registered method on annotated split(s), plus ``"method"``.
+
+    Embedding methods: :func:`score_embeddings`; ranking methods (:func:`is_ranking_method`):
+    their rankings scored by :func:`irkit.eval.protocols.evaluate_rankings`.
+    """
+    from irkit.eval import protocols
+
+    if is_ranking_method(method):
+        results = []
+        for split in splits:
+            rankings, subsets = method.rank_split(ctx, split)
+            results.append(protocols.evaluate_rankings(
+                split, rankings, subset_rankings=subsets,
+                shared_concept=include_shared_concept if split.dataset == "circo" else None))
+        result = combine_split_results(splits, results)
+    else:
+        result = score_embeddings(splits, embed_splits(method, ctx, splits), include_shared_concept)
     result["method"] = method.name
     return result
 
@@ -551,6 +580,15 @@ class PhiTrainingConfig:
 
     def to_params(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+def new_phi(input_dim: int, output_dim: int, config: PhiTrainingConfig, device: Any = "cpu") -> torch.nn.Module:
+    """A freshly initialised :class:`~irkit.models.phi.Phi`, its weights a function of ``config.seed``."""
+    from irkit.models.phi import Phi
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        return Phi(input_dim, output_dim, dropout=config.dropout).to(device)
 
 
 def flatten_metrics(result: Mapping[str, Any]) -> dict[str, float]:
@@ -640,11 +678,11 @@ def method_options(name: str, checkpoint: Optional[Path | str] = None, include_s
     """
     import inspect
 
-    from irkit.methods.base import _METHODS, list_methods
+    from irkit.methods.base import list_methods, method_class
 
     if name not in list_methods():
         raise InputError(f"unknown method {name!r}; registered: {', '.join(list_methods())}", field="method")
-    accepted = {p for p in inspect.signature(_METHODS[name].__init__).parameters if p != "self"}
+    accepted = {p for p in inspect.signature(method_class(name).__init__).parameters if p != "self"}
     options: dict[str, Any] = dict(extra or {})
     if checkpoint is not None:
         options["checkpoint"] = checkpoint
@@ -694,29 +732,41 @@ def write_method_submission(method: CIRMethod, ctx: CIRContext, splits: Sequence
     CIRCO: ``submission_<split>.json`` (50 int ids per query); FashionIQ (three categories):
     ``fashioniq_<split>.json``. Files are written atomically by :mod:`irkit.eval.submissions`.
     """
-    from irkit.eval import protocols, submissions
+    from irkit.eval import submissions
 
     out_dir = Path(out_dir)
     dataset = splits[0].dataset
-    embeddings = [(method.query_embeddings(ctx, s), method.gallery_embeddings(ctx, s)) for s in splits]
+    if dataset not in ("cirr", "circo", "fashioniq"):
+        raise InputError(f"no test-server format for dataset {dataset!r}; expected cirr, circo or fashioniq")
+    if dataset != "fashioniq" and len(splits) != 1:
+        raise InputError(f"{dataset} submissions are written for one split, got {len(splits)}")
+    ranked = [_submission_rankings(method, ctx, split) for split in splits]
     if dataset == "cirr":
-        (split,), ((q, g),) = splits, embeddings
-        rankings, subsets = protocols.rank_cirr(split, q, g, k=50, subset_k=3)
+        (split,), ((rankings, subsets),) = splits, ranked
         recall_path, subset_path = submissions.cirr_submission_paths(out_dir, split.split)
         submissions.write_cirr_submission(recall_path, subset_path, split, rankings, subsets)
         return [recall_path, subset_path]
     if dataset == "circo":
-        (split,), ((q, g),) = splits, embeddings
-        path = out_dir / f"submission_{split.split}.json"
-        submissions.write_circo_submission(path, split, protocols.rank_split(split, q, g, 50))
+        path = out_dir / f"submission_{splits[0].split}.json"
+        submissions.write_circo_submission(path, splits[0], ranked[0][0])
         return [path]
-    if dataset == "fashioniq":
-        by_category = {s.category: s for s in splits}
-        rankings = {s.category: protocols.rank_split(s, q, g, 50) for s, (q, g) in zip(splits, embeddings)}
-        path = out_dir / f"fashioniq_{splits[0].split}.json"
-        submissions.write_fashioniq_submission(path, by_category, rankings)
-        return [path]
-    raise InputError(f"no test-server format for dataset {dataset!r}; expected cirr, circo or fashioniq")
+    path = out_dir / f"fashioniq_{splits[0].split}.json"
+    submissions.write_fashioniq_submission(path, {s.category: s for s in splits},
+                                           {s.category: r for s, (r, _) in zip(splits, ranked)})
+    return [path]
+
+
+def _submission_rankings(method: CIRMethod, ctx: CIRContext, split: CIRSplit
+                         ) -> tuple[dict[str, list[str]], Optional[dict[str, list[str]]]]:
+    """Top-50 rankings (and CIRR's top-3 subset rankings) of ``split`` by ``method``."""
+    from irkit.eval import protocols
+
+    if is_ranking_method(method):
+        return method.rank_split(ctx, split)
+    query_embeddings, gallery_embeddings = method.query_embeddings(ctx, split), method.gallery_embeddings(ctx, split)
+    if split.dataset == "cirr":
+        return protocols.rank_cirr(split, query_embeddings, gallery_embeddings, k=50, subset_k=3)
+    return protocols.rank_split(split, query_embeddings, gallery_embeddings, 50), None
 
 
 # --------------------------------------------------------------------------- notebook helpers
@@ -757,11 +807,11 @@ def ensure_cir_demo(data_root: Path | str, dataset: str, scale: str = "tiny",
 
 @dataclass
 class CIRReview:
-    """One evaluated method on one benchmark split: metrics plus what the pictures need."""
+    """One evaluated method on one benchmark split: metrics plus the top rankings to show."""
 
     method: str
     splits: list[CIRSplit]
-    embeddings: list[tuple[np.ndarray, np.ndarray]]
+    rankings: list[dict[str, list[str]]]  # per split: query id -> top gallery ids (protocol applied)
     metrics: dict[str, Any]
     phi_run: Optional[Path] = None
 
@@ -769,13 +819,14 @@ class CIRReview:
 def review_cir_method(ctx: CIRContext, dataset: str, root: Path | str, method: str, split: str = "val",
                       method_checkpoint: Optional[Path | str] = None, include_shared_concept: bool = False,
                       run_dir: Optional[Path | str] = None, lincir_captions: Optional[Path | str] = None,
-                      lincir_steps: int = 0, **loader_options: Any) -> CIRReview:
+                      lincir_steps: int = 0, top_k: int = 10, **loader_options: Any) -> CIRReview:
     """Evaluate ``method`` on ``dataset``/``split``; write ``metrics.json`` into ``run_dir``.
 
     For ``lincir`` without ``method_checkpoint`` and with ``lincir_captions`` and
     ``lincir_steps > 0``, phi is first trained from those captions (text only) into
     ``run_dir/phi`` (validated on this split, best checkpoint used).
     """
+    from irkit.eval import protocols
     from irkit.io import atomic_write_json
     from irkit.methods.base import create_method
 
@@ -796,28 +847,30 @@ def review_cir_method(ctx: CIRContext, dataset: str, root: Path | str, method: s
             run.close()
         method_checkpoint, phi_run = result.best_checkpoint, run.path
     instance = create_method(method, **method_options(method, method_checkpoint, include_shared_concept))
-    embeddings = embed_splits(instance, ctx, splits)
-    metrics = score_embeddings(splits, embeddings, include_shared_concept)
-    metrics["method"] = method
+    if is_ranking_method(instance):
+        metrics = evaluate_method(instance, ctx, splits, include_shared_concept)
+        rankings = [{q: ids[:top_k] for q, ids in instance.rank_split(ctx, s)[0].items()} for s in splits]
+    else:
+        embeddings = embed_splits(instance, ctx, splits)
+        metrics = score_embeddings(splits, embeddings, include_shared_concept)
+        metrics["method"] = method
+        rankings = [protocols.rank_split(s, q, g, top_k) for s, (q, g) in zip(splits, embeddings)]
     if run_dir is not None:
         atomic_write_json(Path(run_dir) / "metrics.json", metrics, indent=2)
-    return CIRReview(method, list(splits), embeddings, metrics, phi_run)
+    return CIRReview(method, list(splits), rankings, metrics, phi_run)
 
 
 def review_grid(review: CIRReview, num_queries: int = 4, k: int = 5, split_index: int = 0):
     """Figure: reference image + modification text, then the top-``k`` retrieved images
     (green = relevant, red = not), for ``num_queries`` queries spread over the split."""
-    from irkit.eval import protocols
     from irkit.viz import retrieval_grid
 
-    split = review.splits[split_index]
-    query_embeddings, gallery_embeddings = review.embeddings[split_index]
-    rankings = protocols.rank_split(split, query_embeddings, gallery_embeddings, k)
+    split, rankings = review.splits[split_index], review.rankings[split_index]
     step = max(1, len(split.queries) // max(1, num_queries))
     picked = split.queries[::step][:num_queries]
     return retrieval_grid(
         [" / ".join(q.captions) for q in picked],
-        [[split.image_path(i) for i in rankings[q.query_id]] for q in picked],
+        [[split.image_path(i) for i in rankings[q.query_id][:k]] for q in picked],
         relevant=[{split.image_path(i) for i in (q.ground_truths or ((q.target,) if q.target else ()))}
                   for q in picked],
         query_images=[split.image_path(q.reference) for q in picked],

@@ -14,22 +14,24 @@ scales them with the backbone (``P = 4d``, ``H = 8d`` by default) and takes expl
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-from typing import Any, Mapping, Optional
+from dataclasses import dataclass
+from typing import Any, ClassVar, Mapping, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from irkit.errors import InputError
+from irkit.models.config import HeadConfig
 
 PUBLISHED_PROJECTION_DIM = 2560
 PUBLISHED_HIDDEN_DIM = 5120
 
 
 @dataclass
-class CombinerConfig:
+class CombinerConfig(HeadConfig):
     """Sizes of a :class:`Combiner`: CLIP width ``d``, projection ``P``, hidden ``H``."""
+    config_name: ClassVar[str] = "combiner"
 
     clip_feature_dim: int
     projection_dim: int
@@ -46,18 +48,6 @@ class CombinerConfig:
         else:
             default_p, default_h = 4 * clip_feature_dim, 8 * clip_feature_dim
         return cls(clip_feature_dim, projection_dim or default_p, hidden_dim or default_h)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "CombinerConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise InputError(f"unknown combiner config keys {unknown}; expected some of {sorted(known)}",
-                             field="model_config")
-        return cls(**values)
 
 
 class Combiner(nn.Module):

@@ -255,11 +255,16 @@ def load_weights(model: torch.nn.Module, path: Union[str, Path], model_name: str
 
 
 def save_weights(loaded_or_model: Union[LoadedModel, torch.nn.Module], path: Union[str, Path],
-                 dtype: Optional[torch.dtype] = None, model_name: Optional[str] = None) -> Path:
+                 dtype: Optional[Union[torch.dtype, str]] = None, model_name: Optional[str] = None) -> Path:
     """Write the model's state dict as ``.safetensors`` (atomically), model name in the metadata.
 
-    ``dtype`` (e.g. ``torch.float16``) casts floating tensors, halving a demo checkpoint's size.
+    ``dtype`` (``torch.float16`` or ``"float16"``) casts floating tensors, halving a demo
+    checkpoint's size.
     """
+    if isinstance(dtype, str):
+        if not isinstance(getattr(torch, dtype, None), torch.dtype):
+            raise InputError(f"unknown dtype '{dtype}' (expected e.g. float16, bfloat16, float32)", field="dtype")
+        dtype = getattr(torch, dtype)
     if isinstance(loaded_or_model, LoadedModel):
         model, model_name = loaded_or_model.model, model_name or loaded_or_model.model_name
     else:

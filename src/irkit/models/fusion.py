@@ -18,20 +18,22 @@ the same module, so it is saved in the same checkpoint.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
-from typing import Any, Mapping, Optional
+from dataclasses import dataclass
+from typing import Any, ClassVar, Mapping, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from irkit.errors import InputError
+from irkit.models.config import HeadConfig
 from irkit.models.layers import AttentionPool, TransformerBlock, init_linear_lecun
 from irkit.models.projector import VisionProjector
 
 @dataclass
-class FusionConfig:
+class FusionConfig(HeadConfig):
     """Sizes of a :class:`MagicLensFusion` (MagicLens base: D 512, 8 heads; large: D 768, 16 heads)."""
+    config_name: ClassVar[str] = "fusion"
 
     embed_dim: int
     depth: int = 4
@@ -44,18 +46,6 @@ class FusionConfig:
     projector_zero_init: bool = True  # False: the published random initialisation
     projector_trainable: bool = True  # False: frozen at its seeded init (the published set-up)
     init_temperature: float = 0.07   # initial contrastive temperature (learned)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "FusionConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise InputError(f"unknown fusion config keys {unknown}; expected some of {sorted(known)}",
-                             field="model_config")
-        return cls(**values)
 
 
 class MagicLensFusion(nn.Module):

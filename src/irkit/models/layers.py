@@ -108,14 +108,23 @@ class Attention(nn.Module):
         batch, length, _ = x.shape
         return x.view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)  # [B, N, L, H]
 
+    def project_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of ``context`` [B, S, kv_dim] -> two [B, heads, S, head_dim] tensors.
+
+        Computing them once lets many queries attend to the same context (re-ranking).
+        """
+        return self._split_heads(self.k(context)), self._split_heads(self.v(context))
+
     def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None,
-                key_padding_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+                key_padding_mask: Optional[torch.Tensor] = None,
+                kv: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
         """``x`` [B, T, D] attends to ``context`` [B, S, kv_dim] (default: ``x``) -> [B, T, D].
 
+        ``kv``: precomputed :meth:`project_kv` output used instead of ``context``.
         ``key_padding_mask`` [B, S] is True where a key must be ignored.
         """
-        context = x if context is None else context
-        q, k, v = self._split_heads(self.q(x)), self._split_heads(self.k(context)), self._split_heads(self.v(context))
+        q = self._split_heads(self.q(x))
+        k, v = kv if kv is not None else self.project_kv(x if context is None else context)
         if self.per_dim_scale is not None:
             # softplus(0) * 1.442695 == 1, so the scale starts at exactly 1/sqrt(head_dim).
             q = q * (1.442695041 / math.sqrt(self.head_dim)) * F.softplus(self.per_dim_scale)
@@ -154,14 +163,22 @@ class TransformerBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio), dim, act=act, dropout=dropout)
         self.drop = nn.Dropout(dropout)
 
+    def context_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-attention keys/values of ``context`` [B, S, C] (reusable across queries)."""
+        return self.cross_attn.project_kv(self.norm_context(context))
+
     def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None,
-                context_padding_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """``x`` [B, T, D] (and ``context`` [B, S, C] with cross-attention) -> [B, T, D]."""
+                context_padding_mask: Optional[torch.Tensor] = None,
+                context_kv: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
+        """``x`` [B, T, D] (and ``context`` [B, S, C], or its :meth:`context_kv`, with
+        cross-attention) -> [B, T, D]."""
         x = x + self.drop(self.attn(self.norm1(x)))
         if self.cross_attention:
-            if context is None:
-                raise ValueError("this block has cross-attention: pass a context [B, S, C]")
-            x = x + self.drop(self.cross_attn(self.norm_cross(x), self.norm_context(context),
+            if context_kv is None:
+                if context is None:
+                    raise ValueError("this block has cross-attention: pass a context [B, S, C] or its context_kv")
+                context_kv = self.context_kv(context)
+            x = x + self.drop(self.cross_attn(self.norm_cross(x), kv=context_kv,
                                               key_padding_mask=context_padding_mask))
         return x + self.drop(self.mlp(self.norm2(x)))
 

@@ -11,26 +11,36 @@ The score adds a scaled cosine prior, ``prior_scale * cos(normalise(ref + text),
 untrained re-ranker therefore orders candidates like that baseline, and training moves
 it from there.
 
-Shapes: ``B`` pairs, ``D`` joint embedding width, ``P`` patch tokens, ``C`` token width.
+The candidate side (its tokens, their LayerNorm and every block's cross-attention keys and
+values) does not depend on the query, so it is computed once per candidate
+(:meth:`CrossEncoderReranker.candidate_memory`) and shared by all the queries that rank it.
+
+Shapes: ``B`` pairs, ``N`` candidates, ``D`` joint embedding width, ``P`` patch tokens,
+``C`` token width.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
-from typing import Any, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from irkit.errors import InputError
+from irkit.models.config import HeadConfig
 from irkit.models.layers import Mlp, TransformerBlock, init_linear_lecun
+
+#: Per block, the cross-attention (keys, values) of N candidates, each [N, heads, 1 + P, head_dim].
+CandidateMemory = list[tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass
-class RerankerConfig:
+class RerankerConfig(HeadConfig):
     """Sizes of a :class:`CrossEncoderReranker`."""
+    config_name: ClassVar[str] = "re-ranker"
 
     embed_dim: int                 # D: joint embedding width of ref / text / candidate embeddings
     token_dim: int                 # C: width of the candidate patch tokens
@@ -39,18 +49,6 @@ class RerankerConfig:
     mlp_ratio: float = 4.0
     dropout: float = 0.0
     init_prior_scale: float = 10.0  # initial weight of the cosine prior (learned)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "RerankerConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise InputError(f"unknown re-ranker config keys {unknown}; expected some of {sorted(known)}",
-                             field="model_config")
-        return cls(**values)
 
 
 class CrossEncoderReranker(nn.Module):
@@ -78,17 +76,31 @@ class CrossEncoderReranker(nn.Module):
         nn.init.zeros_(self.head.fc2.bias)
         self.log_prior_scale = nn.Parameter(torch.tensor(math.log(config.init_prior_scale)))
 
-    def forward_features(self, reference: torch.Tensor, text: torch.Tensor, candidate: torch.Tensor,
-                         candidate_tokens: torch.Tensor) -> torch.Tensor:
-        """Encoded query tokens [B, 2, D] after attending to the candidate's tokens."""
-        scale = math.sqrt(self.config.embed_dim)  # unit vectors -> per-channel magnitude ~1
+    def _queries(self, reference: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """Query tokens [B, 2, D]: unit reference and text embeddings (scaled to per-channel ~1)."""
+        scale = math.sqrt(self.config.embed_dim)
         queries = torch.stack([F.normalize(reference, dim=-1), F.normalize(text, dim=-1)], dim=1) * scale
-        queries = queries + self.type_embeddings[:2]
+        return queries + self.type_embeddings[:2]
+
+    def candidate_context(self, candidate: torch.Tensor, candidate_tokens: torch.Tensor) -> torch.Tensor:
+        """Candidate tokens [N, 1 + P, D]: its unit global embedding, then its projected patch tokens."""
+        scale = math.sqrt(self.config.embed_dim)
         context = torch.cat([F.normalize(candidate, dim=-1)[:, None] * scale,
-                             self.token_in(candidate_tokens.to(queries.dtype))], dim=1)
-        context = context + self.type_embeddings[2]
-        for block in self.blocks:
-            queries = block(queries, context=context)
+                             self.token_in(candidate_tokens.to(candidate.dtype))], dim=1)
+        return context + self.type_embeddings[2]
+
+    def candidate_memory(self, candidate: torch.Tensor, candidate_tokens: torch.Tensor) -> CandidateMemory:
+        """Everything the candidate side contributes, computed once per candidate: the
+        cross-attention keys/values of every block, [N, heads, 1 + P, head_dim] each."""
+        context = self.candidate_context(candidate, candidate_tokens)
+        return [block.context_kv(context) for block in self.blocks]
+
+    def forward_features(self, reference: torch.Tensor, text: torch.Tensor, memory: CandidateMemory,
+                         rows: torch.Tensor) -> torch.Tensor:
+        """Query tokens [B, 2, D] after attending to candidate ``rows`` [B] of ``memory``."""
+        queries = self._queries(reference, text)
+        for block, (keys, values) in zip(self.blocks, memory):
+            queries = block(queries, context_kv=(keys[rows], values[rows]))
         return queries
 
     def forward_head(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -100,20 +112,28 @@ class CrossEncoderReranker(nn.Module):
         query = F.normalize(F.normalize(reference, dim=-1) + F.normalize(text, dim=-1), dim=-1)
         return self.log_prior_scale.exp() * (query * F.normalize(candidate, dim=-1)).sum(-1)
 
+    def score_pairs(self, reference: torch.Tensor, text: torch.Tensor, candidate: torch.Tensor,
+                    memory: CandidateMemory, rows: torch.Tensor) -> torch.Tensor:
+        """Scores [B] of pairs (reference[i], text[i], candidate row ``rows[i]``), given the
+        candidates' embeddings [N, D] and :meth:`candidate_memory`."""
+        tokens = self.forward_features(reference, text, memory, rows)
+        return self.forward_head(tokens) + self.prior(reference, text, candidate[rows])
+
     def forward(self, reference: torch.Tensor, text: torch.Tensor, candidate: torch.Tensor,
                 candidate_tokens: torch.Tensor) -> torch.Tensor:
-        """One score per (reference, text, candidate) row -> [B]."""
-        tokens = self.forward_features(reference, text, candidate, candidate_tokens)
-        return self.forward_head(tokens) + self.prior(reference, text, candidate)
+        """One score per (reference [B, D], text [B, D], candidate [B, D] + tokens [B, P, C]) row -> [B]."""
+        memory = self.candidate_memory(candidate, candidate_tokens)
+        return self.score_pairs(reference, text, candidate, memory, torch.arange(candidate.shape[0]))
 
     def score_matrix(self, reference: torch.Tensor, text: torch.Tensor, candidates: torch.Tensor,
                      candidate_tokens: torch.Tensor) -> torch.Tensor:
-        """Every query against every candidate: [B, D] x [N, D] (+ [N, P, C]) -> scores [B, N]."""
+        """Every query against every candidate: [B, D] x [N, D] (+ [N, P, C]) -> scores [B, N].
+
+        The candidate side is computed once per candidate, not once per pair.
+        """
         num_queries, num_candidates = reference.shape[0], candidates.shape[0]
-        scores = self(
-            reference.repeat_interleave(num_candidates, dim=0),
-            text.repeat_interleave(num_candidates, dim=0),
-            candidates.repeat(num_queries, 1),
-            candidate_tokens.repeat(num_queries, 1, 1),
-        )
+        memory = self.candidate_memory(candidates, candidate_tokens)
+        rows = torch.arange(num_candidates).repeat(num_queries)
+        scores = self.score_pairs(reference.repeat_interleave(num_candidates, dim=0),
+                                  text.repeat_interleave(num_candidates, dim=0), candidates, memory, rows)
         return scores.view(num_queries, num_candidates)

@@ -16,9 +16,9 @@ from typing import Literal, Optional, Sequence
 
 from irkit.data.captions import write_caption_csv
 from irkit.data.records import TrafficLabel
-from irkit.data.validate import contained_path, describe_separator, existing_names, require_dir
+from irkit.data.validate import describe_separator, existing_names, require_dir
 from irkit.errors import InputError
-from irkit.io import atomic_write_json, read_json
+from irkit.io import atomic_write_json, read_json, safe_join
 
 CaptionField = Literal["aug", "text"]
 CAPTION_FIELDS = ("aug", "text")
@@ -38,7 +38,7 @@ def label_image_paths(labels: Sequence[TrafficLabel], images_dir: os.PathLike | 
     paths: list[Path] = []
     missing: list[TrafficLabel] = []
     for label in labels:
-        path = contained_path(images_dir, label.image, source=source, line=label.line, field="img")
+        path = safe_join(images_dir, label.image, source=source, line=label.line, field="img")
         if label.image not in listing and not path.is_file():
             missing.append(label)
         paths.append(path)

@@ -78,10 +78,11 @@ def raw_text_embeddings(loaded: Any, texts: Sequence[str], batch_size: int = 256
 
 def raw_image_embeddings(ctx: CIRContext, split: CIRSplit, image_ids: Sequence[str]) -> np.ndarray:
     """[N, D] float32 UNnormalised image embeddings of ``image_ids`` (disk cache + memo)."""
+    from irkit.embeddings import _check_files
     from irkit.methods.textual_inversion import split_raw_image_embeddings
 
-    paths = [str(split.image_path(i)) for i in image_ids]
-    return _memoised({"kind": "raw_image", **_model_key(ctx.loaded), "paths": paths},
+    fingerprints = _check_files([split.image_path(i) for i in image_ids])  # path, size, mtime
+    return _memoised({"kind": "raw_image", **_model_key(ctx.loaded), "files": fingerprints},
                      lambda: split_raw_image_embeddings(ctx, split, list(image_ids)))
 
 
@@ -136,6 +137,36 @@ def encode_image_tokens(loaded: Any, paths: Sequence[os.PathLike | str], batch_s
         return tokens
 
     return _memoised({"kind": "tokens", "key": key}, compute)
+
+
+#: Images per patch-token cache entry when tokens are requested for a subset of a gallery.
+TOKEN_CHUNK = 1024
+
+
+def image_tokens_for(ctx: CIRContext, split: CIRSplit, ordered_ids: Sequence[str], needed_ids: Sequence[str],
+                     chunk_size: int = TOKEN_CHUNK) -> tuple[torch.Tensor, dict[str, int]]:
+    """Patch tokens of ``needed_ids`` -> (``[U, P, D]`` float16, ``{id: row}``).
+
+    ``ordered_ids`` (a stable order such as the gallery's) is cut into fixed chunks of
+    ``chunk_size``; every chunk holding a needed id is encoded and cached on its own, so
+    another top-K set of the same gallery (another K, another stage-I method) reuses the
+    cache instead of re-encoding. ``U`` covers the touched chunks (a superset of the needed ids).
+    """
+    position = {image_id: i for i, image_id in enumerate(ordered_ids)}
+    missing = [i for i in needed_ids if i not in position]
+    if missing:
+        raise ValueError(f"{len(missing)} needed ids are not in ordered_ids (first: {missing[0]!r})")
+    chunks = sorted({position[i] // chunk_size for i in needed_ids})
+    parts, rows = [], {}
+    for chunk in chunks:
+        ids = list(ordered_ids[chunk * chunk_size:(chunk + 1) * chunk_size])
+        offset = sum(len(p) for p in parts)
+        parts.append(encode_image_tokens(ctx.loaded, [split.image_path(i) for i in ids], batch_size=ctx.batch_size,
+                                         num_workers=ctx.num_workers, cache_dir=ctx.cache_dir))
+        rows.update({image_id: offset + j for j, image_id in enumerate(ids)})
+    if not parts:
+        return torch.zeros(0, 0, ctx.loaded.embed_dim, dtype=torch.float16), rows
+    return torch.from_numpy(np.concatenate(parts) if len(parts) > 1 else parts[0]), rows
 
 
 def _encode_tokens_uncached(loaded: Any, paths: Sequence[Path], batch_size: int, num_workers: int) -> np.ndarray:
@@ -239,10 +270,8 @@ def build_features(ctx: CIRContext, split: CIRSplit, *, include_shared_concept: 
     texts = split_query_texts(split, include_shared_concept)
     text_and_empty = raw_text_embeddings(ctx.loaded, texts + [""])
     tokens = None
-    if with_tokens:
-        tokens = torch.from_numpy(encode_image_tokens(
-            ctx.loaded, [split.image_path(i) for i in image_ids], batch_size=ctx.batch_size,
-            num_workers=ctx.num_workers, cache_dir=ctx.cache_dir))
+    if with_tokens:  # every chunk is touched, so the rows are in image_ids order
+        tokens, _ = image_tokens_for(ctx, split, image_ids, image_ids)
     return CIRFeatures(
         splits=[split], image_ids=image_ids, images=images,
         reference_index=torch.tensor([row[q.reference] for q in queries], dtype=torch.long),

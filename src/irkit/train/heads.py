@@ -1,11 +1,13 @@
-"""Shared glue for training a head (fusion, Combiner, re-ranker) on frozen CIR features.
+"""Shared glue for the heads trained on frozen CIR features (fusion, Combiner, re-ranker).
 
-Each ``train_*`` function in :mod:`irkit.methods.fusion`, :mod:`irkit.methods.combiner` and
-:mod:`irkit.methods.rerank` builds its model and loss, then calls :func:`train_head`, which
-runs :func:`irkit.train.loop.train` with AdamW, validation every N steps, the best
-checkpoint kept by the benchmark's selection metric, and the checkpoint made
-self-describing: ``extra = {"kind", "model_config", "backbone", "options"}`` so a method
-can rebuild the head from the file alone (:func:`load_head`).
+* :func:`train_on_triplets` encodes a benchmark's training triplets
+  (:mod:`irkit.train.features`), builds the head from a seed and calls :func:`train_head`:
+  :func:`irkit.train.loop.train` with AdamW, validation every N steps and ``best.pt`` kept
+  by the benchmark's selection metric. Checkpoints are self-describing
+  (``extra = {"kind", "model_config", "backbone", "training"}``).
+* :class:`TrainedHeadMethod` is the base of the ``magiclens`` / ``combiner`` / ``rerank``
+  methods: it rebuilds the head from such a checkpoint (:func:`load_head`), or takes an
+  in-memory one (validation during training), and checks the backbone it was trained on.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ class HeadTrainingConfig:
     validate_every: int = 100
     seed: int = 0
     include_shared_concept: bool = False
-    grad_clip_norm: Optional[float] = 1.0
+    grad_clip_norm: Optional[float] = None  # the published trainers do not clip
 
     def to_params(self) -> dict[str, Any]:
         return asdict(self)
@@ -110,7 +112,6 @@ def train_head(
     validator: Optional[Callable[[torch.nn.Module], Mapping[str, float]]] = None,
     metric: Optional[str] = None,
     resume: Optional[str] = None,
-    options: Optional[Mapping[str, Any]] = None,
 ) -> loop.TrainResult:
     """Train ``model`` (its trainable parameters) with AdamW for ``config.steps`` steps."""
     from open_clip_train.scheduler import const_lr
@@ -119,7 +120,7 @@ def train_head(
     optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
     schedule = const_lr(optimizer, config.learning_rate, config.warmup, config.steps) if config.warmup else None
     extra = {"kind": kind, "model_config": dict(model_config), "backbone": backbone_identity(loaded),
-             "options": dict(options or {}), "training": config.to_params()}
+             "training": config.to_params()}
     run.log("training %s head: %d trainable parameters", kind, sum(p.numel() for p in parameters))
     return loop.train(
         model, loss_fn, optimizer, batches, run, config.steps,
@@ -181,7 +182,11 @@ class TrainedHeadMethod(CIRMethod):
         if checkpoint is not None:
             state = load_head(checkpoint, self.kind)
             self._model = self.build_model(state["extra"]["model_config"])
-            self._model.load_state_dict(state["model"])
+            try:
+                self._model.load_state_dict(state["model"])
+            except RuntimeError as e:
+                raise InputError(f"the {self.kind} weights do not fit its stored config ({str(e).splitlines()[0]})",
+                                 path=checkpoint) from None
             self._model.eval()
             self._backbone = state["extra"]["backbone"]
 

@@ -184,8 +184,12 @@ def train(
     resume_path = resolve_resume(run, resume)
     if resume_path is not None:
         state = load_checkpoint(resume_path)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise InputError(f"checkpoint does not match the model being trained ({str(e).splitlines()[0]}); "
+                             "resume with the options the run was started with", path=resume_path) from None
         step, epoch, batch_in_epoch = int(state["step"]), int(state["epoch"]), int(state["batch_in_epoch"])
         best_value, best_step = state["best"]["value"], state["best"]["step"]
         last_metrics = dict(state.get("metrics") or {})

@@ -15,7 +15,7 @@ from irkit.errors import InputError
 #: Datasets the generator can write, in generation order.
 DATASETS: tuple[str, ...] = ("traffic", "fashioniq", "cirr", "circo")
 #: Bumped whenever a change to the generator changes its output for the same seed/scale.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 5
 
 
 @dataclass(frozen=True)
@@ -27,25 +27,25 @@ class DemoDifficulty:
     """
 
     # --- vehicles -----------------------------------------------------------------------
-    emblem_scale: float = 0.11              # brand emblem side / vehicle height (~5-10 px)
+    emblem_scale: float = 0.38              # brand emblem side / vehicle height (~15-25 px)
     colour_brightness_jitter: float = 0.10  # std of the per-image multiplicative body-colour factor
     colour_channel_jitter: float = 9.0      # std of the per-channel additive colour shift (0-255 units)
     cargo_other_colour_prob: float = 0.25   # truck cargo box painted a neutral colour, not the body colour
     # --- persons ------------------------------------------------------------------------
-    accessory_scale: float = 1.0            # size factor of hats, bags and glasses (smaller = harder)
+    accessory_scale: float = 1.6            # size factor of hats, bags and glasses (smaller = harder)
     # --- scene / camera -----------------------------------------------------------------
-    clutter_range: tuple[int, int] = (2, 6)   # number of background clutter items (inclusive)
-    partial_object_prob: float = 0.35       # another vehicle/person cut by the crop border
-    occlusion_prob: float = 0.15            # a pole/sign/person in front of the subject
+    clutter_range: tuple[int, int] = (1, 4)   # number of background clutter items (inclusive)
+    partial_object_prob: float = 0.2        # another vehicle/person cut by the crop border
+    occlusion_prob: float = 0.08            # a pole/sign/person in front of the subject
     occlusion_max_frac: float = 0.30        # widest occluder, as a fraction of the crop width
-    low_light_prob: float = 0.15            # crops only (scenes have an explicit day/night attribute)
+    low_light_prob: float = 0.1             # crops only (scenes have an explicit day/night attribute)
     low_light_range: tuple[float, float] = (0.25, 0.5)   # brightness factor in low light
     brightness_range: tuple[float, float] = (0.8, 1.2)   # brightness factor otherwise
     colour_cast: float = 0.06               # max per-channel gain deviation of the white balance
     noise_std: float = 4.0                  # Gaussian sensor noise std (0-255 units)
-    blur_prob: float = 0.35
+    blur_prob: float = 0.2
     blur_max_radius: float = 1.1            # Gaussian blur radius in pixels
-    jpeg_quality_range: tuple[int, int] = (60, 90)  # inclusive; also applied before saving PNGs
+    jpeg_quality_range: tuple[int, int] = (70, 92)  # inclusive; also applied before saving PNGs
     # --- labels -------------------------------------------------------------------------
     partial_label_prob: float = 0.2         # train/val vehicle labels missing colour and/or type
     missing_brand_prob: float = 0.08        # train/val vehicle labels missing the brand
@@ -122,8 +122,8 @@ SCALES: dict[str, DemoScale] = {
     # >= 3,000 gallery images per dataset: meaningful metrics.
     "full": DemoScale(
         name="full",
-        traffic_train_vehicles=2400, traffic_train_persons=3600,
-        traffic_val_vehicles=400, traffic_val_persons=600,
+        traffic_train_vehicles=4000, traffic_train_persons=6000,
+        traffic_val_vehicles=200, traffic_val_persons=300,
         traffic_test_vehicles=2000, traffic_test_persons=1200,
         fashioniq_images={"train": 600, "val": 1000, "test": 400},
         fashioniq_queries={"train": 600, "val": 500, "test": 250},

@@ -196,7 +196,8 @@ def draw_vehicle(draw: ImageDraw.ImageDraw, box: Box, vehicle_type: str, body_rg
     return [head]
 
 
-def _vehicle_box_in(area: Box, vehicle_type: str, width: float, bottom: float, left: float) -> Box:
+def _vehicle_box_in(vehicle_type: str, width: float, bottom: float, left: float) -> Box:
+    """Box of a ``vehicle_type`` of ``width`` px whose bottom-left corner is (``left``, ``bottom``)."""
     h = width / VEHICLE_BOX_ASPECT[vehicle_type]
     return (left, bottom - h, left + width, bottom)
 
@@ -517,7 +518,7 @@ def encode_image(image: Image.Image, rng: np.random.Generator, cfg: DemoDifficul
     buffer.seek(0)
     decoded = Image.open(buffer).convert("RGB")
     out = io.BytesIO()
-    decoded.save(out, "PNG")
+    decoded.save(out, "PNG", compress_level=1)  # noisy images barely compress: favour speed
     return out.getvalue()
 
 
@@ -542,7 +543,7 @@ def render_vehicle_crop(spec: Mapping[str, Any], rng: np.random.Generator, cfg: 
         bottom = height * rng.uniform(0.6, 0.9)
         other_rgb = jitter_colour(list(VEHICLE_COLOUR_RGB.values())[int(rng.integers(len(VEHICLE_COLOUR_RGB)))],
                                   rng, cfg)
-        draw_vehicle(draw, _vehicle_box_in((0, 0, width, height), other_type, other_w, bottom, left), other_type,
+        draw_vehicle(draw, _vehicle_box_in(other_type, other_w, bottom, left), other_type,
                      other_rgb, rng, cfg, facing_right=bool(rng.random() < 0.5))
     margin_l, margin_r = rng.uniform(0.02, 0.08, 2) * width
     box_w = width - margin_l - margin_r
@@ -684,7 +685,7 @@ def render_scene(spec: Mapping[str, Any], rng: np.random.Generator, cfg: DemoDif
     base_rgb = VEHICLE_COLOUR_RGB[spec["color"]]
     head_points: list[tuple[float, float]] = []
     for i in order:
-        box = _vehicle_box_in((0, 0, width, height), vehicle_type, each_w, bottoms[i], lefts[i])
+        box = _vehicle_box_in(vehicle_type, each_w, bottoms[i], lefts[i])
         boxes.append(box)
         body = jitter_colour(base_rgb, rng, cfg, 0.6)
         head_points += draw_vehicle(draw, box, vehicle_type, body, rng, cfg, facing_right=facing_right,

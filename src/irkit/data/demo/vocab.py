@@ -112,12 +112,18 @@ def emblem_code(brand: str) -> tuple[str, tuple[int, int, int], str]:
             EMBLEM_POSITIONS[index // (len(EMBLEM_SHAPES) * len(EMBLEM_COLOURS))])
 
 
+#: Brand popularity follows a Zipf law over the vocabulary order (a few makers dominate the
+#: roads, as in real traffic data): frequent brands are learnable, the long tail stays hard.
+BRAND_ZIPF_EXPONENT = 1.1
+
+
 def sample_vehicle(rng: np.random.Generator) -> dict[str, str]:
     """A plausible ``{"color", "type", "brand"}`` (type by frequency, brand among its makers)."""
     vocab = vehicle_vocab()
     vehicle_type = weighted_choice(rng, {t: VEHICLE_TYPE_WEIGHTS.get(t, 0.1) for t in vocab.types})
     color = weighted_choice(rng, {c: VEHICLE_COLOUR_WEIGHTS.get(c, 0.05) for c in vocab.colors})
-    brand = weighted_choice(rng, vocab.brands_for_type(vehicle_type))
+    brand = weighted_choice(rng, {b: (vocab.brands.index(b) + 1) ** -BRAND_ZIPF_EXPONENT
+                                  for b in vocab.brands_for_type(vehicle_type)})
     return {"color": color, "type": vehicle_type, "brand": brand}
 
 
@@ -128,8 +134,7 @@ def vehicle_phrase(color: Optional[str], brand: Optional[str], vehicle_type: Opt
 
 def indefinite(noun_phrase: str) -> str:
     """``"a sedan"`` / ``"an SUV"``."""
-    first = noun_phrase[:1].lower()
-    vowel_sound = first in "aeio" or noun_phrase.startswith(("SUV", "MPV", "u", "e"))
+    vowel_sound = noun_phrase[:1].lower() in "aeio" or noun_phrase.startswith(("SUV", "MPV"))
     return ("an " if vowel_sound else "a ") + noun_phrase
 
 

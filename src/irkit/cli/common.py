@@ -1,0 +1,42 @@
+"""Options shared by every command that loads a CLIP backbone or encodes images."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, Optional
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--model/--pretrained|--checkpoint/--transform/--device/--precision``."""
+    parser.add_argument("--model", default="irkit-tiny", help="any open_clip model name (default irkit-tiny)")
+    weights = parser.add_mutually_exclusive_group()
+    weights.add_argument("--pretrained", default=None, help="open_clip pretrained tag (or a local weights file)")
+    weights.add_argument("--checkpoint", type=Path, default=None,
+                         help="local checkpoint: open_clip_train .pt, state dict .pt/.pth/.bin or .safetensors")
+    parser.add_argument("--transform", default="square", choices=["square", "targetpad", "center"],
+                        help="image preprocessing (square = black padding to a square, as published)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", default="fp32")
+
+
+def add_encoding_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--batch-size/--num-workers/--cache-dir`` of image encoding."""
+    parser.add_argument("--batch-size", type=int, default=64, help="images per encoding batch")
+    parser.add_argument("--num-workers", "--workers", dest="num_workers", type=int, default=2,
+                        help="image decoding worker processes")
+    parser.add_argument("--cache-dir", type=Path, default=Path(".cache/irkit"),
+                        help="embedding cache (default .cache/irkit); 'none' disables it")
+
+
+def load_model(args: argparse.Namespace) -> Any:
+    """``irkit.models.create_model`` from the options of :func:`add_model_arguments`."""
+    from irkit.models import create_model
+
+    return create_model(args.model, pretrained=args.pretrained, checkpoint=args.checkpoint,
+                        transform=args.transform, device=args.device, precision=args.precision)
+
+
+def cache_dir(args: argparse.Namespace) -> Optional[Path]:
+    """The embedding cache folder, or None when ``--cache-dir none``."""
+    return None if str(args.cache_dir).lower() == "none" else args.cache_dir
