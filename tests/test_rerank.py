@@ -181,14 +181,17 @@ def test_patch_tokens_match_open_clip_and_are_cached(demo, tmp_path):
     paths = [split.image_path(i) for i in split.gallery[:3]]
     cache = tmp_path / "tokens"
     tokens = feature_module.encode_image_tokens(ctx.loaded, paths, cache_dir=cache, num_workers=0)
-    assert tokens.shape == (3, 64, 128) and tokens.dtype == np.float16  # (64 px / 8 px)^2 patches, D = 128
-    # Independently: open_clip's forward_intermediates (last block, final LayerNorm) x visual.proj.
     visual = ctx.loaded.model.visual
+    cells = (ctx.loaded.image_size // 32) ** 2  # irkit-tiny is a ModifiedResNet: stride-32 feature map
+    assert tokens.shape == (3, cells, ctx.loaded.embed_dim) and tokens.dtype == np.float16
+    # Independently: open_clip's forward_intermediates (last stage feature map), each cell through
+    # the attention pool's value and output projections.
     pixels = torch.stack([ctx.loaded.preprocess(Image.open(p).convert("RGB")) for p in paths])
     with torch.no_grad():
-        last = visual.forward_intermediates(pixels, indices=1, normalize_intermediates=True,
-                                            output_fmt="NLC", intermediates_only=True)["image_intermediates"][-1]
-        expected = (last @ visual.proj).numpy()
+        last = visual.forward_intermediates(pixels, indices=1, intermediates_only=True)["image_intermediates"][-1]
+        grid = last.flatten(2).transpose(1, 2) + visual.attnpool.positional_embedding[1:]
+        pool = visual.attnpool
+        expected = (((grid @ pool.v_proj.weight.T) + pool.v_proj.bias) @ pool.c_proj.weight.T + pool.c_proj.bias).numpy()
     np.testing.assert_allclose(tokens.astype(np.float32), expected, rtol=1e-2, atol=1e-2)
     records = [json.loads(p.read_text()) for p in cache.glob("*.json")]
     assert len(records) == 1 and records[0]["material"]["kind"] == "image_patch_tokens"

@@ -30,7 +30,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -111,6 +111,32 @@ class ImageBatches(Dataset):
             return first, stacked, []
         with torch.inference_mode():
             return first, self.loaded.encode_images(stacked).cpu().numpy(), []
+
+
+class ImageFileDataset(Dataset):
+    """Item i = ``(i, pixels [3, S, S] or None, error message or None)`` — one image at a time,
+    for callers that run their own model pass (unnormalised features, patch tokens)."""
+
+    def __init__(self, paths: Sequence[Path], preprocess: Any) -> None:
+        self.paths, self.preprocess = list(paths), preprocess
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[int, Optional[torch.Tensor], Optional[str]]:
+        try:
+            with Image.open(self.paths[index]) as image:
+                return index, self.preprocess(image.convert("RGB")), None
+        except Exception as e:  # undecodable, truncated, not an image ...
+            return index, None, f"{type(e).__name__}: {e}"
+
+
+def _collate(items: list[tuple[int, Optional[torch.Tensor], Optional[str]]]):
+    """``(indices, stacked pixels or None, [(index, error)])`` of :class:`ImageFileDataset` items."""
+    errors = [(i, err) for i, _, err in items if err is not None]
+    indices = torch.tensor([i for i, _, _ in items], dtype=torch.long)
+    pixels = None if errors else torch.stack([t for _, t, _ in items])
+    return indices, pixels, errors
 
 
 def _unchanged(item: Any) -> Any:

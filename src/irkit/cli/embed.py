@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
 
 from irkit.cli.common import add_encoding_arguments, add_model_arguments, cache_dir, load_model
 

@@ -94,9 +94,11 @@ def patch_tokens(model: torch.nn.Module, pixels: torch.Tensor) -> torch.Tensor:
     the image embedding.
     """
     visual = model.visual
+    if hasattr(visual, "attnpool") and hasattr(visual, "stem"):
+        return _resnet_spatial_tokens(visual, pixels)
     if not hasattr(visual, "output_tokens") or not hasattr(visual, "proj"):
         raise InputError(f"the image tower {type(visual).__name__} does not expose patch tokens; the re-ranker "
-                         "needs an open_clip VisionTransformer (a ViT-* model or irkit-tiny)", field="model")
+                         "needs an open_clip VisionTransformer or ModifiedResNet tower", field="model")
     previous = visual.output_tokens
     visual.output_tokens = True
     try:
@@ -106,6 +108,18 @@ def patch_tokens(model: torch.nn.Module, pixels: torch.Tensor) -> torch.Tensor:
     if visual.proj is not None:
         tokens = tokens @ visual.proj
     return tokens
+
+
+def _resnet_spatial_tokens(visual: torch.nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+    """ModifiedResNet: the final feature map's cells as tokens [B, h*w, D], each mapped into the
+    joint space by the attention pool's value and output projections (the path a cell's
+    content takes into the pooled image embedding)."""
+    x = visual.stem(pixels)
+    for layer in (visual.layer1, visual.layer2, visual.layer3, visual.layer4):
+        x = layer(x)
+    cells = x.flatten(2).transpose(1, 2)                           # [B, h*w, C]
+    cells = cells + visual.attnpool.positional_embedding[1:].to(cells.dtype)
+    return visual.attnpool.c_proj(visual.attnpool.v_proj(cells))
 
 
 def encode_image_tokens(loaded: Any, paths: Sequence[os.PathLike | str], batch_size: int = 64,
