@@ -258,7 +258,104 @@ def test_cli_infer_strip_with_submission(demo_traffic: Path, tmp_path: Path, cap
     assert summary["prompt"] == "strip" and summary["submission"] == str(submission)
     queries = (demo_traffic / "test" / "test_text.txt").read_text().splitlines()
     assert [e["text"] for e in json.loads(submission.read_text())["results"]] == queries
+
+
+def test_cli_infer_auto_prompt_uses_the_val_choice(demo_traffic: Path, tmp_path: Path, capsys) -> None:
+    """--prompt auto answers with the variant whose val official mAP@10 is highest (first on ties),
+    and its result files equal a run with that variant named explicitly."""
+    assert cli_main(["infer", "traffic", "--root", str(demo_traffic), "--prompt", "auto", "--out",
+                     str(tmp_path / "auto"), "--batch-size", "16"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    val_scores = {v: m["official_mAP@10"] for v, m in summary["prompt_selection"]["metrics"].items()}
+    chosen = next(v for v in ("suffix", "strip", "none") if val_scores[v] == max(val_scores.values()))
+    assert summary["prompt"] == summary["prompt_selection"]["chosen"] == chosen
+    assert cli_main(["infer", "traffic", "--root", str(demo_traffic), "--prompt", chosen, "--out",
+                     str(tmp_path / "named"), "--batch-size", "16"]) == 0
+    for name in ("vehicle_results.json", "person_results.json"):
+        assert json.loads((tmp_path / "auto" / name).read_text()) == json.loads((tmp_path / "named" / name).read_text())
     # An override outside [0, number of queries] is one clean error (exit 2).
     assert cli_main(["infer", "traffic", "--root", str(demo_traffic), "--out", str(tmp_path / "x"),
                      "--num-vehicle-queries", "999"]) == 2
     assert "outside" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ prompt selection on val
+
+def _label(image: str, attr: str, text: str, kind: str, line: int):
+    from irkit.data.records import TrafficLabel
+
+    return TrafficLabel(image=image, attr=attr, text=text, kind=kind, line=line)
+
+
+_PERSON_X, _PERSON_Y = ",".join("1" + "0" * 20), ",".join("0" * 20 + "1")
+VAL_LABELS = [
+    _label("a1.jpg", "white Audi", "This is a white Audi.", "vehicle", 1),
+    _label("b1.jpg", "black BMW", "A black BMW.", "vehicle", 2),
+    _label("a2.jpg", "white Audi", "A white Audi.", "vehicle", 3),
+    _label("p1.jpg", _PERSON_X, "A man in a red coat.", "person", 4),
+    _label("p3.jpg", _PERSON_Y, "A woman with a bag.", "person", 5),
+    _label("p2.jpg", _PERSON_X, "A man wearing a red coat.", "person", 6),
+]
+
+
+def test_labelled_queries_group_by_kind_and_attr() -> None:
+    from irkit.infer.traffic import labelled_queries
+
+    queries = labelled_queries(VAL_LABELS)
+    assert [(q.kind, q.text, q.relevant) for q in queries] == [
+        ("vehicle", "This is a white Audi.", ("a1.jpg", "a2.jpg")),
+        ("vehicle", "A black BMW.", ("b1.jpg",)),
+        ("person", "A man in a red coat.", ("p1.jpg", "p2.jpg")),
+        ("person", "A woman with a bag.", ("p3.jpg",)),
+    ]
+
+
+def test_select_prompt_scores_each_variant_and_picks_the_best(monkeypatch, tmp_path: Path) -> None:
+    """One-hot 'embeddings' per attribute class; the fake text tower maps a suffixed vehicle
+    query to the other vehicle class. Hand-worked official AP@10 for 'suffix':
+    white Audi -> ranking [b1, a1, a2]: (1/2 + 2/3) / 2 = 7/12; black BMW -> [a1, a2, b1]: (1/3) / 1;
+    persons are never suffixed -> 1 each; mean = (7/12 + 1/3 + 2) / 4 = 35/48.
+    'strip' and 'none' rank every query perfectly (1.0): the tie goes to the earlier variant."""
+    import irkit.embeddings
+    from irkit.infer.traffic import select_prompt
+
+    image_class = {"a1.jpg": 0, "a2.jpg": 0, "b1.jpg": 1, "p1.jpg": 2, "p2.jpg": 2, "p3.jpg": 3}
+
+    def fake_encode_image_files(loaded, paths, **kwargs):
+        return np.eye(4, dtype=np.float32)[[image_class[Path(p).name] for p in paths]]
+
+    class FakeModel:
+        @staticmethod
+        def encode_texts(texts):
+            rows = []
+            for text in texts:
+                suffixed = text.endswith(PROMPT_SUFFIX)
+                if "Audi" in text:
+                    rows.append(np.eye(4)[1 if suffixed else 0])
+                elif "BMW" in text:
+                    rows.append(np.eye(4)[0 if suffixed else 1])
+                else:
+                    rows.append(np.eye(4)[2 if "man " in text.lower() and "woman" not in text.lower() else 3])
+            return np.asarray(rows, dtype=np.float32)
+
+    monkeypatch.setattr(irkit.embeddings, "encode_image_files", fake_encode_image_files)
+    selection = select_prompt(VAL_LABELS, tmp_path, FakeModel())
+    assert selection.metrics["suffix"]["official_mAP@10"] == pytest.approx(35 / 48, abs=1e-5)
+    assert selection.metrics["strip"]["official_mAP@10"] == pytest.approx(1.0, abs=1e-5)
+    assert selection.metrics["none"]["official_mAP@10"] == pytest.approx(1.0, abs=1e-5)
+    assert selection.chosen == "strip" and selection.num_queries == 4
+    assert select_prompt(VAL_LABELS, tmp_path, FakeModel(), variants=("suffix",)).chosen == "suffix"
+    with pytest.raises(InputError, match="val_label"):
+        select_prompt([], tmp_path, FakeModel())
+
+
+def test_auto_prompt_without_val_labels_is_a_clear_error(tmp_path: Path) -> None:
+    from irkit.pipeline import TrafficRunParams, resolve_prompt
+
+    class Run:
+        def log(self, *args):
+            raise AssertionError("must not log a choice")
+
+    with pytest.raises(InputError, match="val_label.txt"):
+        resolve_prompt(TrafficRunParams(prompt="auto"), object(), tmp_path, Run())
+    assert resolve_prompt(TrafficRunParams(prompt="strip"), object(), tmp_path, Run()) == ("strip", None)

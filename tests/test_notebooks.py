@@ -70,6 +70,13 @@ def test_reproduce_then_quick_review_notebooks(tiny_demo: Path, tmp_path: Path) 
     for block in ("trained", "before_training"):
         _check_metrics_in_range(metrics[block])
     assert set(metrics["prompt_ablation"]) == {"suffix", "strip", "none"}
+    # prompt "auto" (the default): the headline variant is the best one on the labelled val split
+    selection = metrics["prompt_selection"]["trained"]
+    val_scores = {v: m["official_mAP@10"] for v, m in selection["metrics"].items()}
+    best = max(val_scores.values())
+    assert selection["chosen"] == next(v for v in ("suffix", "strip", "none") if val_scores[v] == best)
+    assert metrics["trained"]["prompt"] == selection["chosen"]
+    assert metrics["trained"]["official_mAP@10"] == metrics["prompt_ablation"][selection["chosen"]]["official_mAP@10"]
     assert metrics["augmentation"]["enabled"] is True
     # run folders in open_clip_train's layout for both training stages
     for stage in ("warmup", "train"):

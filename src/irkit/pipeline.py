@@ -14,6 +14,10 @@ starts from random weights, so irkit first trains it for ``warmup_epochs`` on th
 (the same model then augments its own training labels — self-enhancement) and continues
 training on the augmented captions. With ``augment=False`` the same two-stage schedule runs
 on the raw captions, so the ablation compares equal compute.
+
+Inference prompt: ``prompt="auto"`` (default) chooses suffix / strip / none on the labelled
+val split (``irkit.infer.traffic.select_prompt``) for the trained weights and, separately, for
+the weights before training; the other variants are scored on test as the prompt ablation.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ from irkit.io import atomic_write_json
 from irkit.runs import RunFolder
 
 PROMPT_VARIANTS = ("suffix", "strip", "none")
+#: ``prompt="auto"``: the variant is chosen on the labelled val split (infer.traffic.select_prompt).
+PROMPT_AUTO = "auto"
 
 
 @dataclass
@@ -47,7 +53,7 @@ class TrafficRunParams:
     lr: Optional[float] = None         # None: recipe default (4e-7 fine-tuning, 1e-3 from scratch)
     wd: Optional[float] = None
     batch_size: Optional[int] = None
-    prompt: str = "suffix"             # inference prompt variant: suffix | strip | none
+    prompt: str = "auto"               # inference prompt: suffix | strip | none | auto (best on val)
     augment: bool = True
     workers: int = 2
     cache_dir: str = ".cache/irkit"
@@ -130,22 +136,52 @@ def _score_inference(split: Any, loaded: Any, prompt: str, out_dir: Optional[Pat
     return metrics, submission
 
 
+def resolve_prompt(params: TrafficRunParams, loaded: Any, root: Path, run: RunFolder
+                   ) -> tuple[str, Optional[dict[str, Any]]]:
+    """``(prompt variant, selection report or None)``: ``params.prompt`` itself, or for
+    ``"auto"`` the variant with the best official mAP@10 on the labelled val split."""
+    if params.prompt != PROMPT_AUTO:
+        return params.prompt, None
+    from irkit.infer.traffic import select_prompt_on_val
+
+    selection = select_prompt_on_val(root, loaded, cache_dir=params.cache_dir, num_workers=params.workers)
+    run.log("prompt chosen on val (%d queries): %s; official mAP@10 per variant: %s", selection.num_queries,
+            selection.chosen, {v: round(m["official_mAP@10"], 4) for v, m in selection.metrics.items()})
+    return selection.chosen, selection.to_json()
+
+
+@dataclass
+class CheckpointEvaluation:
+    """Test metrics of one set of weights per prompt variant; ``prompt`` is the headline one."""
+
+    prompt: str
+    results: dict[str, dict[str, Any]]
+    selection: Optional[dict[str, Any]] = None
+
+    @property
+    def headline(self) -> dict[str, Any]:
+        return self.results[self.prompt]
+
+
 def evaluate_checkpoint(params: TrafficRunParams, split: Any, checkpoint: Optional[str],
-                        pretrained: Optional[str], prompts: tuple[str, ...], out_dir: Optional[Path],
-                        run: RunFolder) -> dict[str, dict[str, Any]]:
-    """Metrics of one set of weights for each prompt variant (outputs written for the first)."""
+                        pretrained: Optional[str], out_dir: Optional[Path], run: RunFolder,
+                        all_prompts: bool = True) -> CheckpointEvaluation:
+    """Metrics of one set of weights for the resolved prompt (outputs written for it) and,
+    with ``all_prompts``, every other variant as an ablation."""
     from irkit.models import create_model
 
     loaded = create_model(params.model, pretrained=pretrained, checkpoint=checkpoint, seed=params.seed)
+    prompt, selection = resolve_prompt(params, loaded, split.root, run)
+    prompts = _prompt_order(prompt) if all_prompts else (prompt,)
     results = {}
-    for i, prompt in enumerate(prompts):
-        metrics, _ = _score_inference(split, loaded, prompt, out_dir if i == 0 else None, params.cache_dir,
+    for i, variant in enumerate(prompts):
+        metrics, _ = _score_inference(split, loaded, variant, out_dir if i == 0 else None, params.cache_dir,
                                       params.workers)
         run.log("weights %s, prompt %s: official mAP@10 %.4f, standard mAP@10 %.4f, R@1 %.4f",
-                loaded.weights_id[:24], prompt, metrics["official_mAP@10"], metrics["standard_mAP@10"],
+                loaded.weights_id[:24], variant, metrics["official_mAP@10"], metrics["standard_mAP@10"],
                 metrics["R@1"])
-        results[prompt] = metrics
-    return results
+        results[variant] = metrics
+    return CheckpointEvaluation(prompt=prompt, results=results, selection=selection)
 
 
 def _open_run(run_dir: Path | str, params: TrafficRunParams, kind: str) -> RunFolder:
@@ -153,10 +189,15 @@ def _open_run(run_dir: Path | str, params: TrafficRunParams, kind: str) -> RunFo
     return RunFolder.create(run_dir.parent, run_dir.name, {"pipeline": kind, **asdict(params)}, adopt_fresh=True)
 
 
+def check_prompt(prompt: str) -> str:
+    """``prompt`` if it is a variant or ``"auto"``; otherwise a clear error."""
+    if prompt not in (*PROMPT_VARIANTS, PROMPT_AUTO):
+        raise InputError(f"unknown prompt variant {prompt!r}; expected one of "
+                         f"{', '.join((*PROMPT_VARIANTS, PROMPT_AUTO))}", field="prompt")
+    return prompt
+
+
 def _prompt_order(prompt: str) -> tuple[str, ...]:
-    if prompt not in PROMPT_VARIANTS:
-        raise InputError(f"unknown prompt variant {prompt!r}; expected one of {', '.join(PROMPT_VARIANTS)}",
-                         field="prompt")
     return (prompt, *(p for p in PROMPT_VARIANTS if p != prompt))
 
 
@@ -169,7 +210,7 @@ def reproduce(params: TrafficRunParams, run_dir: Path | str) -> PipelineResult:
                                           read_attribute_truth)
     from irkit.preprocess.csvbuild import build_training_csv
 
-    prompts = _prompt_order(params.prompt)
+    check_prompt(params.prompt)
     run = _open_run(run_dir, params, "reproduce")
     timings: dict[str, float] = {}
     started = time.time()
@@ -234,15 +275,17 @@ def reproduce(params: TrafficRunParams, run_dir: Path | str) -> PipelineResult:
     test_split = load_traffic(root, "test")
     if not test_split.ground_truth:
         raise InputError("no ground truth for local scoring (expected test/test_ground_truth.txt)", path=root)
-    trained = evaluate_checkpoint(params, test_split, str(final_checkpoint), None, prompts, run.path, run)
-    before = evaluate_checkpoint(params, test_split, params.checkpoint, params.pretrained, prompts[:1], None, run)
+    trained = evaluate_checkpoint(params, test_split, str(final_checkpoint), None, run.path, run)
+    before = evaluate_checkpoint(params, test_split, params.checkpoint, params.pretrained, None, run,
+                                 all_prompts=False)
     timings["inference"] = time.time() - started
 
     metrics = {
-        "protocol": trained[params.prompt]["protocol"],
-        "trained": trained[params.prompt],
-        "before_training": before[params.prompt],
-        "prompt_ablation": {p: _headline(m) for p, m in trained.items()},
+        "protocol": trained.headline["protocol"],
+        "trained": trained.headline,
+        "before_training": before.headline,
+        "prompt_selection": {"trained": trained.selection, "before_training": before.selection},
+        "prompt_ablation": {p: _headline(m) for p, m in trained.results.items()},
         "augmentation": augmentation,
         "training": {"epochs": params.epochs, "warmup_epochs": params.warmup_epochs if from_scratch else 0,
                      "final_checkpoint": str(final_checkpoint),
@@ -260,17 +303,18 @@ def quick_review(params: TrafficRunParams, run_dir: Path | str) -> PipelineResul
     """Checkpoint (or pretrained tag) -> inference -> merge -> score, into ``run_dir``."""
     from irkit.data.traffic import load_traffic
 
+    check_prompt(params.prompt)
     run = _open_run(run_dir, params, "quick-review")
     root = ensure_demo_data(params.data_root, params.scale, params.seed)
     test_split = load_traffic(root, "test")
     if not test_split.ground_truth:
         raise InputError("no ground truth for local scoring (expected test/test_ground_truth.txt)", path=root)
-    results = evaluate_checkpoint(params, test_split, params.checkpoint, params.pretrained,
-                                  _prompt_order(params.prompt), run.path, run)
+    evaluation = evaluate_checkpoint(params, test_split, params.checkpoint, params.pretrained, run.path, run)
     metrics = {
-        "protocol": results[params.prompt]["protocol"],
-        "trained": results[params.prompt],
-        "prompt_ablation": {p: _headline(m) for p, m in results.items()},
+        "protocol": evaluation.headline["protocol"],
+        "trained": evaluation.headline,
+        "prompt_selection": evaluation.selection,
+        "prompt_ablation": {p: _headline(m) for p, m in evaluation.results.items()},
         "weights": params.checkpoint or params.pretrained or "random-init",
     }
     atomic_write_json(run.path / "metrics.json", metrics, indent=2)

@@ -37,6 +37,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     best.add_argument("--out", type=Path, default=Path("best-result-review"))
     best.add_argument("--metric", default="official_mAP@10")
     best.set_defaults(func=_best)
+    table = group.add_parser("cir-table", help="CIR comparison table: data, demo CLIP, baselines, LinCIR, SEARLE, "
+                                               "fusion rows (resumable)")
+    table.add_argument("--data-root", type=Path, required=True,
+                       help="holds fashioniq/, cirr/, circo/ (demo data is generated here when absent)")
+    table.add_argument("--out", type=Path, required=True, help="run folder (re-running it resumes)")
+    table.add_argument("--scale", default="full", choices=["tiny", "small", "full"])
+    table.add_argument("--model", default="irkit-tiny", help="any open_clip model name")
+    weights = table.add_mutually_exclusive_group()
+    weights.add_argument("--pretrained", default=None, help="open_clip pretrained tag")
+    weights.add_argument("--checkpoint", type=Path, default=None,
+                         help="local CLIP checkpoint (starting point of the demo CIR model unless --no-clip-training)")
+    table.add_argument("--no-clip-training", action="store_true",
+                       help="use the given CLIP weights as they are (a real pretrained model)")
+    table.add_argument("--skip-fusion", action="store_true", help="zero-shot rows only")
+    table.add_argument("--budget", action="append", default=[], metavar="KEY=VALUE",
+                       help="override one stage budget (repeatable), e.g. lincir_steps=100")
+    table.add_argument("--seed", type=int, default=0)
+    table.add_argument("--workers", type=int, default=2, help="image decoding worker processes")
+    table.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    table.add_argument("--cache-dir", type=Path, default=Path(".cache/irkit"), help="embedding cache")
+    table.set_defaults(func=_cir_table)
 
 
 def _params(args: argparse.Namespace) -> dict:
@@ -77,4 +98,26 @@ def _compare(args: argparse.Namespace) -> int:
     columns = args.columns.split(",") if args.columns else None
     result = compare_runs(args.runs, args.out, metric_columns=columns)
     print((result.batch_dir / "comparison.md").read_text())
+    return 0
+
+
+def _cir_table(args: argparse.Namespace) -> int:
+    import torch
+
+    from irkit.errors import InputError
+    from irkit.experiments.cir_table import run_cir_table
+    from irkit.notebook import parse_value
+
+    overrides = {}
+    for item in args.budget:
+        if "=" not in item:
+            raise InputError(f"--budget {item!r} must look like KEY=VALUE", field="budget")
+        key, value = item.split("=", 1)
+        overrides[key.strip()] = parse_value(value.strip())
+    torch.set_num_threads(max(1, args.threads))
+    result = run_cir_table(args.data_root, args.out, scale=args.scale, model=args.model, pretrained=args.pretrained,
+                           checkpoint=args.checkpoint, train_clip=not args.no_clip_training,
+                           fusion=not args.skip_fusion, seed=args.seed, workers=args.workers,
+                           cache_dir=args.cache_dir, budget_overrides=overrides)
+    print((result.out_dir / "table.md").read_text())
     return 0

@@ -18,10 +18,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Writes vehicle_results.json, person_results.json and inference.json to --out.")
     traffic.add_argument("--root", type=Path, required=True, help="traffic challenge root (train/ val/ test/)")
     traffic.add_argument("--split", default="test", choices=["test"], help="split with text queries and a gallery")
-    traffic.add_argument("--prompt", default="suffix", choices=["suffix", "strip", "none"],
+    traffic.add_argument("--prompt", default="suffix", choices=["suffix", "strip", "none", "auto"],
                          help="suffix: append ' image taken by traffic surveillance cameras' to vehicle queries "
                               "(published); strip: drop 'A '/'This is a ' and the final '.' (published "
-                              "non-prompt variant); none: queries as given")
+                              "non-prompt variant); none: queries as given; auto: the best of the three on "
+                              "the labelled val split (<root>/val/val_label.txt)")
     traffic.add_argument("--out", type=Path, required=True, help="output folder")
     traffic.add_argument("--k", type=int, default=10, help="answers per query (the challenge and --submission need 10)")
     traffic.add_argument("--num-vehicle-queries", type=int, default=None,
@@ -43,14 +44,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _run_traffic(args: argparse.Namespace) -> int:
     from irkit.data.traffic import load_traffic
     from irkit.infer.merge import merge_results
-    from irkit.infer.traffic import RESULT_FILES, infer_traffic
+    from irkit.infer.traffic import RESULT_FILES, infer_traffic, select_prompt_on_val
 
     split = load_traffic(args.root, args.split)
     loaded = load_model(args)
-    inference = infer_traffic(split, loaded, prompt=args.prompt, out_dir=args.out, k=args.k,
+    prompt, selection = args.prompt, None
+    if prompt == "auto":
+        selection = select_prompt_on_val(split.root, loaded, batch_size=args.batch_size,
+                                         num_workers=args.num_workers, cache_dir=cache_dir(args))
+        prompt = selection.chosen
+    inference = infer_traffic(split, loaded, prompt=prompt, out_dir=args.out, k=args.k,
                               batch_size=args.batch_size, num_workers=args.num_workers, cache_dir=cache_dir(args),
                               num_vehicle_queries=args.num_vehicle_queries)
     summary = inference.summary()
+    if selection is not None:
+        summary["prompt_selection"] = selection.to_json()
     if args.submission is not None:
         merge_results(args.out / RESULT_FILES["vehicle"], args.out / RESULT_FILES["person"],
                       split.root / "test" / "test_text.txt", args.submission)

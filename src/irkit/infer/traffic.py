@@ -15,6 +15,11 @@ Prompt variants (what the text encoder sees; the output keeps the query as given
 
 In ``suffix`` and ``strip`` the trailing "." of person queries is dropped too, as the
 published script drops it from every line.
+
+:func:`select_prompt` picks the variant on the labelled val split (``prompt="auto"`` in the
+pipeline): which phrasing suits a model depends on what its text tower was trained on (the
+published suffix helps a web-pretrained CLIP; a model trained from scratch on the labels never
+saw that phrase), so it is chosen on held-out labels, never on the test ground truth.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from typing import Any, Literal, Optional, Sequence
 import numpy as np
 
 from irkit import index
-from irkit.data.records import TrafficKind, TrafficSplit
+from irkit.data.records import TrafficKind, TrafficLabel, TrafficSplit
 from irkit.errors import InputError
 from irkit.io import atomic_write_json
 
@@ -291,3 +296,100 @@ def infer_traffic(split: TrafficSplit, loaded: Any, prompt: PromptMode = "suffix
         inference.outputs["summary"] = out_dir / SUMMARY_FILE
         atomic_write_json(inference.outputs["summary"], inference.summary(), indent=2)
     return inference
+
+
+# ------------------------------------------------------------------------------ prompt selection
+
+
+@dataclass(frozen=True)
+class LabelledQuery:
+    """A retrieval query built from labelled images: one per distinct ``(kind, attr)``."""
+
+    query_id: str                 # "<kind>:<attr>"
+    kind: TrafficKind
+    text: str                     # the sentence of the first image with this attr
+    relevant: tuple[str, ...]     # every image of that kind with this attr
+
+
+def labelled_queries(labels: Sequence[TrafficLabel]) -> list[LabelledQuery]:
+    """Queries from a labelled split (val): each distinct vehicle attribute phrase / person
+    flag vector is one query whose relevant images are all images of that kind carrying it,
+    as the test ground truth groups images by their attributes. Order: first appearance."""
+    groups: dict[tuple[str, str], list[TrafficLabel]] = {}
+    for label in labels:
+        groups.setdefault((label.kind, label.attr), []).append(label)
+    return [LabelledQuery(query_id=f"{kind}:{attr}", kind=kind, text=members[0].text,  # type: ignore[arg-type]
+                          relevant=tuple(m.image for m in members))
+            for (kind, attr), members in groups.items()]
+
+
+@dataclass
+class PromptSelection:
+    """Result of :func:`select_prompt`: the chosen variant and every variant's val metrics."""
+
+    chosen: str
+    metrics: dict[str, dict[str, float]]   # variant -> traffic metrics (fractions) on the labelled split
+    num_queries: int
+    num_images: int
+    source: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"chosen": self.chosen, "criterion": f"official_mAP@{TOP_K} on {self.source}",
+                "num_queries": self.num_queries, "num_images": self.num_images, "metrics": self.metrics}
+
+
+def select_prompt(labels: Sequence[TrafficLabel], image_dir: os.PathLike | str, loaded: Any,
+                  variants: Sequence[str] = PROMPT_MODES, k: int = TOP_K, batch_size: int = 64,
+                  num_workers: int = 0, cache_dir: Optional[os.PathLike | str] = None,
+                  source: Optional[os.PathLike | str] = None) -> PromptSelection:
+    """Score each prompt variant on queries built from labelled images (:func:`labelled_queries`),
+    each kind against its own images, and choose the best official mAP@k (ties: earlier variant).
+
+    Args:
+        labels: a labelled split (``val/val_label.txt``); images are ``image_dir / label.image``.
+        loaded: a loaded CLIP model (:func:`irkit.models.create_model`).
+        variants: prompt modes to compare, in tie-break order.
+    """
+    from irkit.embeddings import encode_image_files
+    from irkit.metrics import traffic_metrics
+
+    for variant in variants:
+        if variant not in PROMPT_MODES:
+            raise InputError(f"unknown prompt mode {variant!r}; expected one of: {', '.join(PROMPT_MODES)}",
+                             field="prompt")
+    queries = labelled_queries(labels)
+    if not queries:
+        raise InputError("no labelled images to choose the prompt on; expected a non-empty val_label.txt",
+                         path=source)
+    image_dir = Path(image_dir)
+    relevant = {q.query_id: list(q.relevant) for q in queries}
+    rankings: dict[str, dict[str, list[str]]] = {v: {} for v in variants}
+    for kind in ("vehicle", "person"):
+        kind_queries = [q for q in queries if q.kind == kind]
+        if not kind_queries:
+            continue
+        gallery = sorted({label.image for label in labels if label.kind == kind})
+        gallery_embeddings = encode_image_files(loaded, [image_dir / name for name in gallery],
+                                                batch_size=batch_size, num_workers=num_workers, cache_dir=cache_dir)
+        for variant in variants:
+            texts = [prompt_text(q.text, kind, variant) for q in kind_queries]  # type: ignore[arg-type]
+            ranked = rank_gallery(loaded.encode_texts(texts), gallery_embeddings, gallery, min(k, len(gallery)))
+            rankings[variant].update({q.query_id: r for q, r in zip(kind_queries, ranked)})
+    metrics = {variant: traffic_metrics(rankings[variant], relevant, k) for variant in variants}
+    key = f"official_mAP@{k}"
+    chosen = max(variants, key=lambda v: (metrics[v][key], -list(variants).index(v)))
+    return PromptSelection(chosen=chosen, metrics=metrics, num_queries=len(queries),
+                           num_images=len(labels), source=str(source or image_dir))
+
+
+def select_prompt_on_val(root: os.PathLike | str, loaded: Any, **encoding: Any) -> PromptSelection:
+    """:func:`select_prompt` on ``<root>/val/val_label.txt`` (images in ``val/val_images``);
+    ``encoding``: ``batch_size``, ``num_workers``, ``cache_dir``."""
+    from irkit.data.traffic import read_label_file
+
+    labels_path = Path(root) / "val" / "val_label.txt"
+    if not labels_path.is_file():
+        raise InputError("prompt 'auto' chooses the prompt on the labelled val split, but there is no "
+                         "val_label.txt; expected one, or choose the prompt: suffix | strip | none", path=labels_path)
+    image_dir = labels_path.parent / "val_images"
+    return select_prompt(read_label_file(labels_path, image_dir), image_dir, loaded, source=labels_path, **encoding)

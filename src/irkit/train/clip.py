@@ -80,7 +80,7 @@ def recipe_defaults(model: str, pretrained: Optional[str]) -> dict[str, Any]:
     recipe for randomly initialised models such as the embedded ``irkit-tiny``."""
     if pretrained:
         return {"lr": 4e-7, "wd": 0.01, "warmup": 10000, "batch_size": 25}
-    return {"lr": 1e-3, "wd": 0.1, "warmup": 50, "batch_size": 128}
+    return {"lr": 1e-3, "wd": 0.1, "warmup": 100, "batch_size": 64}
 
 
 def _resolve(config: ClipTrainConfig) -> ClipTrainConfig:

@@ -1,0 +1,467 @@
+"""Trained fusion, Combiner and two-stage re-ranking rows of the CIR table (methods.md §D-G).
+
+:func:`fusion_rows` trains heads on *frozen, cached* CLIP features of the training triplets
+of FashionIQ and CIRR (one head per training benchmark) and scores them on the validation
+splits through the library's protocols:
+
+========================  =================================================================
+stage folder              what it holds
+========================  =================================================================
+``fusion``                MagicLens-style fusion without the vision projector
+``fusion-projector``      MagicLens-style fusion with the trained vision projector
+``combiner``              CLIP4Cir Combiner
+``stage1``                the stage-I choice and its top-K file of every val split
+``reranker``              the stage-II cross-encoder (trained per benchmark)
+``rerank-k<K>``           stage I + II at candidate-set size K: re-ranked top-K file, metrics
+========================  =================================================================
+
+Each training stage has one run folder per training benchmark (``<stage>/<benchmark>/``,
+``checkpoints/best.pt`` chosen on that benchmark's val split by its selection metric) and a
+``result.json``; a stage whose ``result.json`` exists is skipped, an interrupted training is
+resumed from its ``latest.pt``. CIRCO has no training split: it is scored with the
+CIRR-trained heads.
+
+Re-ranking at K re-sorts exactly each query's stage-I top-K; scored rankings are the
+re-ranked top-K followed by stage-I ranks K+1.. (the published evaluation: candidates
+outside the top-K keep their order), so K may be smaller than the protocol's depth (50).
+Metrics in rows are fractions in [0, 1] (the library reports percentages).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+from irkit.errors import InputError
+from irkit.experiments.setup import CIRBenchSetup, table_row
+from irkit.io import atomic_write_json, read_json
+
+log = logging.getLogger(__name__)
+
+RESULT_FILE = "result.json"
+TOPK_FILE = "topk_val.json"
+RERANKED_FILE = "reranked_val.json"
+
+#: Benchmarks whose training triplets train a head.
+TRAIN_DATASETS = ("fashioniq", "cirr")
+#: Validation benchmark -> the benchmark whose training split trained the head scoring it.
+TRAINED_ON = {"fashioniq": "fashioniq", "cirr": "cirr", "circo": "cirr"}
+#: The head stages, in table order: stage -> (registered method, method options, table label).
+HEADS: dict[str, tuple[str, dict[str, Any], str]] = {
+    "fusion": ("magiclens", {}, "MagicLens-style fusion, no projector"),
+    "fusion-projector": ("magiclens", {}, "MagicLens-style fusion + trained vision projector"),
+    "combiner": ("combiner", {}, "CLIP4Cir Combiner"),
+}
+
+
+@dataclass
+class FusionBudget:
+    """Steps and sizes of the fusion rows; any field can be overridden by ``setup.budgets[name]``.
+
+    ``stage1``: a head stage name (``fusion``, ``fusion-projector``, ``combiner``) or None to
+    take, per training benchmark, the head with the best validation selection metric.
+    ``rerank_ks``: the two candidate-set sizes of stage II. ``reranker_val_k``: K used while
+    validating the re-ranker (default: the smallest K >= 50, the depth the library's
+    validation scores re-ranked lists to).
+    """
+
+    fusion_steps: int = 3000
+    combiner_steps: int = 3000
+    reranker_steps: int = 2000
+    head_batch_size: int = 64
+    reranker_batch_size: int = 32
+    fusion_lr: float = 1e-4
+    combiner_lr: float = 1e-4
+    reranker_lr: float = 1e-4
+    head_weight_decay: float = 0.01
+    validate_every: int = 250
+    reranker_validate_every: int = 500
+    rerank_ks: tuple[int, ...] = (20, 50)
+    reranker_val_k: Optional[int] = None
+    stage1: Optional[str] = None
+    include_shared_concept: bool = False
+    fusion_depth: int = 4
+    fusion_heads: int = 8
+    reranker_depth: int = 2
+    reranker_heads: int = 8
+
+
+#: Defaults per ``setup.scale``: ``tiny`` runs in seconds (tests), ``full`` in ~30 min on 2 cores.
+DEFAULT_BUDGETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(fusion_steps=6, combiner_steps=6, reranker_steps=4, head_batch_size=8, reranker_batch_size=8,
+                 fusion_lr=1e-3, combiner_lr=1e-3, reranker_lr=1e-3, validate_every=3,
+                 reranker_validate_every=4, rerank_ks=(5, 50), fusion_depth=1, fusion_heads=4,
+                 reranker_depth=1, reranker_heads=4),
+    "small": dict(fusion_steps=300, combiner_steps=300, reranker_steps=200, validate_every=100,
+                  reranker_validate_every=100),
+    "full": {},
+}
+
+
+def resolve_budget(setup: CIRBenchSetup) -> FusionBudget:
+    """The budget for ``setup.scale`` with ``setup.budgets`` overrides (keys named as the
+    :class:`FusionBudget` fields; other keys belong to other stages and are ignored)."""
+    if setup.scale not in DEFAULT_BUDGETS:
+        raise InputError(f"unknown scale {setup.scale!r}; expected one of {sorted(DEFAULT_BUDGETS)}", field="scale")
+    values = dict(DEFAULT_BUDGETS[setup.scale])
+    names = {f.name for f in fields(FusionBudget)}
+    values.update({k: v for k, v in setup.budgets.items() if k in names})
+    budget = FusionBudget(**values)
+    budget.rerank_ks = tuple(int(k) for k in budget.rerank_ks)
+    if not budget.rerank_ks or min(budget.rerank_ks) <= 0:
+        raise InputError(f"rerank_ks is {budget.rerank_ks}; expected positive candidate-set sizes",
+                         field="rerank_ks")
+    if budget.stage1 is not None and budget.stage1 not in HEADS:
+        raise InputError(f"stage1 is {budget.stage1!r}; expected one of {sorted(HEADS)} or None", field="stage1")
+    return budget
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _stage(setup: CIRBenchSetup, name: str, compute: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
+    """``<out_dir>/<name>/result.json``: read when present, else ``compute(stage dir)`` (timed,
+    ``wall_s``) and written atomically."""
+    directory = setup.stage_dir(name)
+    path = directory / RESULT_FILE
+    if path.is_file():
+        log.info("stage %s: done before, reading %s", name, path)
+        return read_json(path)
+    log.info("stage %s: running", name)
+    start = time.perf_counter()
+    result = compute(directory)
+    result["stage"] = name
+    result["wall_s"] = round(time.perf_counter() - start, 2)
+    atomic_write_json(path, result, indent=2)
+    log.info("stage %s: %.1f s", name, result["wall_s"])
+    return result
+
+
+def _relative(setup: CIRBenchSetup, path: Path) -> str:
+    return str(Path(path).resolve().relative_to(Path(setup.out_dir).resolve()))
+
+
+def _absolute(setup: CIRBenchSetup, relative: str) -> Path:
+    return Path(setup.out_dir) / relative
+
+
+def table_metrics(results: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
+    """``{TABLE_COLUMNS entry: fraction}`` from per-benchmark :func:`evaluate_method`-style
+    results (percent): FashionIQ's category averages, CIRR R@1/R@5/Rs@1, CIRCO mAP@10."""
+    picks = {"fashioniq": (("average", "R@10"), ("average", "R@50")),
+             "cirr": (("R@1",), ("R@5",), ("Rs@1",)),
+             "circo": (("mAP@10",),)}
+    metrics: dict[str, float] = {}
+    for dataset, result in results.items():
+        if result.get("units") != "percent":
+            raise ValueError(f"{dataset} result has units {result.get('units')!r}; expected percent")
+        for keys in picks[dataset]:
+            value: Any = result
+            for key in keys:
+                value = value[key]
+            metrics[f"{dataset}_{keys[-1]}"] = float(value) / 100.0
+    return metrics
+
+
+def _selection_value(result: Mapping[str, Any], dataset: str) -> float:
+    from irkit.methods.textual_inversion import SELECTION_METRIC, flatten_metrics
+
+    return flatten_metrics(result)[SELECTION_METRIC[dataset]]
+
+
+def _prune_epoch_checkpoints(run_path: Path) -> None:
+    """Drop ``epoch_<n>.pt`` of a finished run (``best.pt`` and ``latest.pt`` are kept):
+    a head trains for ~100 short epochs and every epoch end writes a checkpoint."""
+    for path in (run_path / "checkpoints").glob("epoch_*.pt"):
+        path.unlink()
+
+
+class _Bench:
+    """The loaded backbone, context and splits shared by the stages of one call."""
+
+    def __init__(self, setup: CIRBenchSetup, budget: FusionBudget) -> None:
+        from irkit.methods import CIRContext
+        from irkit.methods.textual_inversion import cir_dataset_root, load_cir_splits
+        from irkit.models import create_model
+
+        self.setup, self.budget = setup, budget
+        self.loaded = create_model(setup.model, pretrained=setup.pretrained, checkpoint=setup.clip_checkpoint,
+                                   seed=setup.seed)
+        self.ctx = CIRContext(self.loaded, cache_dir=setup.cache_dir, batch_size=64, num_workers=setup.workers)
+        self.train_splits = {d: load_cir_splits(d, cir_dataset_root(setup.data_root, d), "train")
+                             for d in TRAIN_DATASETS}
+        self.val_splits = {d: load_cir_splits(d, cir_dataset_root(setup.data_root, d), "val") for d in TRAINED_ON}
+
+    def shared_concept(self, dataset: str) -> Optional[bool]:
+        """The CIRCO template option as the protocol records it (None for other benchmarks)."""
+        return self.budget.include_shared_concept if dataset == "circo" else None
+
+    def evaluate(self, make_method: Callable[[str], Any]) -> dict[str, Any]:
+        """``{val benchmark: evaluate_method result}`` with ``make_method(training benchmark)``."""
+        from irkit.methods.textual_inversion import evaluate_method
+
+        methods = {d: make_method(d) for d in TRAIN_DATASETS}
+        return {d: evaluate_method(methods[TRAINED_ON[d]], self.ctx, splits, self.shared_concept(d))
+                for d, splits in self.val_splits.items()}
+
+
+def _train_runs(bench: _Bench, stage_dir: Path, kind: str, params: Mapping[str, Any],
+                trainer: Callable[[str, Any], Any]) -> dict[str, Any]:
+    """Train one head per training benchmark in ``stage_dir/<benchmark>`` (resumed from its
+    ``latest.pt`` when interrupted). ``trainer(benchmark, run)`` -> the loop's result."""
+    from irkit.train.heads import open_run
+
+    checkpoints, training = {}, {}
+    for dataset in TRAIN_DATASETS:
+        start = time.perf_counter()
+        run = open_run(stage_dir, dataset, {"kind": kind, "dataset": dataset, **params}, resume="latest")
+        try:
+            result = trainer(dataset, run)
+        finally:
+            run.close()
+        if result.best_checkpoint is None:
+            raise RuntimeError(f"{kind} training on {dataset} kept no best checkpoint (no validation ran)")
+        _prune_epoch_checkpoints(run.path)
+        checkpoints[dataset] = _relative(bench.setup, result.best_checkpoint)
+        training[dataset] = {"steps": result.step, "best_step": result.best_step, "best_value": result.best_value,
+                             "wall_s": round(time.perf_counter() - start, 2)}
+    return {"checkpoints": checkpoints, "training": training}
+
+
+# --------------------------------------------------------------------------- stages
+
+
+def _head_stage(bench: _Bench, stage: str) -> dict[str, Any]:
+    from irkit.methods import create_method
+    from irkit.methods.combiner import train_combiner
+    from irkit.methods.fusion import train_fusion
+    from irkit.models.combiner import CombinerConfig
+    from irkit.models.fusion import FusionConfig
+    from irkit.train.heads import HeadTrainingConfig
+
+    budget, dim = bench.budget, bench.loaded.embed_dim
+    method_name, options, _ = HEADS[stage]
+    if stage == "combiner":
+        model_config: Any = CombinerConfig.scaled(dim)
+        steps, lr, weight_decay = budget.combiner_steps, budget.combiner_lr, 0.0  # Adam, as published
+    else:
+        model_config = FusionConfig(embed_dim=dim, depth=budget.fusion_depth, num_heads=budget.fusion_heads,
+                                    projector=stage == "fusion-projector")
+        steps, lr, weight_decay = budget.fusion_steps, budget.fusion_lr, budget.head_weight_decay
+    config = HeadTrainingConfig(steps=steps, batch_size=budget.head_batch_size, learning_rate=lr,
+                                weight_decay=weight_decay, validate_every=budget.validate_every,
+                                seed=bench.setup.seed)
+
+    def trainer(dataset: str, run: Any) -> Any:
+        train = train_combiner if stage == "combiner" else train_fusion
+        return train(bench.ctx, bench.train_splits[dataset], run, config, model_config,
+                     val_splits=bench.val_splits[dataset], resume="latest")
+
+    def compute(stage_dir: Path) -> dict[str, Any]:
+        trained = _train_runs(bench, stage_dir, method_name, {**config.to_params(), **model_config.to_dict()},
+                              trainer)
+        results = bench.evaluate(lambda d: create_method(
+            method_name, checkpoint=_absolute(bench.setup, trained["checkpoints"][d]),
+            include_shared_concept=bench.budget.include_shared_concept, **options))
+        return {"method": method_name, "model_config": model_config.to_dict(), "config": config.to_params(),
+                **trained, "results": results, "metrics": table_metrics(results)}
+
+    return _stage(bench.setup, stage, compute)
+
+
+def _protocol_depth() -> int:
+    from irkit.eval.protocols import RANKING_DEPTH
+
+    return max(RANKING_DEPTH.values())
+
+
+def _stage1_depth(budget: FusionBudget) -> int:
+    """Stage-I candidates kept per query: the largest K, at least the protocols' depth (50)."""
+    return max(max(budget.rerank_ks), _protocol_depth())
+
+
+def _default_val_k(budget: FusionBudget) -> int:
+    """The smallest K of ``rerank_ks`` the validation protocols can score (K >= the ranking
+    depth, 50: the library scores re-ranked lists on their own), else that depth."""
+    depth = _protocol_depth()
+    return min([k for k in budget.rerank_ks if k >= depth] or [depth])
+
+
+def _stage1_stage(bench: _Bench, heads: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """Choose stage I per training benchmark and write the top-K file of every val split."""
+    from irkit.methods import create_method
+    from irkit.methods.rerank import save_topk_file, stage1_topk
+
+    def compute(stage_dir: Path) -> dict[str, Any]:
+        choice, selection = {}, {}
+        for dataset in TRAIN_DATASETS:
+            values = {stage: _selection_value(r["results"][dataset], dataset) for stage, r in heads.items()}
+            selection[dataset] = values
+            choice[dataset] = bench.budget.stage1 or max(values, key=values.get)  # first wins a tie
+        depth = _stage1_depth(bench.budget)
+        parts = []
+        for dataset, splits in bench.val_splits.items():
+            head = choice[TRAINED_ON[dataset]]
+            method = create_method(HEADS[head][0], checkpoint=_absolute(
+                bench.setup, heads[head]["checkpoints"][TRAINED_ON[dataset]]),
+                include_shared_concept=bench.budget.include_shared_concept)
+            parts += [stage1_topk(method, bench.ctx, split, depth) for split in splits]
+        topk_path = save_topk_file(stage_dir / TOPK_FILE, parts)
+        results = {d: heads[choice[TRAINED_ON[d]]]["results"][d] for d in bench.val_splits}
+        return {"choice": choice, "selection": selection, "forced": bench.budget.stage1, "k": depth,
+                "topk_file": _relative(bench.setup, topk_path),
+                "checkpoints": {d: heads[choice[d]]["checkpoints"][d] for d in TRAIN_DATASETS},
+                "results": results, "metrics": table_metrics(results)}
+
+    return _stage(bench.setup, "stage1", compute)
+
+
+def _stage1_parts(bench: _Bench, stage1: Mapping[str, Any], dataset: str) -> list[Any]:
+    from irkit.methods.rerank import find_part, load_topk_file
+
+    path = _absolute(bench.setup, stage1["topk_file"])
+    parts = load_topk_file(path)
+    return [find_part(parts, split, path) for split in bench.val_splits[dataset]]
+
+
+def _reranker_stage(bench: _Bench, stage1: Mapping[str, Any]) -> dict[str, Any]:
+    from irkit.methods.rerank import train_reranker
+    from irkit.models.reranker import RerankerConfig
+    from irkit.train.heads import HeadTrainingConfig
+
+    budget, dim = bench.budget, bench.loaded.embed_dim
+    model_config = RerankerConfig(embed_dim=dim, token_dim=dim, depth=budget.reranker_depth,
+                                  num_heads=budget.reranker_heads)
+    config = HeadTrainingConfig(steps=budget.reranker_steps, batch_size=budget.reranker_batch_size,
+                                learning_rate=budget.reranker_lr, weight_decay=budget.head_weight_decay,
+                                validate_every=budget.reranker_validate_every, seed=bench.setup.seed)
+    val_k = budget.reranker_val_k or _default_val_k(budget)
+
+    def trainer(dataset: str, run: Any) -> Any:
+        return train_reranker(bench.ctx, bench.train_splits[dataset], run, config, model_config,
+                              val_splits=bench.val_splits[dataset], val_stage1=_stage1_parts(bench, stage1, dataset),
+                              k=val_k, resume="latest")
+
+    def compute(stage_dir: Path) -> dict[str, Any]:
+        trained = _train_runs(bench, stage_dir, "reranker",
+                              {**config.to_params(), **model_config.to_dict(), "val_k": val_k}, trainer)
+        return {"model_config": model_config.to_dict(), "config": config.to_params(), "val_k": val_k, **trained}
+
+    return _stage(bench.setup, "reranker", compute)
+
+
+def rankings_with_tail(reranked: Any, stage1: Any) -> dict[str, list[str]]:
+    """Scored rankings of a re-ranked part: its top-K, then the stage-I candidates after rank K
+    in their stage-I order (``reranked`` holds exactly the stage-I top-K, re-sorted)."""
+    return {query_id: list(ids) + list(before[reranked.k:])
+            for query_id, ids, before in zip(reranked.query_ids, reranked.ids, stage1.ids)}
+
+
+def rank_change_counts(split: Any, stage1: Any, reranked: Any) -> dict[str, int]:
+    """How stage II moved each query's target inside the top-K (:func:`target_rank_changes`
+    on the stage-I list cut to the re-ranked K)."""
+    from irkit.methods.rerank import target_rank_changes
+
+    stage1_top = replace(stage1, k=reranked.k, ids=[ids[:reranked.k] for ids in stage1.ids],
+                         scores=[scores[:reranked.k] for scores in stage1.scores])
+    counts = {"queries": 0, "target_in_topk": 0, "up": 0, "down": 0, "unchanged": 0, "top1_before": 0,
+              "top1_after": 0}
+    for _, before, after in target_rank_changes(split, stage1_top, reranked):
+        counts["queries"] += 1
+        if before is None:
+            continue
+        counts["target_in_topk"] += 1
+        counts["up" if after < before else "down" if after > before else "unchanged"] += 1
+        counts["top1_before"] += before == 1
+        counts["top1_after"] += after == 1
+    return counts
+
+
+def _rerank_stage(bench: _Bench, stage1: Mapping[str, Any], reranker: Mapping[str, Any], k: int) -> dict[str, Any]:
+    from irkit.eval import protocols
+    from irkit.methods import create_method
+    from irkit.methods.rerank import save_topk_file
+    from irkit.methods.textual_inversion import combine_split_results
+
+    def compute(stage_dir: Path) -> dict[str, Any]:
+        results, reranked_parts, changes = {}, [], {}
+        for dataset, splits in bench.val_splits.items():
+            parts = _stage1_parts(bench, stage1, dataset)
+            method = create_method("rerank", checkpoint=_absolute(bench.setup, reranker["checkpoints"][
+                TRAINED_ON[dataset]]), stage1=parts, k=k, include_shared_concept=bench.budget.include_shared_concept)
+            split_results = []
+            for split, part in zip(splits, parts):
+                reranked = method.rerank(bench.ctx, split)
+                reranked_parts.append(reranked.topk)
+                split_results.append(protocols.evaluate_rankings(
+                    split, rankings_with_tail(reranked.topk, part), subset_rankings=reranked.subset_rankings,
+                    shared_concept=bench.shared_concept(dataset)))
+                changes["/".join(filter(None, (dataset, split.category)))] = rank_change_counts(
+                    split, part, reranked.topk)
+            results[dataset] = combine_split_results(splits, split_results)
+        reranked_path = save_topk_file(stage_dir / RERANKED_FILE, reranked_parts)
+        return {"k": k, "reranked_file": _relative(bench.setup, reranked_path), "stage1_choice": stage1["choice"],
+                "reranker_checkpoints": reranker["checkpoints"], "rank_changes": changes, "results": results,
+                "metrics": table_metrics(results)}
+
+    return _stage(bench.setup, f"rerank-k{k}", compute)
+
+
+# --------------------------------------------------------------------------- rows
+
+
+def fusion_rows(setup: CIRBenchSetup) -> list[dict[str, Any]]:
+    """Rows of the CIR table for the trained heads and two-stage re-ranking.
+
+    Trains (frozen backbone ``setup.model`` / ``setup.pretrained`` / ``setup.clip_checkpoint``,
+    cached features) on the FashionIQ and CIRR training triplets, one head per benchmark, and
+    scores FashionIQ val (category averages), CIRR val and CIRCO val (CIRR-trained heads).
+    Rows, in order: fusion without projector, fusion with the trained projector, Combiner,
+    stage I alone, stage I + II at each ``rerank_ks`` K. Stages are resumable (module doc).
+    Returns :func:`irkit.experiments.setup.table_row` dicts (metrics as fractions).
+    """
+    budget = resolve_budget(setup)
+    bench = _Bench(setup, budget)
+    heads = {stage: _head_stage(bench, stage) for stage in HEADS}
+    stage1 = _stage1_stage(bench, heads)
+    reranker = _reranker_stage(bench, stage1)
+    reranked = {k: _rerank_stage(bench, stage1, reranker, k) for k in sorted(set(budget.rerank_ks))}
+
+    backbone = setup.model + (f" ({Path(setup.clip_checkpoint).name})" if setup.clip_checkpoint else
+                              f" ({setup.pretrained})" if setup.pretrained else " (random init)")
+    circo_text = "with" if budget.include_shared_concept else "without"
+    common = (f"frozen {backbone}; one head per train split (FashionIQ, CIRR); CIRCO val scored with the "
+              f"CIRR-trained head (CIRCO has no train split), query text {circo_text} shared_concept; "
+              "best.pt chosen on val by the selection metric")
+    rows = []
+    for stage, (_, _, label) in HEADS.items():
+        result = heads[stage]
+        rows.append(table_row(label, "fusion", result["metrics"],
+                              f"{result['config']['steps']} steps, lr {result['config']['learning_rate']:g}; "
+                              + common))
+    choice = stage1["choice"]
+    stage1_label = "Stage I alone (" + ("; ".join(f"{d}: {choice[d]}" for d in TRAIN_DATASETS)) + ")"
+    rows.append(table_row(stage1_label, "re-ranking", stage1["metrics"],
+                          ("forced by budget" if stage1["forced"] else "best val selection metric per benchmark")
+                          + f" = the rows above; top-{stage1['k']} file stage1/{TOPK_FILE}"))
+    for k, result in reranked.items():
+        tail = "; ranks > K keep the stage-I order" if k < _stage1_depth(budget) else ""
+        rows.append(table_row(f"Stage I + II re-ranking, K={k}", "re-ranking", result["metrics"],
+                              f"cross-encoder over candidate patch tokens, {reranker['config']['steps']} steps, "
+                              f"re-sorts the stage-I top-{k}{tail}; " + common))
+    return rows
+
+
+def stage_results(setup: CIRBenchSetup) -> dict[str, dict[str, Any]]:
+    """The ``result.json`` of every finished stage under ``setup.out_dir`` (for reports)."""
+    out = {}
+    for path in sorted(Path(setup.out_dir).glob(f"*/{RESULT_FILE}")):
+        out[path.parent.name] = read_json(path)
+    return out
+
+
+__all__: Sequence[str] = ("FusionBudget", "DEFAULT_BUDGETS", "resolve_budget", "fusion_rows", "table_metrics",
+                          "rankings_with_tail", "rank_change_counts", "stage_results")

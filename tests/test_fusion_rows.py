@@ -1,0 +1,174 @@
+"""fusion_rows: the trained-head and re-ranking rows of the CIR table, at tiny scale.
+
+One run (tiny demo FashionIQ / CIRR / CIRCO, untrained irkit-tiny) is checked against
+independent evaluations of its saved checkpoints, its re-ranked top-K file against its
+stage-I file, and a second call must skip every stage.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from irkit.data.demo import generate_demo
+from irkit.errors import InputError
+from irkit.experiments import fusion_rows as fr
+from irkit.experiments.setup import TABLE_COLUMNS, CIRBenchSetup
+from irkit.methods import CIRContext, create_method
+from irkit.methods.rerank import TopK, load_topk_file
+from irkit.methods.textual_inversion import evaluate_method, load_cir_splits
+from irkit.models import create_model
+
+KS = (5, 50)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    torch.set_num_threads(1)
+    base = tmp_path_factory.mktemp("fusion_rows")
+    generate_demo(base / "data", seed=0, scale="tiny", datasets=("fashioniq", "cirr", "circo"), workers=1,
+                  progress=False)
+    setup = CIRBenchSetup(data_root=base / "data", out_dir=base / "out", cache_dir=base / "cache", scale="tiny",
+                          workers=0, budgets={"rerank_ks": KS, "unrelated_stage_steps": 7})
+    rows = fr.fusion_rows(setup)
+    ctx = CIRContext(create_model("irkit-tiny", seed=0), cache_dir=base / "cache", num_workers=0)
+    return setup, rows, ctx
+
+
+def _rank(scores: np.ndarray, target: int) -> int:
+    """0-based rank of gallery item ``target``: higher scores first, ties by gallery order."""
+    return int((scores > scores[target]).sum() + (scores[:target] == scores[target]).sum())
+
+
+def _val(setup, dataset):
+    return load_cir_splits(dataset, setup.data_root / dataset, "val")
+
+
+def test_rows_shape(run):
+    _, rows, _ = run
+    assert [r["method"] for r in rows][:3] == [label for _, _, label in fr.HEADS.values()]
+    assert rows[3]["method"].startswith("Stage I alone")
+    assert [r["method"] for r in rows[4:]] == [f"Stage I + II re-ranking, K={k}" for k in KS]
+    for row in rows:
+        for column in TABLE_COLUMNS:
+            assert 0.0 <= row[column] <= 1.0, (row["method"], column)
+        assert "CIRR-trained head" in row["notes"] or row["method"].startswith("Stage I alone")
+
+
+def test_fusion_row_matches_independent_evaluation(run):
+    setup, rows, ctx = run
+    row = rows[0]  # fusion without projector
+    checkpoint = {d: setup.out_dir / "fusion" / d / "checkpoints" / "best.pt" for d in ("fashioniq", "cirr")}
+    fiq = evaluate_method(create_method("magiclens", checkpoint=checkpoint["fashioniq"]), ctx, _val(setup, "fashioniq"))
+    cirr = evaluate_method(create_method("magiclens", checkpoint=checkpoint["cirr"]), ctx, _val(setup, "cirr"))
+    circo = evaluate_method(create_method("magiclens", checkpoint=checkpoint["cirr"]), ctx, _val(setup, "circo"),
+                            include_shared_concept=False)
+    assert row["fashioniq_R@10"] == pytest.approx(fiq["average"]["R@10"] / 100)
+    assert row["fashioniq_R@50"] == pytest.approx(fiq["average"]["R@50"] / 100)
+    assert row["cirr_R@1"] == pytest.approx(cirr["R@1"] / 100)
+    assert row["cirr_R@5"] == pytest.approx(cirr["R@5"] / 100)
+    assert row["cirr_Rs@1"] == pytest.approx(cirr["Rs@1"] / 100)
+    assert row["circo_mAP@10"] == pytest.approx(circo["mAP@10"] / 100)
+
+    # A second formula: CIRR R@1 / R@5 and FashionIQ R@10 from the embeddings with numpy.
+    method = create_method("magiclens", checkpoint=checkpoint["cirr"])
+    (split,) = _val(setup, "cirr")
+    queries, gallery = method.query_embeddings(ctx, split), method.gallery_embeddings(ctx, split)
+    scores = queries @ gallery.T
+    for i, q in enumerate(split.queries):
+        scores[i, split.gallery.index(q.reference)] = -np.inf
+    rank = np.array([_rank(scores[i], split.gallery.index(q.target)) for i, q in enumerate(split.queries)])
+    assert row["cirr_R@1"] == pytest.approx(np.mean(rank < 1))
+    assert row["cirr_R@5"] == pytest.approx(np.mean(rank < 5))
+    method = create_method("magiclens", checkpoint=checkpoint["fashioniq"])
+    per_category = []
+    for split in _val(setup, "fashioniq"):
+        scores = method.query_embeddings(ctx, split) @ method.gallery_embeddings(ctx, split).T
+        per_category.append(np.mean([_rank(scores[i], split.gallery.index(q.target)) < 10
+                                     for i, q in enumerate(split.queries)]))
+    assert row["fashioniq_R@10"] == pytest.approx(np.mean(per_category))
+
+
+def test_stage1_row_is_its_chosen_head(run):
+    setup, rows, _ = run
+    stage1 = json.loads((setup.out_dir / "stage1" / "result.json").read_text())
+    heads = list(fr.HEADS)
+    for column in TABLE_COLUMNS:
+        dataset = column.split("_")[0]
+        chosen = stage1["choice"][fr.TRAINED_ON[dataset]]
+        assert rows[3][column] == rows[heads.index(chosen)][column]
+
+
+def test_reranked_lists_keep_exactly_k_stage1_candidates(run):
+    setup, _, _ = run
+    stage1 = {p.key(): p for p in load_topk_file(setup.out_dir / "stage1" / fr.TOPK_FILE)}
+    for k in KS:
+        reranked = load_topk_file(setup.out_dir / f"rerank-k{k}" / fr.RERANKED_FILE)
+        assert {p.key() for p in reranked} == set(stage1)
+        for part in reranked:
+            before = stage1[part.key()]
+            assert part.query_ids == before.query_ids
+            for ids, ids_before in zip(part.ids, before.ids):
+                assert len(ids) == min(k, len(ids_before))
+                assert sorted(ids) == sorted(ids_before[:k])
+    # K=5 is below every tiny gallery: the cut is real.
+    for part in load_topk_file(setup.out_dir / "rerank-k5" / fr.RERANKED_FILE):
+        assert all(len(ids) == 5 < len(ids_before) for ids, ids_before in zip(part.ids, stage1[part.key()].ids))
+
+
+def test_rerank_row_matches_library_rerank_method(run):
+    setup, rows, ctx = run
+    row = rows[-1]  # K=50 >= the protocols' depth: the library scores the re-ranked lists alone
+    topk_file = setup.out_dir / "stage1" / fr.TOPK_FILE
+    reranker = {d: setup.out_dir / "reranker" / d / "checkpoints" / "best.pt" for d in ("fashioniq", "cirr")}
+    results = {d: evaluate_method(create_method("rerank", checkpoint=reranker[fr.TRAINED_ON[d]], stage1=topk_file,
+                                                k=50), ctx, _val(setup, d), include_shared_concept=False)
+               for d in ("fashioniq", "cirr", "circo")}
+    expected = fr.table_metrics(results)
+    for column in TABLE_COLUMNS:
+        assert row[column] == pytest.approx(expected[column]), column
+
+
+def test_second_call_skips_every_stage(run, monkeypatch):
+    setup, rows, _ = run
+    results = sorted(setup.out_dir.glob("*/result.json"))
+    before = {p: p.read_bytes() for p in results}
+    runs_before = sorted(p for p in setup.out_dir.glob("*/*") if p.is_dir())
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a finished stage ran again")
+
+    import irkit.methods.combiner
+    import irkit.methods.fusion
+    import irkit.methods.rerank
+
+    monkeypatch.setattr(irkit.methods.fusion, "train_fusion", refuse)
+    monkeypatch.setattr(irkit.methods.combiner, "train_combiner", refuse)
+    monkeypatch.setattr(irkit.methods.rerank, "train_reranker", refuse)
+    monkeypatch.setattr(irkit.methods.rerank, "stage1_topk", refuse)
+    monkeypatch.setattr(irkit.methods.rerank.RerankMethod, "rerank", refuse)
+    assert fr.fusion_rows(setup) == rows
+    assert {p: p.read_bytes() for p in results} == before
+    assert sorted(p for p in setup.out_dir.glob("*/*") if p.is_dir()) == runs_before
+
+
+def test_rankings_with_tail_by_hand():
+    stage1 = TopK("cirr", "val", None, 4, ["q1", "q2"], [["a", "b", "c", "d"], ["e", "f", "g", "h"]],
+                  [[4.0, 3.0, 2.0, 1.0]] * 2)
+    reranked = TopK("cirr", "val", None, 2, ["q1", "q2"], [["b", "a"], ["e", "f"]], [[9.0, 1.0]] * 2)
+    assert fr.rankings_with_tail(reranked, stage1) == {"q1": ["b", "a", "c", "d"], "q2": ["e", "f", "g", "h"]}
+
+
+def test_budget_overrides_and_bad_budget(tmp_path):
+    setup = CIRBenchSetup(data_root=tmp_path, out_dir=tmp_path, scale="full", budgets={"fusion_steps": 11})
+    budget = fr.resolve_budget(setup)
+    assert budget.fusion_steps == 11 and budget.combiner_steps == fr.FusionBudget().combiner_steps
+    assert fr._default_val_k(fr.FusionBudget(rerank_ks=(20, 50))) == 50
+    assert fr._default_val_k(fr.FusionBudget(rerank_ks=(10, 20))) == 50
+    with pytest.raises(InputError, match="stage1"):
+        fr.resolve_budget(CIRBenchSetup(data_root=tmp_path, out_dir=tmp_path, budgets={"stage1": "nope"}))
+    with pytest.raises(InputError, match="scale"):
+        fr.resolve_budget(CIRBenchSetup(data_root=tmp_path, out_dir=tmp_path, scale="huge"))
