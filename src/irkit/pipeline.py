@@ -98,14 +98,15 @@ def ensure_demo_data(data_root: Path | str, scale: str, seed: int) -> Path:
 
 
 def _train_stage(params: TrafficRunParams, run: RunFolder, name: str, train_csv: Path, val_csv: Optional[Path],
-                 epochs: int, start_weights: Optional[str], from_scratch_recipe: bool) -> Path:
+                 epochs: int, start_weights: Optional[str], from_scratch_recipe: bool,
+                 lr_scheduler: str = "cosine") -> Path:
     from irkit.train.clip import ClipTrainConfig, recipe_defaults, train_clip
 
     recipe = recipe_defaults(params.model, None if from_scratch_recipe else "pretrained")
     config = ClipTrainConfig(
         train_csv=train_csv, val_csv=val_csv, model=params.model, pretrained=start_weights,
         epochs=epochs, lr=params.lr or recipe["lr"], wd=params.wd or recipe["wd"],
-        warmup=recipe["warmup"], batch_size=params.batch_size or recipe["batch_size"],
+        warmup=recipe["warmup"], lr_scheduler=lr_scheduler, batch_size=params.batch_size or recipe["batch_size"],
         workers=params.workers, seed=params.seed, log_dir=run.path, name=name,
     )
     started = time.time()
@@ -238,8 +239,10 @@ def reproduce(params: TrafficRunParams, run_dir: Path | str) -> PipelineResult:
     if from_scratch and params.warmup_epochs > 0:
         raw_csv = build_training_csv(train_labels, train_images, run.path / "train_raw.csv", caption="text",
                                      source=train_labels_path)
+        # constant LR after the linear warm-up: the LR decays once, at the end of the final stage
+        # (a cosine here would anneal to 0 and then restart at the peak LR for the main stage)
         start_weights = str(_train_stage(params, run, "warmup", raw_csv, None, params.warmup_epochs, None,
-                                         from_scratch_recipe=True))
+                                         from_scratch_recipe=True, lr_scheduler="const"))
         training_runs.append(run.path / "warmup")
         main_epochs = params.epochs - params.warmup_epochs
     timings["warmup_training"] = time.time() - started

@@ -52,7 +52,7 @@ TRAINED_ON = {"fashioniq": "fashioniq", "cirr": "cirr", "circo": "cirr"}
 #: The head stages, in table order: stage -> (registered method, method options, table label).
 HEADS: dict[str, tuple[str, dict[str, Any], str]] = {
     "fusion": ("magiclens", {}, "MagicLens-style fusion, no projector"),
-    "fusion-projector": ("magiclens", {}, "MagicLens-style fusion + trained vision projector"),
+    "fusion-projector": ("magiclens", {"projector": True}, "MagicLens-style fusion + trained vision projector"),
     "combiner": ("combiner", {}, "CLIP4Cir Combiner"),
 }
 
@@ -207,6 +207,14 @@ class _Bench:
         return {d: evaluate_method(methods[TRAINED_ON[d]], self.ctx, splits, self.shared_concept(d))
                 for d, splits in self.val_splits.items()}
 
+    def head_method(self, stage: str, checkpoint: str) -> Any:
+        """The registered method of head ``stage`` from its checkpoint (relative to ``out_dir``)."""
+        from irkit.methods import create_method
+
+        name, options, _ = HEADS[stage]
+        return create_method(name, checkpoint=_absolute(self.setup, checkpoint),
+                             include_shared_concept=self.budget.include_shared_concept, **options)
+
 
 def _train_runs(bench: _Bench, stage_dir: Path, kind: str, params: Mapping[str, Any],
                 trainer: Callable[[str, Any], Any]) -> dict[str, Any]:
@@ -235,7 +243,6 @@ def _train_runs(bench: _Bench, stage_dir: Path, kind: str, params: Mapping[str, 
 
 
 def _head_stage(bench: _Bench, stage: str) -> dict[str, Any]:
-    from irkit.methods import create_method
     from irkit.methods.combiner import train_combiner
     from irkit.methods.fusion import train_fusion
     from irkit.models.combiner import CombinerConfig
@@ -243,7 +250,7 @@ def _head_stage(bench: _Bench, stage: str) -> dict[str, Any]:
     from irkit.train.heads import HeadTrainingConfig
 
     budget, dim = bench.budget, bench.loaded.embed_dim
-    method_name, options, _ = HEADS[stage]
+    method_name = HEADS[stage][0]
     if stage == "combiner":
         model_config: Any = CombinerConfig.scaled(dim)
         steps, lr, weight_decay = budget.combiner_steps, budget.combiner_lr, 0.0  # Adam, as published
@@ -263,9 +270,7 @@ def _head_stage(bench: _Bench, stage: str) -> dict[str, Any]:
     def compute(stage_dir: Path) -> dict[str, Any]:
         trained = _train_runs(bench, stage_dir, method_name, {**config.to_params(), **model_config.to_dict()},
                               trainer)
-        results = bench.evaluate(lambda d: create_method(
-            method_name, checkpoint=_absolute(bench.setup, trained["checkpoints"][d]),
-            include_shared_concept=bench.budget.include_shared_concept, **options))
+        results = bench.evaluate(lambda d: bench.head_method(stage, trained["checkpoints"][d]))
         return {"method": method_name, "model_config": model_config.to_dict(), "config": config.to_params(),
                 **trained, "results": results, "metrics": table_metrics(results)}
 
@@ -292,7 +297,6 @@ def _default_val_k(budget: FusionBudget) -> int:
 
 def _stage1_stage(bench: _Bench, heads: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     """Choose stage I per training benchmark and write the top-K file of every val split."""
-    from irkit.methods import create_method
     from irkit.methods.rerank import save_topk_file, stage1_topk
 
     def compute(stage_dir: Path) -> dict[str, Any]:
@@ -305,9 +309,7 @@ def _stage1_stage(bench: _Bench, heads: Mapping[str, Mapping[str, Any]]) -> dict
         parts = []
         for dataset, splits in bench.val_splits.items():
             head = choice[TRAINED_ON[dataset]]
-            method = create_method(HEADS[head][0], checkpoint=_absolute(
-                bench.setup, heads[head]["checkpoints"][TRAINED_ON[dataset]]),
-                include_shared_concept=bench.budget.include_shared_concept)
+            method = bench.head_method(head, heads[head]["checkpoints"][TRAINED_ON[dataset]])
             parts += [stage1_topk(method, bench.ctx, split, depth) for split in splits]
         topk_path = save_topk_file(stage_dir / TOPK_FILE, parts)
         results = {d: heads[choice[TRAINED_ON[d]]]["results"][d] for d in bench.val_splits}

@@ -59,6 +59,7 @@ class ClipTrainConfig:
     lr: Optional[float] = None              # None: the recipe's default (see recipe_defaults)
     wd: Optional[float] = None
     warmup: Optional[int] = None
+    lr_scheduler: str = "cosine"            # open_clip_train: cosine | const | const-cooldown
     batch_size: Optional[int] = None
     workers: int = 1
     seed: int = 0
@@ -80,7 +81,7 @@ def recipe_defaults(model: str, pretrained: Optional[str]) -> dict[str, Any]:
     recipe for randomly initialised models such as the embedded ``irkit-tiny``."""
     if pretrained:
         return {"lr": 4e-7, "wd": 0.01, "warmup": 10000, "batch_size": 25}
-    return {"lr": 1e-3, "wd": 0.1, "warmup": 100, "batch_size": 64}
+    return {"lr": 1e-3, "wd": 0.1, "warmup": 50, "batch_size": 128}
 
 
 def _resolve(config: ClipTrainConfig) -> ClipTrainConfig:
@@ -113,6 +114,7 @@ def open_clip_argv(config: ClipTrainConfig) -> list[str]:
         "--lr", str(config.lr),
         "--wd", str(config.wd),
         "--warmup", str(config.warmup),
+        "--lr-scheduler", config.lr_scheduler,
         "--batch-size", str(config.batch_size),
         "--workers", str(config.workers),
         "--seed", str(config.seed),
