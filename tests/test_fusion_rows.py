@@ -16,7 +16,7 @@ import torch
 from irkit.data.demo import generate_demo
 from irkit.errors import InputError
 from irkit.experiments import fusion_rows as fr
-from irkit.experiments.setup import TABLE_COLUMNS, CIRBenchSetup
+from irkit.experiments.setup import TABLE_COLUMNS, CIRBenchSetup, table_metrics
 from irkit.methods import CIRContext, create_method
 from irkit.methods.rerank import TopK, load_topk_file
 from irkit.methods.textual_inversion import evaluate_method, load_cir_splits
@@ -127,7 +127,7 @@ def test_rerank_row_matches_library_rerank_method(run):
     results = {d: evaluate_method(create_method("rerank", checkpoint=reranker[fr.TRAINED_ON[d]], stage1=topk_file,
                                                 k=50), ctx, _val(setup, d), include_shared_concept=False)
                for d in ("fashioniq", "cirr", "circo")}
-    expected = fr.table_metrics(results)
+    expected = table_metrics(results)
     for column in TABLE_COLUMNS:
         assert row[column] == pytest.approx(expected[column]), column
 

@@ -149,3 +149,18 @@ def test_parse_grid_and_values() -> None:
     assert parse_value("null") is None and parse_value("True") is True and parse_value("x.pt") == "x.pt"
     with pytest.raises(InputError, match="name=value1,value2"):
         parse_grid(["augment"])
+
+
+def test_read_run_parameters_fills_defaults_from_the_parameters_cell(tmp_path: Path) -> None:
+    """A parameter left at its notebook default still appears (with its default value) beside
+    the injected ones, so comparison tables show e.g. augment=True for a default run."""
+    from irkit.notebook import read_run_parameters
+
+    notebook = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell('augment = True   # comment\nlr = None\nname = "demo"\nepochs = 6')
+    cell.metadata["tags"] = ["parameters"]
+    notebook.cells = [cell]
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    notebook.metadata["papermill"] = {"parameters": {"epochs": 2}}
+    nbformat.write(notebook, tmp_path / "run.ipynb")
+    assert read_run_parameters(tmp_path) == {"augment": True, "lr": None, "name": "demo", "epochs": 2}

@@ -104,3 +104,18 @@ def test_missing_pretrained_checkpoint_is_reported(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="not found"):
         train_clip(ClipTrainConfig(train_csv=csv_path, log_dir=tmp_path / "log", name="y",
                                    pretrained=str(tmp_path / "nope.pt")))
+
+
+@pytest.mark.parametrize("scheduler", ["cosine", "const"])
+def test_open_clip_train_parses_the_argv(tmp_path: Path, scheduler: str) -> None:
+    """Every flag irkit passes is one open_clip_train's own parser accepts, with the values meant."""
+    from open_clip_train.params import parse_args
+
+    from irkit.train.clip import _resolve, open_clip_argv
+
+    config = _resolve(ClipTrainConfig(train_csv=tmp_path / "train.csv", lr_scheduler=scheduler, epochs=3,
+                                      log_dir=tmp_path, name="run"))
+    args = parse_args(open_clip_argv(config))
+    assert args.lr_scheduler == scheduler and args.epochs == 3 and args.model == "irkit-tiny"
+    assert (args.lr, args.wd, args.warmup, args.batch_size) == (1e-3, 0.1, 50, 128)  # from-scratch recipe
+    assert args.image_resize_mode == "longest"  # square padding at train time

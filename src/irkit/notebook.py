@@ -149,13 +149,25 @@ def run_grid(notebook: Path | str, grid: Mapping[str, Sequence[Any]], base_param
 
 
 def read_run_parameters(run_dir: Path | str) -> dict[str, Any]:
-    """The papermill parameters a notebook run was executed with (from the saved notebook)."""
+    """The parameters a notebook run was executed with: the defaults of the saved notebook's
+    ``parameters`` cell overlaid with the values papermill injected."""
+    import ast
+
     import nbformat
+    import papermill
 
     for notebook in sorted(Path(run_dir).glob("*.ipynb")):
-        papermill = nbformat.read(notebook, as_version=4).metadata.get("papermill", {})
-        if "parameters" in papermill:
-            return dict(papermill["parameters"])
+        papermill_meta = nbformat.read(notebook, as_version=4).metadata.get("papermill", {})
+        if "parameters" not in papermill_meta:
+            continue
+        values: dict[str, Any] = {}
+        for name, spec in papermill.inspect_notebook(str(notebook)).items():
+            try:
+                values[name] = ast.literal_eval(spec["default"])
+            except (ValueError, SyntaxError):
+                values[name] = spec["default"]
+        values.update(papermill_meta["parameters"])
+        return values
     return {}
 
 

@@ -104,16 +104,10 @@ def _compare(args: argparse.Namespace) -> int:
 def _cir_table(args: argparse.Namespace) -> int:
     import torch
 
-    from irkit.errors import InputError
+    from irkit.cli.common import parse_key_values
     from irkit.experiments.cir_table import run_cir_table
-    from irkit.notebook import parse_value
 
-    overrides = {}
-    for item in args.budget:
-        if "=" not in item:
-            raise InputError(f"--budget {item!r} must look like KEY=VALUE", field="budget")
-        key, value = item.split("=", 1)
-        overrides[key.strip()] = parse_value(value.strip())
+    overrides = parse_key_values(args.budget, "--budget")
     torch.set_num_threads(max(1, args.threads))
     result = run_cir_table(args.data_root, args.out, scale=args.scale, model=args.model, pretrained=args.pretrained,
                            checkpoint=args.checkpoint, train_clip=not args.no_clip_training,

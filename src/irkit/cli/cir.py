@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from irkit.cli.common import add_encoding_arguments, add_model_arguments, cache_dir, load_model
+from irkit.cli.common import add_encoding_arguments, add_model_arguments, cache_dir, load_model, parse_key_values
 
 DATASETS = ("cirr", "circo", "fashioniq")
 
@@ -164,17 +164,10 @@ def _splits(args: argparse.Namespace, prefix: str = "") -> list[Any]:
 
 
 def _method(args: argparse.Namespace) -> Any:
-    from irkit.errors import InputError
     from irkit.methods import create_method
     from irkit.methods.textual_inversion import method_options
-    from irkit.notebook import parse_value
 
-    extra = {}
-    for item in args.method_option:
-        if "=" not in item:
-            raise InputError(f"--method-option {item!r} must look like KEY=VALUE", field="method-option")
-        key, value = item.split("=", 1)
-        extra[key.strip().replace("-", "_")] = parse_value(value.strip())
+    extra = parse_key_values(args.method_option, "--method-option", underscore_keys=True)
     return create_method(args.method, **method_options(args.method, args.method_checkpoint,
                                                        args.include_shared_concept, extra))
 

@@ -40,3 +40,19 @@ def load_model(args: argparse.Namespace) -> Any:
 def cache_dir(args: argparse.Namespace) -> Optional[Path]:
     """The embedding cache folder, or None when ``--cache-dir none``."""
     return None if str(args.cache_dir).lower() == "none" else args.cache_dir
+
+
+def parse_key_values(items: list[str], flag: str, underscore_keys: bool = False) -> dict[str, Any]:
+    """``["a=1", "b=x"]`` (a repeatable ``KEY=VALUE`` option) -> ``{"a": 1, "b": "x"}``; values
+    are JSON literals or strings; ``underscore_keys`` turns ``-`` in keys into ``_``."""
+    from irkit.errors import InputError
+    from irkit.notebook import parse_value
+
+    parsed: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise InputError(f"{flag} {item!r} must look like KEY=VALUE", field=flag.lstrip("-"))
+        key, value = item.split("=", 1)
+        key = key.strip().replace("-", "_") if underscore_keys else key.strip()
+        parsed[key] = parse_value(value.strip())
+    return parsed

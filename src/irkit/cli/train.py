@@ -24,6 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     clip.add_argument("--lr", type=float, default=None, help="default: 4e-7 fine-tuning, 1e-3 from scratch")
     clip.add_argument("--wd", type=float, default=None)
     clip.add_argument("--warmup", type=int, default=None)
+    clip.add_argument("--lr-scheduler", default="cosine", choices=["cosine", "const", "const-cooldown"],
+                      help="open_clip_train's LR schedule after the linear warm-up")
     clip.add_argument("--batch-size", type=int, default=None)
     clip.add_argument("--workers", type=int, default=1)
     clip.add_argument("--seed", type=int, default=0)
@@ -42,7 +44,8 @@ def _run_clip(args: argparse.Namespace) -> int:
 
     result = train_clip(ClipTrainConfig(
         train_csv=args.train_csv, val_csv=args.val_csv, model=args.model, pretrained=args.pretrained,
-        epochs=args.epochs, lr=args.lr, wd=args.wd, warmup=args.warmup, batch_size=args.batch_size,
+        epochs=args.epochs, lr=args.lr, wd=args.wd, warmup=args.warmup, lr_scheduler=args.lr_scheduler,
+        batch_size=args.batch_size,
         workers=args.workers, seed=args.seed, precision=args.precision, transform=args.transform,
         log_dir=args.log_dir, name=args.name, resume=args.resume, save_frequency=args.save_frequency,
         csv_separator=args.csv_separator,
