@@ -75,7 +75,9 @@ SCALE_BUDGETS: dict[str, dict[str, Any]] = {
                   oti_images=64, oti_steps=60, oti_batch_size=64,
                   searle_steps=100, searle_batch_size=64, searle_lr=1e-4, searle_validate_every=25,
                   searle_oti_steps=0, phi_select_split="train", include_shared_concept=False),
-    "full": dict(clip_epochs=3, clip_batch_size=128, clip_lr=5e-4, clip_wd=0.1, clip_warmup=20,
+    # full: 10 epochs at 1e-3 for the demo CIR backbone (about 11 min on 2 quiet cores); 3 epochs
+    # at 5e-4 left it too weak to separate the methods (see the README's CIR table)
+    "full": dict(clip_epochs=10, clip_batch_size=128, clip_lr=1e-3, clip_wd=0.1, clip_warmup=20,
                  lincir_steps=300, lincir_batch_size=64, lincir_lr=5e-4, lincir_validate_every=50,
                  oti_images=256, oti_steps=150, oti_batch_size=128,
                  searle_steps=300, searle_batch_size=64, searle_lr=5e-4, searle_validate_every=50,
