@@ -45,13 +45,19 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 from irkit.errors import InputError
-from irkit.experiments.setup import TABLE_COLUMNS, CIRBenchSetup, table_metrics, table_row
+from irkit.experiments.setup import (
+    BENCHMARKS,
+    TABLE_COLUMNS,
+    BenchContext,
+    CIRBenchSetup,
+    cached_stage,
+    table_metrics,
+    table_row,
+)
 from irkit.io import atomic_write_json, atomic_write_text, file_sha256, read_json
 
 log = logging.getLogger(__name__)
 
-#: The CIR benchmarks of the table, in column order.
-BENCHMARKS = ("fashioniq", "cirr", "circo")
 #: Demo caption CSVs (under ``<data_root>/captions/``) the demo CLIP model and LinCIR's phi
 #: train on. CIRCO's ``circo_gallery.csv`` describes the evaluation gallery: never used.
 TRAIN_CAPTION_FILES = ("fashioniq_train.csv", "cirr_train.csv")
@@ -181,21 +187,10 @@ class _Stages:
         self.seconds: dict[str, float] = {}
 
     def run(self, name: str, result_file: str, compute: Callable[[Path], Any]) -> Any:
-        directory = self.setup.stage_dir(name)
-        path = directory / result_file
-        if path.is_file():
-            log.info("stage %s: done already (%s), skipped", name, path)
-            return read_json(path) if path.suffix == ".json" else path
-        log.info("stage %s: started", name)
-        started = time.perf_counter()
-        result = compute(directory)
-        if path.suffix == ".json":
-            atomic_write_json(path, result, indent=2)
-        elif not path.is_file():
-            raise RuntimeError(f"stage {name} did not write {path}")
-        self.seconds[name] = round(time.perf_counter() - started, 1)
-        log.info("stage %s: finished in %.1f s", name, self.seconds[name])
-        return result if path.suffix == ".json" else path
+        result, seconds = cached_stage(self.setup, name, result_file, compute, log)
+        if seconds is not None:
+            self.seconds[name] = seconds
+        return result
 
 
 # --------------------------------------------------------------------------- stages
@@ -269,30 +264,18 @@ def train_demo_clip(setup: CIRBenchSetup, stage_dir: Path) -> Path:
     return save_weights(loaded, stage_dir / "model.safetensors")
 
 
-class _Bench:
+class _Bench(BenchContext):
     """The CLIP model, context and validation splits every zero-shot stage shares."""
 
     def __init__(self, setup: CIRBenchSetup) -> None:
-        from irkit.methods import CIRContext
-        from irkit.methods.textual_inversion import SELECTION_METRIC, cir_dataset_root, load_cir_splits
-        from irkit.models import create_model
+        from irkit.methods.textual_inversion import SELECTION_METRIC
 
-        self.setup = setup
-        self.loaded = create_model(setup.model, pretrained=setup.pretrained, checkpoint=setup.clip_checkpoint,
-                                   seed=setup.seed)
-        self.ctx = CIRContext(self.loaded, cache_dir=setup.cache_dir, batch_size=64, num_workers=setup.workers)
-        self.roots = {d: cir_dataset_root(setup.data_root, d) for d in BENCHMARKS}
-        self.val_splits = {d: load_cir_splits(d, self.roots[d], "val") for d in BENCHMARKS}
-        self.include_shared_concept = bool(setup.budgets.get("include_shared_concept", False))
+        super().__init__(setup)
         self.phi_validator_metric = SELECTION_METRIC["cirr"]
 
-    def evaluate(self, method: Any) -> dict[str, Any]:
-        """``{benchmark: evaluate_method result}`` of ``method`` on every val split."""
-        from irkit.methods.textual_inversion import evaluate_method
-
-        return {d: evaluate_method(method, self.ctx, self.val_splits[d],
-                                   self.include_shared_concept if d == "circo" else None)
-                for d in BENCHMARKS}
+    def evaluate_everywhere(self, method: Any) -> dict[str, Any]:
+        """One method on every val split (``{benchmark: evaluate_method result}``)."""
+        return self.evaluate(lambda _: method)
 
     def method(self, name: str, checkpoint: Optional[Path | str] = None) -> Any:
         from irkit.methods import create_method
@@ -317,7 +300,7 @@ def baselines_stage(bench: _Bench, stage_dir: Path) -> dict[str, Any]:
 
     out = {}
     for name in tqdm(BASELINES, desc="baselines", unit="method"):
-        out[name] = _scored(bench.evaluate(bench.method(name)))
+        out[name] = _scored(bench.evaluate_everywhere(bench.method(name)))
         atomic_write_json(stage_dir / f"{name}.json", out[name], indent=2)
     return out
 
@@ -361,7 +344,8 @@ def lincir_stage(bench: _Bench, stage_dir: Path) -> dict[str, Any]:
                                                                      "latest"),
                      {"captions": list(TRAIN_CAPTION_FILES), "num_captions": len(captions)})
     phi["num_captions"] = len(captions)
-    return {"phi": phi, **_scored(bench.evaluate(bench.method("lincir", stage_dir / phi["best_checkpoint"])))}
+    method = bench.method("lincir", stage_dir / phi["best_checkpoint"])
+    return {"phi": phi, **_scored(bench.evaluate_everywhere(method))}
 
 
 def oti_training_images(bench: _Bench, cap: int) -> tuple[list[str], list[Path]]:
@@ -403,7 +387,8 @@ def searle_stage(bench: _Bench, stage_dir: Path) -> dict[str, Any]:
                                                                      validator, "latest"),
                      {"oti_images": len(ids), "oti_steps": oti_config.steps})
     phi.update(oti_images=len(ids), oti_steps=oti_config.steps)
-    return {"phi": phi, **_scored(bench.evaluate(bench.method("searle", stage_dir / phi["best_checkpoint"])))}
+    method = bench.method("searle", stage_dir / phi["best_checkpoint"])
+    return {"phi": phi, **_scored(bench.evaluate_everywhere(method))}
 
 
 def searle_oti_stage(bench: _Bench, stage_dir: Path) -> dict[str, Any]:
@@ -420,7 +405,7 @@ def searle_oti_stage(bench: _Bench, stage_dir: Path) -> dict[str, Any]:
         folder = stage_dir / f"oti-{dataset}"
         oti_for_splits(bench.ctx, bench.val_splits[dataset], folder, "references", config, bank)
         results[dataset] = evaluate_method(bench.method("searle-oti", folder), bench.ctx, bench.val_splits[dataset],
-                                           bench.include_shared_concept if dataset == "circo" else None)
+                                           bench.shared_concept(dataset))
     return {"oti_steps": config.steps, **_scored(results)}
 
 
@@ -452,6 +437,8 @@ def zero_shot_rows(stages: Mapping[str, Any], setup: CIRBenchSetup, backbone: st
 def write_table(out_dir: Path, rows: Sequence[Mapping[str, Any]], title: str) -> tuple[Path, Path]:
     """``table.csv`` (method, group, TABLE_COLUMNS, notes) and ``table.md`` (values as fractions,
     then one note line per row), both atomic."""
+    from irkit.notebook import markdown_table
+
     columns = ["method", "group", *TABLE_COLUMNS, "notes"]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -462,14 +449,11 @@ def write_table(out_dir: Path, rows: Sequence[Mapping[str, Any]], title: str) ->
     csv_path = out_dir / "table.csv"
     atomic_write_text(csv_path, buffer.getvalue())
 
-    def cell(value: Any) -> str:
-        return "–" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
-
+    columns = ["method", "group", *TABLE_COLUMNS]
+    shown = [{c: "–" if row.get(c) is None else row[c] for c in columns} for row in rows]
     lines = [f"# {title}", "", "Values are fractions in [0, 1]: FashionIQ val (mean of dress/shirt/toptee), "
              "CIRR val (reference removed; Rs@1 within img_set), CIRCO val mAP@10.", "",
-             "| " + " | ".join(["method", "group", *TABLE_COLUMNS]) + " |",
-             "|" + "---|" * (len(TABLE_COLUMNS) + 2)]
-    lines += ["| " + " | ".join(cell(row.get(c)) for c in ["method", "group", *TABLE_COLUMNS]) + " |" for row in rows]
+             markdown_table(shown, columns).rstrip("\n")]
     lines += ["", "Notes:", ""] + [f"- **{row['method']}**: {row.get('notes', '')}" for row in rows]
     md_path = out_dir / "table.md"
     atomic_write_text(md_path, "\n".join(lines) + "\n")

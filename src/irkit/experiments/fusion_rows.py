@@ -36,8 +36,8 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 from irkit.errors import InputError
-from irkit.experiments.setup import CIRBenchSetup, table_metrics, table_row
-from irkit.io import atomic_write_json, read_json
+from irkit.experiments.setup import BenchContext, CIRBenchSetup, cached_stage, table_metrics, table_row
+from irkit.io import read_json
 
 log = logging.getLogger(__name__)
 
@@ -124,21 +124,17 @@ def resolve_budget(setup: CIRBenchSetup) -> FusionBudget:
 
 
 def _stage(setup: CIRBenchSetup, name: str, compute: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
-    """``<out_dir>/<name>/result.json``: read when present, else ``compute(stage dir)`` (timed,
-    ``wall_s``) and written atomically."""
-    directory = setup.stage_dir(name)
-    path = directory / RESULT_FILE
-    if path.is_file():
-        log.info("stage %s: done before, reading %s", name, path)
-        return read_json(path)
-    log.info("stage %s: running", name)
-    start = time.perf_counter()
-    result = compute(directory)
-    result["stage"] = name
-    result["wall_s"] = round(time.perf_counter() - start, 2)
-    atomic_write_json(path, result, indent=2)
-    log.info("stage %s: %.1f s", name, result["wall_s"])
-    return result
+    """``<out_dir>/<name>/result.json``: read when present, else ``compute(stage dir)`` with its
+    ``stage`` name and wall time ``wall_s`` added (:func:`~irkit.experiments.setup.cached_stage`)."""
+
+    def timed(directory: Path) -> dict[str, Any]:
+        start = time.perf_counter()
+        result = compute(directory)
+        result["stage"] = name
+        result["wall_s"] = round(time.perf_counter() - start, 2)
+        return result
+
+    return cached_stage(setup, name, RESULT_FILE, timed, log)[0]
 
 
 def _relative(setup: CIRBenchSetup, path: Path) -> str:
@@ -162,33 +158,20 @@ def _prune_epoch_checkpoints(run_path: Path) -> None:
         path.unlink()
 
 
-class _Bench:
+class _Bench(BenchContext):
     """The loaded backbone, context and splits shared by the stages of one call."""
 
     def __init__(self, setup: CIRBenchSetup, budget: FusionBudget) -> None:
-        from irkit.methods import CIRContext
-        from irkit.methods.textual_inversion import cir_dataset_root, load_cir_splits
-        from irkit.models import create_model
+        from irkit.methods.textual_inversion import load_cir_splits
 
-        self.setup, self.budget = setup, budget
-        self.loaded = create_model(setup.model, pretrained=setup.pretrained, checkpoint=setup.clip_checkpoint,
-                                   seed=setup.seed)
-        self.ctx = CIRContext(self.loaded, cache_dir=setup.cache_dir, batch_size=64, num_workers=setup.workers)
-        self.train_splits = {d: load_cir_splits(d, cir_dataset_root(setup.data_root, d), "train")
-                             for d in TRAIN_DATASETS}
-        self.val_splits = {d: load_cir_splits(d, cir_dataset_root(setup.data_root, d), "val") for d in TRAINED_ON}
+        super().__init__(setup)  # reads include_shared_concept from setup.budgets, as resolve_budget does
+        self.budget = budget
+        self.train_splits = {d: load_cir_splits(d, self.roots[d], "train") for d in TRAIN_DATASETS}
 
-    def shared_concept(self, dataset: str) -> Optional[bool]:
-        """The CIRCO template option as the protocol records it (None for other benchmarks)."""
-        return self.budget.include_shared_concept if dataset == "circo" else None
-
-    def evaluate(self, make_method: Callable[[str], Any]) -> dict[str, Any]:
+    def evaluate_heads(self, make_method: Callable[[str], Any]) -> dict[str, Any]:
         """``{val benchmark: evaluate_method result}`` with ``make_method(training benchmark)``."""
-        from irkit.methods.textual_inversion import evaluate_method
-
         methods = {d: make_method(d) for d in TRAIN_DATASETS}
-        return {d: evaluate_method(methods[TRAINED_ON[d]], self.ctx, splits, self.shared_concept(d))
-                for d, splits in self.val_splits.items()}
+        return self.evaluate(lambda d: methods[TRAINED_ON[d]])
 
     def head_method(self, stage: str, checkpoint: str) -> Any:
         """The registered method of head ``stage`` from its checkpoint (relative to ``out_dir``)."""
@@ -253,7 +236,7 @@ def _head_stage(bench: _Bench, stage: str) -> dict[str, Any]:
     def compute(stage_dir: Path) -> dict[str, Any]:
         trained = _train_runs(bench, stage_dir, method_name, {**config.to_params(), **model_config.to_dict()},
                               trainer)
-        results = bench.evaluate(lambda d: bench.head_method(stage, trained["checkpoints"][d]))
+        results = bench.evaluate_heads(lambda d: bench.head_method(stage, trained["checkpoints"][d]))
         return {"method": method_name, "model_config": model_config.to_dict(), "config": config.to_params(),
                 **trained, "results": results, "metrics": table_metrics(results)}
 

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
+from irkit.io import atomic_write_json, read_json
+
+#: The CIR benchmarks of the table, in column order.
+BENCHMARKS = ("fashioniq", "cirr", "circo")
 #: Table columns (metric keys), in order: FashionIQ average over dress/shirt/toptee, CIRR val
 #: (reference removed; Rs@1 on the img_set subset), CIRCO val mAP@10.  Units: fraction in [0, 1].
 TABLE_COLUMNS = ("fashioniq_R@10", "fashioniq_R@50", "cirr_R@1", "cirr_R@5", "cirr_Rs@1", "circo_mAP@10")
@@ -77,3 +83,57 @@ def table_metrics(results: dict[str, dict[str, Any]]) -> dict[str, float]:
             value = value[key]
         metrics[column] = float(value) / 100.0
     return metrics
+
+
+def cached_stage(setup: CIRBenchSetup, name: str, result_file: str, compute: Callable[[Path], Any],
+                 logger: logging.Logger) -> tuple[Any, Optional[float]]:
+    """Run stage ``name`` once: ``compute(out_dir / name)`` returns the result (a JSON-able
+    object, written atomically to ``result_file``) or writes ``result_file`` itself (any other
+    suffix; its path is returned). When ``result_file`` exists the stage is skipped and the
+    saved result returned. Returns ``(result, seconds)``; seconds is None for a skipped stage."""
+    directory = setup.stage_dir(name)
+    path = directory / result_file
+    is_json = path.suffix == ".json"
+    if path.is_file():
+        logger.info("stage %s: done already (%s), skipped", name, path)
+        return (read_json(path) if is_json else path), None
+    logger.info("stage %s: started", name)
+    started = time.perf_counter()
+    result = compute(directory)
+    if is_json:
+        atomic_write_json(path, result, indent=2)
+    elif not path.is_file():
+        raise RuntimeError(f"stage {name} did not write {path}")
+    seconds = round(time.perf_counter() - started, 1)
+    logger.info("stage %s: finished in %.1f s", name, seconds)
+    return (result if is_json else path), seconds
+
+
+class BenchContext:
+    """The CLIP model (``setup``'s weights), its CIR context and the val splits of
+    :data:`BENCHMARKS`, shared by every stage of one table run."""
+
+    def __init__(self, setup: CIRBenchSetup) -> None:
+        from irkit.methods import CIRContext
+        from irkit.methods.textual_inversion import cir_dataset_root, load_cir_splits
+        from irkit.models import create_model
+
+        self.setup = setup
+        self.loaded = create_model(setup.model, pretrained=setup.pretrained, checkpoint=setup.clip_checkpoint,
+                                   seed=setup.seed)
+        self.ctx = CIRContext(self.loaded, cache_dir=setup.cache_dir, batch_size=64, num_workers=setup.workers)
+        self.roots = {d: cir_dataset_root(setup.data_root, d) for d in BENCHMARKS}
+        self.val_splits = {d: load_cir_splits(d, self.roots[d], "val") for d in BENCHMARKS}
+        self.include_shared_concept = bool(setup.budgets.get("include_shared_concept", False))
+
+    def shared_concept(self, dataset: str) -> Optional[bool]:
+        """The CIRCO template option as the protocol records it (None for other benchmarks)."""
+        return self.include_shared_concept if dataset == "circo" else None
+
+    def evaluate(self, method_for: Callable[[str], Any]) -> dict[str, Any]:
+        """``{benchmark: evaluate_method result}`` on every val split, ``method_for(benchmark)``
+        giving the method that answers that benchmark."""
+        from irkit.methods.textual_inversion import evaluate_method
+
+        return {d: evaluate_method(method_for(d), self.ctx, splits, self.shared_concept(d))
+                for d, splits in self.val_splits.items()}
