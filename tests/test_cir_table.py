@@ -112,6 +112,20 @@ def test_out_folder_with_other_params_is_refused(table_run):
         run_cir_table(**{**kwargs, "budget_overrides": {**BUDGETS, "lincir_steps": 3}})
 
 
+def test_fusion_rows_may_be_added_to_a_zero_shot_folder(tmp_path):
+    from irkit.experiments.cir_table import claim_out_dir
+
+    out = tmp_path / "o"
+    params = {"seed": 0, "fusion": False, "budgets": {"lincir_steps": 3}}
+    assert claim_out_dir(out, params) is False
+    assert claim_out_dir(out, {**params, "fusion": True}) is True  # adds rows: resumed
+    assert json.loads((out / "params.json").read_text()) == {**params, "fusion": True}
+    with pytest.raises(InputError, match="other parameters.*fusion: saved True, now False"):
+        claim_out_dir(out, params)  # switching rows off would rewrite the table without them
+    with pytest.raises(InputError, match="other parameters.*seed"):
+        claim_out_dir(out, {**params, "fusion": True, "seed": 1})
+
+
 def test_bad_inputs_are_refused(tmp_path):
     with pytest.raises(InputError, match="unknown budget key"):
         run_cir_table(tmp_path / "d", tmp_path / "o", scale="tiny", fusion=False, budget_overrides={"nope": 1})

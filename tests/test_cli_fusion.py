@@ -80,6 +80,15 @@ def test_stage1_train_reranker_and_rerank(demo, tmp_path, capsys):
     assert part.k == 50 and all(len(ids) == 29 for ids in part.ids)  # 30 images minus the reference
     trained = _run(capsys, "cir", "train-reranker", *_training(demo, "cirr", tmp_path, "rr", 2),
                    "--val-stage1", topk, "--depth", 1)
+    # Hard negatives from a stage I computed on the training split (a method name here).
+    hard = _run(capsys, "cir", "train-reranker", *_training(demo, "cirr", tmp_path, "rr-hn", 2),
+                "--val-stage1", topk, "--depth", 1, "--hard-negatives", 3, "--train-stage1", "image-text-sum",
+                "--negative-pool", 6)
+    assert hard["steps"] == 2 and Path(hard["best_checkpoint"]).is_file()
+    assert "hard_negatives: 3" in (Path(hard["run_dir"]) / "params.txt").read_text()
+    assert main(["cir", "train-reranker", *map(str, _training(demo, "cirr", tmp_path, "rr-hn2", 2)),
+                 "--val-stage1", str(topk), "--hard-negatives", "3"]) == 2
+    assert "--hard-negatives needs --train-stage1" in capsys.readouterr().err
     reranked_path = tmp_path / "reranked.json"
     result = _run(capsys, "cir", "rerank", *_common(demo, "cirr"), "--reranker", trained["best_checkpoint"],
                   "--stage1", topk, "--out", reranked_path)

@@ -51,7 +51,8 @@ def test_rows_shape(run):
     _, rows, _ = run
     assert [r["method"] for r in rows][:3] == [label for _, _, label in fr.HEADS.values()]
     assert rows[3]["method"].startswith("Stage I alone")
-    assert [r["method"] for r in rows[4:]] == [f"Stage I + II re-ranking, K={k}" for k in KS]
+    assert [r["method"] for r in rows[4:]] == ([f"Stage I + II re-ranking, K={k}" for k in KS]
+                                              + [f"Stage I + II re-ranking (hard negatives), K={k}" for k in KS])
     for row in rows:
         for column in TABLE_COLUMNS:
             assert 0.0 <= row[column] <= 1.0, (row["method"], column)
@@ -119,17 +120,44 @@ def test_reranked_lists_keep_exactly_k_stage1_candidates(run):
         assert all(len(ids) == 5 < len(ids_before) for ids, ids_before in zip(part.ids, stage1[part.key()].ids))
 
 
-def test_rerank_row_matches_library_rerank_method(run):
+@pytest.mark.parametrize("stage, row_index", [("reranker", 5), ("reranker-hn", 7)])
+def test_rerank_row_matches_library_rerank_method(run, stage, row_index):
     setup, rows, ctx = run
-    row = rows[-1]  # K=50 >= the protocols' depth: the library scores the re-ranked lists alone
+    row = rows[row_index]  # K=50 >= the protocols' depth: the library scores the re-ranked lists alone
+    assert row["method"].endswith("K=50")
     topk_file = setup.out_dir / "stage1" / fr.TOPK_FILE
-    reranker = {d: setup.out_dir / "reranker" / d / "checkpoints" / "best.pt" for d in ("fashioniq", "cirr")}
+    reranker = {d: setup.out_dir / stage / d / "checkpoints" / "best.pt" for d in ("fashioniq", "cirr")}
     results = {d: evaluate_method(create_method("rerank", checkpoint=reranker[fr.TRAINED_ON[d]], stage1=topk_file,
                                                 k=50), ctx, _val(setup, d), include_shared_concept=False)
                for d in ("fashioniq", "cirr", "circo")}
     expected = table_metrics(results)
     for column in TABLE_COLUMNS:
         assert row[column] == pytest.approx(expected[column]), column
+
+
+def test_hard_negative_pools_are_the_stage1_head_on_the_train_splits(run):
+    """stage1-train holds, per training split, the chosen head's top-N computed independently."""
+    setup, _, ctx = run
+    stage1 = json.loads((setup.out_dir / "stage1" / "result.json").read_text())
+    parts = {p.key(): p for p in load_topk_file(setup.out_dir / "stage1-train" / fr.TRAIN_TOPK_FILE)}
+    pool = fr.resolve_budget(setup).hard_negative_pool
+    for dataset in fr.TRAIN_DATASETS:
+        head = stage1["choice"][dataset]
+        method = create_method(fr.HEADS[head][0], checkpoint=setup.out_dir / stage1["checkpoints"][dataset],
+                               **fr.HEADS[head][1])
+        for split in load_cir_splits(dataset, setup.data_root / dataset, "train"):
+            part = parts[(dataset, "train", split.category)]
+            scores = method.query_embeddings(ctx, split) @ method.gallery_embeddings(ctx, split).T
+            if dataset == "cirr":  # the reference is removed, as in the protocol
+                for i, q in enumerate(split.queries):
+                    scores[i, split.gallery.index(q.reference)] = -np.inf
+            for i, ids in enumerate(part.ids):
+                assert len(ids) == min(pool, len(split.gallery))
+                top = np.sort(scores[i])[::-1][:len(ids)]
+                got = scores[i, [split.gallery.index(c) for c in ids]]
+                np.testing.assert_allclose(got, top, rtol=1e-5, atol=1e-6)
+    result = json.loads((setup.out_dir / "reranker-hn" / "result.json").read_text())
+    assert result["hard_negatives"] == fr.resolve_budget(setup).hard_negatives > 0
 
 
 def test_second_call_skips_every_stage(run, monkeypatch):

@@ -199,3 +199,84 @@ def test_patch_tokens_match_open_clip_and_are_cached(demo, tmp_path):
     cached = feature_module.encode_image_tokens(ctx.loaded, paths, cache_dir=cache, num_workers=0)
     np.testing.assert_array_equal(cached, tokens)
     assert len(list(cache.glob("*.npy"))) == 1
+
+
+def test_hard_negative_batches_come_from_the_stage1_pool(demo):
+    """Negatives are drawn from each query's own stage-I pool, never its target, seeded."""
+    from irkit.train.features import TripletBatches, build_training_features
+
+    root, ctx = demo
+    train = load_cir_splits("cirr", root / "cirr", "train")
+    stage1 = [stage1_topk(create_method("image-text-sum"), ctx, s, 6) for s in train]
+    features = build_training_features(ctx, train, with_tokens=True, negatives=stage1, negative_pool=4)
+    queries = [q for q in train[0].queries if q.target is not None]
+    pools = {q.query_id: [c for c in ids[:4] if c != q.target] for q, ids in
+             zip(train[0].queries, stage1[0].ids) if q.target is not None}
+    # negative_index lists, per query, exactly its top-4 without its target, in rank order
+    for row, query in enumerate(queries):
+        listed = [features.image_ids[i] for i in features.negative_index[row].tolist() if i >= 0]
+        assert listed == pools[query.query_id]
+    batches = TripletBatches(features, batch_size=4, seed=3, with_tokens=True, num_negatives=5)
+    first = list(batches(0))
+    assert [b["negative"].tolist() for b in first] == [b["negative"].tolist() for b in batches(0)]
+    image_row = {i: r for r, i in enumerate(features.image_ids)}
+    for batch in first:
+        assert batch["negative"].shape[:2] == (4, 5) and batch["negative_tokens"].shape[:2] == (4, 5)
+        for q in range(4):
+            # which query is this? match its target row
+            row = next(r for r, query in enumerate(queries)
+                       if image_row[query.target] == int(batch["target_index"][q])
+                       and torch.equal(features.text[r], batch["text"][q]))
+            pool = pools[queries[row].query_id]
+            mask = batch["negative_mask"][q]
+            assert int(mask.sum()) == min(5, len(pool))  # pool of <= 4: the 5th slot is masked
+            picked = [features.image_ids[int(torch.nonzero((features.images == v).all(1))[0])]
+                      for v, m in zip(batch["negative"][q], mask) if m]
+            assert sorted(picked) == sorted(pool) and queries[row].target not in picked
+    with pytest.raises(InputError, match="one per split"):
+        build_training_features(ctx, train, negatives=stage1 + stage1)
+
+
+def test_hard_negative_loss_matches_a_hand_built_cross_entropy():
+    """reranker_loss with negatives = CE over [in-batch targets | own negatives], masked."""
+    from irkit.methods.rerank import reranker_loss
+
+    torch.manual_seed(0)
+    model = CrossEncoderReranker(RerankerConfig(embed_dim=16, token_dim=16, num_heads=4, depth=1))
+    torch.nn.init.normal_(model.head.fc2.weight, std=0.5)  # a non-zero learned term
+    size, count, patches = 3, 2, 5
+    batch = {"reference": torch.randn(size, 16), "text": torch.randn(size, 16), "target": torch.randn(size, 16),
+             "target_tokens": torch.randn(size, patches, 16), "target_index": torch.arange(size),
+             "negative": torch.randn(size, count, 16), "negative_tokens": torch.randn(size, count, patches, 16),
+             "negative_mask": torch.tensor([[True, True], [True, False], [False, False]])}
+    with torch.no_grad():
+        loss = reranker_loss(model, batch)
+        total = 0.0
+        for i in range(size):  # one pair at a time through forward()
+            pair = lambda cand, toks: float(model(batch["reference"][i:i + 1], batch["text"][i:i + 1],
+                                                  cand[None], toks[None])[0])
+            row = [pair(batch["target"][j], batch["target_tokens"][j]) for j in range(size)]
+            row += [pair(batch["negative"][i, n], batch["negative_tokens"][i, n])
+                    for n in range(count) if batch["negative_mask"][i, n]]
+            values = np.array(row)
+            total += -(values[i] - np.log(np.exp(values).sum()))
+    assert float(loss) == pytest.approx(total / size, rel=1e-4)
+
+
+def test_train_reranker_with_hard_negatives(demo, tmp_path):
+    root, ctx = demo
+    train = load_cir_splits("cirr", root / "cirr", "train")
+    val = load_cir_splits("cirr", root / "cirr", "val")
+    method = create_method("image-text-sum")
+    val_stage1 = [stage1_topk(method, ctx, s, 50) for s in val]
+    train_stage1 = [stage1_topk(method, ctx, s, 8) for s in train]
+    config = HeadTrainingConfig(steps=3, batch_size=4, learning_rate=1e-3, validate_every=3)
+    model_config = RerankerConfig(embed_dim=128, token_dim=128, num_heads=4, depth=1)
+    run = RunFolder.create(tmp_path / "log", "hn", {})
+    result = train_reranker(ctx, train, run, config, model_config, val_splits=val, val_stage1=val_stage1,
+                            train_stage1=train_stage1, hard_negatives=4, negative_pool=8)
+    run.close()
+    assert result.step == 3 and result.best_checkpoint is not None and np.isfinite(result.best_value)
+    with pytest.raises(InputError, match="stage-I top-K of the training split"):
+        train_reranker(ctx, train, RunFolder.create(tmp_path / "log", "hn2", {}), config, model_config,
+                       hard_negatives=4)

@@ -81,6 +81,14 @@ def register(cir_subparsers: argparse._SubParsersAction) -> None:
                           help="validation stage I: a method name or a top-K file of the validation split")
     reranker.add_argument("--val-stage1-checkpoint", default=None, help="checkpoint of the stage-I method")
     reranker.add_argument("--k", type=int, default=None, help="candidates re-ranked (default 50 CIRR, 100 FashionIQ)")
+    reranker.add_argument("--hard-negatives", type=int, default=0,
+                          help="per query, add N negatives from its stage-I top-K on the training split "
+                               "(irkit option; default 0 = in-batch negatives only, the published recipe)")
+    reranker.add_argument("--train-stage1", default=None,
+                          help="stage I of the training split for --hard-negatives: a method name or a top-K file")
+    reranker.add_argument("--train-stage1-checkpoint", default=None, help="checkpoint of that stage-I method")
+    reranker.add_argument("--negative-pool", type=int, default=50,
+                          help="hard negatives are drawn from each query's stage-I top-N (default 50)")
     reranker.set_defaults(func=_run_train, kind="reranker")
 
     stage1 = cir_subparsers.add_parser("stage1", help="write a stage-I top-K file with any registered method")
@@ -134,7 +142,8 @@ def _run_train(args: argparse.Namespace) -> int:
               "dataset": args.dataset, "root": args.root, "split": args.split, "val_dataset": args.val_dataset,
               "val_root": args.val_root, "val_split": args.val_split, "method": args.kind, **config.to_params(),
               **{k: v for k, v in vars(args).items() if k in ("depth", "heads", "projector", "projection_dim",
-                                                               "hidden_dim", "val_stage1", "k")}}
+                                                               "hidden_dim", "val_stage1", "k", "hard_negatives",
+                                                               "train_stage1", "negative_pool")}}
     run = open_run(args.log_dir, args.name, params, args.resume)
     try:
         result = _TRAINERS[args.kind](args, ctx, train_splits, val_splits, run, config)
@@ -169,6 +178,7 @@ def _train_combiner(args: argparse.Namespace, ctx: Any, train_splits: list[Any],
 
 def _train_reranker(args: argparse.Namespace, ctx: Any, train_splits: list[Any], val_splits: list[Any],
                     run: Any, config: Any) -> Any:
+    from irkit.errors import InputError
     from irkit.methods.rerank import stage1_parts, train_reranker
     from irkit.models.reranker import RerankerConfig
 
@@ -179,8 +189,17 @@ def _train_reranker(args: argparse.Namespace, ctx: Any, train_splits: list[Any],
         val_stage1 = stage1_parts(args.val_stage1, ctx, val_splits, k=args.k,
                                   checkpoint=args.val_stage1_checkpoint,
                                   include_shared_concept=args.include_shared_concept)
+    train_stage1 = []
+    if args.hard_negatives:
+        if args.train_stage1 is None:
+            raise InputError("--hard-negatives needs --train-stage1 (a method name or a top-K file of the "
+                             "training split)", field="train-stage1")
+        train_stage1 = stage1_parts(args.train_stage1, ctx, train_splits, k=args.negative_pool,
+                                    checkpoint=args.train_stage1_checkpoint,
+                                    include_shared_concept=args.include_shared_concept)
     return train_reranker(ctx, train_splits, run, config, model_config, val_splits, val_stage1, args.val_metric,
-                          args.k, args.resume)
+                          args.k, args.resume, train_stage1=train_stage1, hard_negatives=args.hard_negatives,
+                          negative_pool=args.negative_pool)
 
 
 _TRAINERS = {"magiclens": _train_fusion, "combiner": _train_combiner, "reranker": _train_reranker}

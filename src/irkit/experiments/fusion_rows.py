@@ -11,9 +11,18 @@ stage folder              what it holds
 ``fusion-projector``      MagicLens-style fusion with the trained vision projector
 ``combiner``              CLIP4Cir Combiner
 ``stage1``                the stage-I choice and its top-K file of every val split
-``reranker``              the stage-II cross-encoder (trained per benchmark)
+``reranker``              the stage-II cross-encoder (trained per benchmark), in-batch
+                          negatives only (the published recipe)
 ``rerank-k<K>``           stage I + II at candidate-set size K: re-ranked top-K file, metrics
+``stage1-train``          stage-I top-N file of every *training* split (hard-negative pools)
+``reranker-hn``           the cross-encoder trained with stage-I hard negatives as well
+``rerank-hn-k<K>``        stage I + II (hard-negative re-ranker) at K
 ========================  =================================================================
+
+The hard-negative variant (``hard_negatives`` > 0) is irkit's, not the published trainer's:
+per training query it adds ``hard_negatives`` images drawn from that query's stage-I
+top-``hard_negative_pool`` on the training split (the target left out) to the in-batch
+candidates, so the re-ranker learns to order the confusable candidates it meets at test time.
 
 Each training stage has one run folder per training benchmark (``<stage>/<benchmark>/``,
 ``checkpoints/best.pt`` chosen on that benchmark's val split by its selection metric) and a
@@ -43,6 +52,7 @@ log = logging.getLogger(__name__)
 
 RESULT_FILE = "result.json"
 TOPK_FILE = "topk_val.json"
+TRAIN_TOPK_FILE = "topk_train.json"
 RERANKED_FILE = "reranked_val.json"
 
 #: Benchmarks whose training triplets train a head.
@@ -87,6 +97,8 @@ class FusionBudget:
     fusion_heads: int = 8
     reranker_depth: int = 2
     reranker_heads: int = 8
+    hard_negatives: int = 16
+    hard_negative_pool: int = 50
 
 
 #: Defaults per ``setup.scale``: ``tiny`` runs in seconds (tests); ``full`` (the field defaults)
@@ -95,7 +107,7 @@ DEFAULT_BUDGETS: dict[str, dict[str, Any]] = {
     "tiny": dict(fusion_steps=6, combiner_steps=6, reranker_steps=4, head_batch_size=8, reranker_batch_size=8,
                  fusion_lr=1e-3, combiner_lr=1e-3, reranker_lr=1e-3, validate_every=3,
                  reranker_validate_every=4, rerank_ks=(5, 50), fusion_depth=1, fusion_heads=4,
-                 reranker_depth=1, reranker_heads=4),
+                 reranker_depth=1, reranker_heads=4, hard_negatives=3, hard_negative_pool=6),
     "small": dict(fusion_steps=300, combiner_steps=300, reranker_steps=200, validate_every=100,
                   reranker_validate_every=100),
     "full": {},
@@ -115,6 +127,10 @@ def resolve_budget(setup: CIRBenchSetup) -> FusionBudget:
     if not budget.rerank_ks or min(budget.rerank_ks) <= 0:
         raise InputError(f"rerank_ks is {budget.rerank_ks}; expected positive candidate-set sizes",
                          field="rerank_ks")
+    if budget.hard_negatives < 0 or budget.hard_negative_pool <= 0:
+        raise InputError(f"hard_negatives {budget.hard_negatives} / hard_negative_pool {budget.hard_negative_pool}; "
+                         "expected >= 0 negatives (0: no hard-negative rows) from a positive pool",
+                         field="hard_negatives")
     if budget.stage1 is not None and budget.stage1 not in HEADS:
         raise InputError(f"stage1 is {budget.stage1!r}; expected one of {sorted(HEADS)} or None", field="stage1")
     return budget
@@ -287,6 +303,33 @@ def _stage1_stage(bench: _Bench, heads: Mapping[str, Mapping[str, Any]]) -> dict
     return _stage(bench.setup, "stage1", compute)
 
 
+def _stage1_train_stage(bench: _Bench, heads: Mapping[str, Mapping[str, Any]],
+                        stage1: Mapping[str, Any]) -> dict[str, Any]:
+    """The chosen stage-I head's top-``hard_negative_pool`` of every training split."""
+    from irkit.methods.rerank import save_topk_file, stage1_topk
+
+    def compute(stage_dir: Path) -> dict[str, Any]:
+        parts = []
+        for dataset in TRAIN_DATASETS:
+            head = stage1["choice"][dataset]
+            method = bench.head_method(head, heads[head]["checkpoints"][dataset])
+            parts += [stage1_topk(method, bench.ctx, split, bench.budget.hard_negative_pool)
+                      for split in bench.train_splits[dataset]]
+        path = save_topk_file(stage_dir / TRAIN_TOPK_FILE, parts)
+        return {"choice": stage1["choice"], "k": bench.budget.hard_negative_pool,
+                "topk_file": _relative(bench.setup, path)}
+
+    return _stage(bench.setup, "stage1-train", compute)
+
+
+def _train_parts(bench: _Bench, stage1_train: Mapping[str, Any], dataset: str) -> list[Any]:
+    from irkit.methods.rerank import find_part, load_topk_file
+
+    path = _absolute(bench.setup, stage1_train["topk_file"])
+    parts = load_topk_file(path)
+    return [find_part(parts, split, path) for split in bench.train_splits[dataset]]
+
+
 def _stage1_parts(bench: _Bench, stage1: Mapping[str, Any], dataset: str) -> list[Any]:
     from irkit.methods.rerank import find_part, load_topk_file
 
@@ -295,7 +338,10 @@ def _stage1_parts(bench: _Bench, stage1: Mapping[str, Any], dataset: str) -> lis
     return [find_part(parts, split, path) for split in bench.val_splits[dataset]]
 
 
-def _reranker_stage(bench: _Bench, stage1: Mapping[str, Any]) -> dict[str, Any]:
+def _reranker_stage(bench: _Bench, stage1: Mapping[str, Any],
+                    stage1_train: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
+    """Train the cross-encoder per benchmark: in-batch negatives (stage ``reranker``), or with
+    hard negatives from ``stage1_train`` as well (stage ``reranker-hn``)."""
     from irkit.methods.rerank import train_reranker
     from irkit.models.reranker import RerankerConfig
     from irkit.train.heads import HeadTrainingConfig
@@ -307,18 +353,24 @@ def _reranker_stage(bench: _Bench, stage1: Mapping[str, Any]) -> dict[str, Any]:
                                 learning_rate=budget.reranker_lr, weight_decay=budget.head_weight_decay,
                                 validate_every=budget.reranker_validate_every, seed=bench.setup.seed)
     val_k = budget.reranker_val_k or _default_val_k(budget)
+    negatives = {"hard_negatives": budget.hard_negatives if stage1_train else 0,
+                 "hard_negative_pool": budget.hard_negative_pool if stage1_train else None}
 
     def trainer(dataset: str, run: Any) -> Any:
         return train_reranker(bench.ctx, bench.train_splits[dataset], run, config, model_config,
                               val_splits=bench.val_splits[dataset], val_stage1=_stage1_parts(bench, stage1, dataset),
-                              k=val_k, resume="latest")
+                              k=val_k, resume="latest",
+                              train_stage1=_train_parts(bench, stage1_train, dataset) if stage1_train else (),
+                              hard_negatives=negatives["hard_negatives"],
+                              negative_pool=negatives["hard_negative_pool"])
 
     def compute(stage_dir: Path) -> dict[str, Any]:
         trained = _train_runs(bench, stage_dir, "reranker",
-                              {**config.to_params(), **model_config.to_dict(), "val_k": val_k}, trainer)
-        return {"model_config": model_config.to_dict(), "config": config.to_params(), "val_k": val_k, **trained}
+                              {**config.to_params(), **model_config.to_dict(), "val_k": val_k, **negatives}, trainer)
+        return {"model_config": model_config.to_dict(), "config": config.to_params(), "val_k": val_k, **negatives,
+                **trained}
 
-    return _stage(bench.setup, "reranker", compute)
+    return _stage(bench.setup, "reranker-hn" if stage1_train else "reranker", compute)
 
 
 def rankings_with_tail(reranked: Any, stage1: Any) -> dict[str, list[str]]:
@@ -348,7 +400,8 @@ def rank_change_counts(split: Any, stage1: Any, reranked: Any) -> dict[str, int]
     return counts
 
 
-def _rerank_stage(bench: _Bench, stage1: Mapping[str, Any], reranker: Mapping[str, Any], k: int) -> dict[str, Any]:
+def _rerank_stage(bench: _Bench, stage1: Mapping[str, Any], reranker: Mapping[str, Any], k: int,
+                  name: str) -> dict[str, Any]:
     from irkit.eval import protocols
     from irkit.methods import create_method
     from irkit.methods.rerank import save_topk_file
@@ -375,7 +428,7 @@ def _rerank_stage(bench: _Bench, stage1: Mapping[str, Any], reranker: Mapping[st
                 "reranker_checkpoints": reranker["checkpoints"], "rank_changes": changes, "results": results,
                 "metrics": table_metrics(results)}
 
-    return _stage(bench.setup, f"rerank-k{k}", compute)
+    return _stage(bench.setup, name, compute)
 
 
 # --------------------------------------------------------------------------- rows
@@ -388,15 +441,21 @@ def fusion_rows(setup: CIRBenchSetup) -> list[dict[str, Any]]:
     cached features) on the FashionIQ and CIRR training triplets, one head per benchmark, and
     scores FashionIQ val (category averages), CIRR val and CIRCO val (CIRR-trained heads).
     Rows, in order: fusion without projector, fusion with the trained projector, Combiner,
-    stage I alone, stage I + II at each ``rerank_ks`` K. Stages are resumable (module doc).
+    stage I alone, stage I + II at each ``rerank_ks`` K (in-batch re-ranker), then, with
+    ``hard_negatives`` > 0, stage I + II at each K with the hard-negative re-ranker. Stages
+    are resumable (module doc).
     Returns :func:`irkit.experiments.setup.table_row` dicts (metrics as fractions).
     """
     budget = resolve_budget(setup)
     bench = _Bench(setup, budget)
     heads = {stage: _head_stage(bench, stage) for stage in HEADS}
     stage1 = _stage1_stage(bench, heads)
-    reranker = _reranker_stage(bench, stage1)
-    reranked = {k: _rerank_stage(bench, stage1, reranker, k) for k in sorted(set(budget.rerank_ks))}
+    ks = sorted(set(budget.rerank_ks))
+    rerankers = {"": _reranker_stage(bench, stage1)}
+    if budget.hard_negatives:
+        rerankers["-hn"] = _reranker_stage(bench, stage1, _stage1_train_stage(bench, heads, stage1))
+    reranked = {(variant, k): _rerank_stage(bench, stage1, reranker, k, f"rerank{variant}-k{k}")
+                for variant, reranker in rerankers.items() for k in ks}
 
     backbone = setup.model + (f" ({Path(setup.clip_checkpoint).name})" if setup.clip_checkpoint else
                               f" ({setup.pretrained})" if setup.pretrained else " (random init)")
@@ -415,11 +474,16 @@ def fusion_rows(setup: CIRBenchSetup) -> list[dict[str, Any]]:
     rows.append(table_row(stage1_label, "re-ranking", stage1["metrics"],
                           ("forced by budget" if stage1["forced"] else "best val selection metric per benchmark")
                           + f" = the rows above; top-{stage1['k']} file stage1/{TOPK_FILE}"))
-    for k, result in reranked.items():
+    for (variant, k), result in reranked.items():
+        reranker = rerankers[variant]
         tail = "; ranks > K keep the stage-I order" if k < _stage1_depth(budget) else ""
-        rows.append(table_row(f"Stage I + II re-ranking, K={k}", "re-ranking", result["metrics"],
+        negatives = (f"in-batch + {reranker['hard_negatives']} hard negatives per query from the stage-I "
+                     f"top-{reranker['hard_negative_pool']} of the train split (irkit option)" if variant
+                     else "in-batch negatives (published recipe)")
+        label = "Stage I + II re-ranking" + (" (hard negatives)" if variant else "") + f", K={k}"
+        rows.append(table_row(label, "re-ranking", result["metrics"],
                               f"cross-encoder over candidate patch tokens, {reranker['config']['steps']} steps, "
-                              f"re-sorts the stage-I top-{k}{tail}; " + common))
+                              f"{negatives}, re-sorts the stage-I top-{k}{tail}; " + common))
     return rows
 
 

@@ -458,20 +458,45 @@ class RerankValidator:
 
 
 def reranker_loss(model: CrossEncoderReranker, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """CE over in-batch candidates: score all B x B (query_i, target_j) pairs, diagonal = positives."""
-    logits = model.score_matrix(batch["reference"], batch["text"], batch["target"], batch["target_tokens"])
-    return in_batch_contrastive_loss(logits, batch["target_index"])
+    """CE over in-batch candidates: score all B x B (query_i, target_j) pairs, diagonal = positives.
+
+    With hard negatives in the batch (``negative`` [B, N, D], ``negative_tokens``,
+    ``negative_mask``) each query's row also holds its own N stage-I negatives.
+    """
+    reference, text = batch["reference"], batch["text"]
+    logits = model.score_matrix(reference, text, batch["target"], batch["target_tokens"])
+    extra = None
+    if "negative" in batch:
+        size, count, dim = batch["negative"].shape
+        negatives = batch["negative"].reshape(size * count, dim)
+        tokens = batch["negative_tokens"].flatten(0, 1)
+        memory = model.candidate_memory(negatives, tokens)
+        extra = model.score_pairs(reference.repeat_interleave(count, dim=0), text.repeat_interleave(count, dim=0),
+                                  negatives, memory, torch.arange(size * count)).view(size, count)
+        extra = extra.masked_fill(~batch["negative_mask"], float("-inf"))
+    return in_batch_contrastive_loss(logits, batch["target_index"], extra)
 
 
 def train_reranker(ctx: CIRContext, train_splits: Sequence[CIRSplit], run: RunFolder, config: HeadTrainingConfig,
                    model_config: Optional[RerankerConfig] = None, val_splits: Sequence[CIRSplit] = (),
                    val_stage1: Sequence[TopK] = (), metric: Optional[str] = None, k: Optional[int] = None,
-                   resume: Optional[str] = None) -> TrainResult:
+                   resume: Optional[str] = None, train_stage1: Sequence[TopK] = (), hard_negatives: int = 0,
+                   negative_pool: Optional[int] = None) -> TrainResult:
     """Train the stage-II cross-encoder on training triplets (targets' patch tokens cached).
 
     Validation re-ranks ``val_stage1`` (top-K parts of ``val_splits``, e.g. from
     :func:`stage1_topk`) and keeps ``best.pt`` by the benchmark's selection metric.
+
+    Negatives: the published recipe (methods.md §G) is CE over the in-batch targets only.
+    ``hard_negatives`` = N > 0 (an irkit option, not in the published trainer) adds, per
+    query, N candidates drawn from its stage-I top-``negative_pool`` of ``train_stage1``
+    (one top-K part per training split, e.g. :func:`stage1_topk` on the training split):
+    the confusable images the re-ranker has to order at test time.
     """
+    if hard_negatives and not train_stage1:
+        raise InputError("hard negatives need the stage-I top-K of the training split(s)", field="train_stage1")
+    for part, split in zip(train_stage1, train_splits):
+        part.check_split(split)
     model_config = model_config or RerankerConfig(embed_dim=ctx.loaded.embed_dim, token_dim=ctx.loaded.embed_dim)
     if model_config.embed_dim != ctx.loaded.embed_dim:
         raise InputError(f"re-ranker embed_dim {model_config.embed_dim} differs from the backbone's "
@@ -484,7 +509,8 @@ def train_reranker(ctx: CIRContext, train_splits: Sequence[CIRSplit], run: RunFo
         validator = RerankValidator(ctx, val_splits, val_stage1, config.include_shared_concept, metric, k)
     return train_on_triplets(ctx, train_splits, run, config, lambda: CrossEncoderReranker(model_config),
                              reranker_loss, KIND, model_config.to_dict(), validator=validator, resume=resume,
-                             with_tokens=True)
+                             with_tokens=True, negatives=train_stage1 if hard_negatives else (),
+                             negative_pool=negative_pool, num_negatives=hard_negatives)
 
 
 # --------------------------------------------------------------------------- analysis

@@ -222,6 +222,8 @@ class CIRFeatures:
     that of the empty instruction (MagicLens targets); ``tokens`` [M, P, D] float16 patch
     tokens when requested. ``gallery_index`` [G] lists the gallery's rows, in
     ``split.gallery`` order, when the gallery was encoded (one split only).
+    ``negative_index`` [Q, N] (re-ranker hard negatives): image rows of each query's
+    stage-I candidates in rank order, its target left out, -1 padding.
     """
 
     splits: list[CIRSplit]
@@ -234,6 +236,7 @@ class CIRFeatures:
     texts: list[str] = field(default_factory=list)
     gallery_index: Optional[torch.Tensor] = None
     tokens: Optional[torch.Tensor] = None
+    negative_index: Optional[torch.Tensor] = None
 
     @property
     def num_queries(self) -> int:
@@ -263,11 +266,15 @@ def split_query_texts(split: CIRSplit, include_shared_concept: bool = False) -> 
 
 def build_features(ctx: CIRContext, split: CIRSplit, *, include_shared_concept: bool = False,
                    with_gallery: bool = True, require_targets: bool = False,
-                   with_tokens: bool = False) -> CIRFeatures:
+                   with_tokens: bool = False, negatives: Optional[Any] = None,
+                   negative_pool: Optional[int] = None) -> CIRFeatures:
     """Encode one split: references, texts, targets and (``with_gallery``) the gallery.
 
     ``require_targets`` keeps only queries with a target and fails when none has one
     (training). With ``with_tokens`` the patch tokens of every encoded image are added.
+    ``negatives``: a stage-I top-K of this split (:class:`irkit.methods.rerank.TopK`); its
+    first ``negative_pool`` candidates per query (default all), less the target, are encoded
+    too and listed in ``negative_index`` (re-ranker training on hard negatives).
     """
     queries = split.queries
     if require_targets:
@@ -276,8 +283,11 @@ def build_features(ctx: CIRContext, split: CIRSplit, *, include_shared_concept: 
             raise InputError(f"{split.dataset}-{split.split} has no query with a target; expected training "
                              "triplets (reference, text, target)", path=split.root)
         split = replace(split, queries=queries)
+    candidates = _negative_candidates(split, negatives, negative_pool) if negatives is not None else None
     ordered = list(split.gallery) if with_gallery else []
     ordered += [q.reference for q in queries] + [q.target for q in queries if q.target is not None]
+    if candidates is not None:
+        ordered += [c for pool in candidates for c in pool]
     image_ids = list(dict.fromkeys(ordered))
     row = {image_id: i for i, image_id in enumerate(image_ids)}
     images = torch.from_numpy(np.ascontiguousarray(raw_image_embeddings(ctx, split, image_ids)))
@@ -296,7 +306,30 @@ def build_features(ctx: CIRContext, split: CIRSplit, *, include_shared_concept: 
         texts=texts,
         gallery_index=torch.tensor([row[g] for g in split.gallery], dtype=torch.long) if with_gallery else None,
         tokens=tokens,
+        negative_index=_padded_rows(candidates, row) if candidates is not None else None,
     )
+
+
+def _negative_candidates(split: CIRSplit, negatives: Any, pool: Optional[int]) -> list[list[str]]:
+    """Per query of ``split``: its first ``pool`` stage-I candidates without its target."""
+    if pool is not None and pool <= 0:
+        raise InputError(f"negative pool is {pool}; expected a positive number of candidates", field="negative_pool")
+    by_query = dict(zip(negatives.query_ids, negatives.ids))
+    missing = [q.query_id for q in split.queries if q.query_id not in by_query]
+    if missing:
+        raise InputError(f"the hard-negative top-K ({negatives.dataset}-{negatives.split}) has no candidates for "
+                         f"{len(missing)} queries of {split.dataset}-{split.split} (first: {missing[0]!r}); "
+                         "expected a stage-I top-K of the training split", field="negatives")
+    return [[c for c in by_query[q.query_id][:pool] if c != q.target] for q in split.queries]
+
+
+def _padded_rows(pools: Sequence[Sequence[str]], row: dict[str, int]) -> torch.Tensor:
+    """[Q, max pool] image rows of ``pools``, -1 where a pool is shorter."""
+    width = max((len(p) for p in pools), default=0)
+    out = torch.full((len(pools), width), -1, dtype=torch.long)
+    for i, pool in enumerate(pools):
+        out[i, :len(pool)] = torch.tensor([row[c] for c in pool], dtype=torch.long)
+    return out
 
 
 def concat_features(parts: Sequence[CIRFeatures]) -> CIRFeatures:
@@ -311,6 +344,12 @@ def concat_features(parts: Sequence[CIRFeatures]) -> CIRFeatures:
         return parts[0]
     offsets = np.cumsum([0] + [p.images.shape[0] for p in parts[:-1]])
     has_tokens = all(p.tokens is not None for p in parts)
+    negative_index = None
+    if all(p.negative_index is not None for p in parts):
+        width = max(p.negative_index.shape[1] for p in parts)
+        negative_index = torch.cat([F.pad(torch.where(p.negative_index >= 0, p.negative_index + int(o), -1),
+                                          (0, width - p.negative_index.shape[1]), value=-1)
+                                    for p, o in zip(parts, offsets)])
     return CIRFeatures(
         splits=[s for p in parts for s in p.splits],
         image_ids=[i for p in parts for i in p.image_ids],
@@ -322,16 +361,23 @@ def concat_features(parts: Sequence[CIRFeatures]) -> CIRFeatures:
         empty_text=parts[0].empty_text,
         texts=[t for p in parts for t in p.texts],
         tokens=torch.cat([p.tokens for p in parts]) if has_tokens else None,
+        negative_index=negative_index,
     )
 
 
 def build_training_features(ctx: CIRContext, splits: Sequence[CIRSplit], *, include_shared_concept: bool = False,
-                            with_tokens: bool = False) -> CIRFeatures:
-    """Features of the training triplets of ``splits`` (queries without a target are skipped)."""
+                            with_tokens: bool = False, negatives: Sequence[Any] = (),
+                            negative_pool: Optional[int] = None) -> CIRFeatures:
+    """Features of the training triplets of ``splits`` (queries without a target are skipped);
+    ``negatives``: one stage-I top-K per split, in order (hard negatives, :func:`build_features`)."""
+    if negatives and len(negatives) != len(splits):
+        raise InputError(f"{len(negatives)} hard-negative top-K parts for {len(splits)} training splits; "
+                         "expected one per split", field="negatives")
     return concat_features([
         build_features(ctx, s, include_shared_concept=include_shared_concept, with_gallery=False,
-                       require_targets=True, with_tokens=with_tokens)
-        for s in splits
+                       require_targets=True, with_tokens=with_tokens,
+                       negatives=negatives[i] if negatives else None, negative_pool=negative_pool)
+        for i, s in enumerate(splits)
     ])
 
 
@@ -345,9 +391,15 @@ class TripletBatches:
     ``target_index`` [B] (image rows, to recognise duplicate targets), ``empty_text`` [D],
     and with tokens ``target_tokens`` [B, P, D] float32. A set smaller than ``batch_size``
     is one batch; otherwise the last partial batch is dropped.
+
+    ``num_negatives`` > 0 (features with ``negative_index``) adds per query that many hard
+    negatives drawn without replacement from its stage-I pool, a function of (seed, epoch):
+    ``negative`` [B, N, D], ``negative_tokens`` [B, N, P, D] (with tokens) and
+    ``negative_mask`` [B, N] (False where the pool had fewer than N candidates).
     """
 
-    def __init__(self, features: CIRFeatures, batch_size: int, seed: int = 0, with_tokens: bool = False) -> None:
+    def __init__(self, features: CIRFeatures, batch_size: int, seed: int = 0, with_tokens: bool = False,
+                 num_negatives: int = 0) -> None:
         if batch_size <= 0:
             raise InputError(f"batch size must be positive, got {batch_size}", field="batch_size")
         if features.num_queries == 0:
@@ -356,7 +408,12 @@ class TripletBatches:
             raise InputError("training features contain queries without a target")
         if with_tokens and features.tokens is None:
             raise ValueError("with_tokens needs features built with with_tokens=True")
+        if num_negatives < 0:
+            raise InputError(f"num_negatives is {num_negatives}; expected >= 0", field="hard_negatives")
+        if num_negatives and features.negative_index is None:
+            raise ValueError("num_negatives needs features built with stage-I negatives (negative_index)")
         self.features, self.batch_size, self.seed, self.with_tokens = features, batch_size, seed, with_tokens
+        self.num_negatives = num_negatives
 
     def __len__(self) -> int:
         n = self.features.num_queries
@@ -372,16 +429,39 @@ class TripletBatches:
                      "target": f.images[target_index], "target_index": target_index, "empty_text": f.empty_text}
             if self.with_tokens:
                 batch["target_tokens"] = f.tokens[target_index].float()
+            if self.num_negatives:
+                batch.update(self._negatives(rows, epoch))
             yield batch
 
+    def _negatives(self, rows: torch.Tensor, epoch: int) -> dict[str, torch.Tensor]:
+        """Hard negatives of the queries ``rows``: a seeded random subset of each stage-I pool."""
+        pools = self.features.negative_index[rows]
+        generator = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) * 7919 + int(rows[0]))
+        keys = torch.rand(pools.shape, generator=generator).masked_fill(pools < 0, float("inf"))
+        order = keys.argsort(dim=1)[:, :self.num_negatives]
+        picked = pools.gather(1, order)
+        if picked.shape[1] < self.num_negatives:  # pool narrower than N: pad, masked below
+            picked = F.pad(picked, (0, self.num_negatives - picked.shape[1]), value=-1)
+        mask = picked >= 0
+        picked = picked.clamp(min=0)
+        out = {"negative": self.features.images[picked], "negative_mask": mask}
+        if self.with_tokens:
+            out["negative_tokens"] = self.features.tokens[picked].float()
+        return out
 
-def in_batch_contrastive_loss(logits: torch.Tensor, target_index: torch.Tensor) -> torch.Tensor:
+
+def in_batch_contrastive_loss(logits: torch.Tensor, target_index: torch.Tensor,
+                              extra_logits: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Cross-entropy of [B, B] query-vs-batch-target logits against the diagonal.
 
     Where two queries of the batch share a target image (same ``target_index``), the
     duplicate off-diagonal entry is masked out so the true target is never a negative.
+    ``extra_logits`` [B, N]: each query's own further negatives (hard negatives; -inf
+    entries are ignored), appended to its row of candidates.
     """
     same_target = target_index[:, None] == target_index[None, :]
     duplicates = same_target & ~torch.eye(len(target_index), dtype=torch.bool, device=logits.device)
     logits = logits.masked_fill(duplicates, float("-inf"))
+    if extra_logits is not None:
+        logits = torch.cat([logits, extra_logits], dim=1)
     return F.cross_entropy(logits, torch.arange(len(target_index), device=logits.device))

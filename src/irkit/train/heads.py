@@ -143,20 +143,26 @@ def train_on_triplets(
     validator: Optional[Any] = None,
     resume: Optional[str] = None,
     with_tokens: bool = False,
+    negatives: Sequence[Any] = (),
+    negative_pool: Optional[int] = None,
+    num_negatives: int = 0,
 ) -> loop.TrainResult:
     """Encode the training triplets of ``train_splits`` (frozen, cached features), build the
     model from ``config.seed`` and train it with ``loss(model, batch)`` (:func:`train_head`).
 
     ``validator`` (``model -> metrics`` with a ``.metric`` attribute) selects ``best.pt``;
-    ``with_tokens`` adds the targets' patch tokens to each batch (re-ranker).
+    ``with_tokens`` adds the targets' patch tokens to each batch (re-ranker);
+    ``negatives`` (one stage-I top-K per training split), ``negative_pool`` and
+    ``num_negatives`` add hard negatives to each batch (:class:`~irkit.train.features.TripletBatches`).
     """
     from irkit.train.features import TripletBatches, build_training_features
 
     features = build_training_features(ctx, train_splits, include_shared_concept=config.include_shared_concept,
-                                       with_tokens=with_tokens)
+                                       with_tokens=with_tokens, negatives=negatives, negative_pool=negative_pool)
     loop.seed_everything(config.seed)
     model = build_model()
-    batches = TripletBatches(features, config.batch_size, config.seed, with_tokens=with_tokens)
+    batches = TripletBatches(features, config.batch_size, config.seed, with_tokens=with_tokens,
+                             num_negatives=num_negatives)
     return train_head(model, lambda batch: loss(model, batch), batches, run, config, kind, model_config,
                       ctx.loaded, validator=validator, metric=getattr(validator, "metric", None), resume=resume)
 
