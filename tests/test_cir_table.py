@@ -88,6 +88,27 @@ def test_table_equals_independent_library_evaluation(table_run):
     assert float(table["image-only"]["cirr_R@1"]) == pytest.approx(float(np.mean(hits)), abs=1e-6)
 
 
+def test_significance_report_pairs_the_table_values(table_run):
+    """The bootstrap's per-query means equal the table's values (computed by another route),
+    and the best baseline it compares against is the row maximum."""
+    _, kwargs, result = table_run
+    out_dir = kwargs["out_dir"]
+    table = _read_table(out_dir)
+    report = json.loads((out_dir / "significance.json").read_text())
+    assert report == result.significance
+    questions = {(c["method"], c["benchmark"], c["metric"]) for c in report["comparisons"]}
+    assert questions == {(m, b, k) for m in ("LinCIR (phi)", "SEARLE (phi)")
+                         for b, k in (("cirr", "R@1"), ("circo", "mAP@10"))}
+    for c in report["comparisons"]:
+        column = f"{c['benchmark']}_{c['metric']}"
+        best = max(BASELINES, key=lambda name: float(table[name][column]))
+        assert c["against"] == best
+        assert c["mean_a"] == pytest.approx(float(table[c["method"]][column]), abs=1e-9)
+        assert c["mean_b"] == pytest.approx(float(table[best][column]), abs=1e-9)
+        assert c["low"] <= c["difference"] <= c["high"]
+    assert "| LinCIR (phi) |" in (out_dir / "significance.md").read_text()
+
+
 def test_rerun_skips_finished_stages(table_run):
     _, kwargs, _ = table_run
     out_dir = kwargs["out_dir"]

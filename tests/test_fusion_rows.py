@@ -160,6 +160,28 @@ def test_hard_negative_pools_are_the_stage1_head_on_the_train_splits(run):
     assert result["hard_negatives"] == fr.resolve_budget(setup).hard_negatives > 0
 
 
+def test_rerank_significance_pairs_the_table_rows(run):
+    """Per-query means of the re-ranked and stage-I files equal the table's rows."""
+    from irkit.experiments.significance import rerank_comparisons
+
+    setup, rows, _ = run
+    val = {d: _val(setup, d) for d in ("fashioniq", "cirr")}
+    comparisons = rerank_comparisons(setup.out_dir, val, resamples=200)
+    by_label = {r["method"]: r for r in rows}
+    stage1_row = rows[3]
+    expected_stages = {f"rerank{v}-k{k}" for v in ("", "-hn") for k in KS}
+    assert {c["method"] for c in comparisons if c["metric"] == "R@1"} == {f"stage I + II ({s})" for s in expected_stages}
+    # FashionIQ R@10 is left out for K=5 (it would look past the re-sorted top 5)
+    assert {c["method"] for c in comparisons if c["metric"] == "R@10"} == \
+        {f"stage I + II (rerank{v}-k50)" for v in ("", "-hn")}
+    for c in comparisons:
+        variant, k = c["method"][len("stage I + II (rerank"):-1].split("-k")
+        label = "Stage I + II re-ranking" + (" (hard negatives)" if variant else "") + f", K={k}"
+        column = f"{c['benchmark']}_{c['metric']}"
+        assert c["mean_a"] == pytest.approx(by_label[label][column], abs=1e-9)
+        assert c["mean_b"] == pytest.approx(stage1_row[column], abs=1e-9)
+
+
 def test_second_call_skips_every_stage(run, monkeypatch):
     setup, rows, _ = run
     results = sorted(setup.out_dir.glob("*/result.json"))

@@ -40,7 +40,7 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
@@ -128,6 +128,7 @@ class CIRTableResult:
     rows: list[dict[str, Any]]
     clip_checkpoint: Optional[Path]
     stage_seconds: dict[str, float]
+    significance: dict[str, Any] = field(default_factory=dict)
 
 
 def table_params(setup: CIRBenchSetup, train_clip: bool, fusion: bool) -> dict[str, Any]:
@@ -534,12 +535,26 @@ def run_cir_table(data_root: Path | str, out_dir: Path | str, scale: str = "full
                 stages.seconds["fusion"] = round(time.perf_counter() - started, 1)
             rows += extra
         _check_rows(rows)
+        significance = write_significance(bench, results, rows)
         times_path = out_dir / "stage_times.json"
         times = {**(read_json(times_path) if times_path.is_file() else {}), **stages.seconds}
         atomic_write_json(times_path, times, indent=2)
         write_table(out_dir, rows, f"CIR comparison ({scale} scale, seed {seed}, {backbone})")
         log.info("table written: %s", out_dir / "table.md")
-    return CIRTableResult(out_dir, rows, setup.clip_checkpoint, times)
+    return CIRTableResult(out_dir, rows, setup.clip_checkpoint, times, significance)
+
+
+def write_significance(bench: Any, results: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Paired bootstrap of the acceptance comparisons (:mod:`irkit.experiments.significance`),
+    recomputed on every call (the rows may have grown) into ``significance.json`` / ``.md``."""
+    from irkit.experiments.significance import REPORT_FILE, RESULT_FILE, significance_markdown, significance_stage
+
+    out_dir = Path(bench.setup.out_dir)
+    result = significance_stage(bench, results, rows)
+    atomic_write_json(out_dir / RESULT_FILE, result, indent=2)
+    atomic_write_text(out_dir / REPORT_FILE, significance_markdown(result))
+    log.info("significance: %d paired comparisons written to %s", len(result["comparisons"]), out_dir / REPORT_FILE)
+    return result
 
 
 def _check_rows(rows: Sequence[Mapping[str, Any]]) -> None:
