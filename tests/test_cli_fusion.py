@@ -125,7 +125,8 @@ def test_fusion_rerank_notebook(demo, tmp_path):
     root, cache = demo
     notebook = Path(__file__).resolve().parents[1] / "notebooks" / "fusion-rerank.ipynb"
     run_dir = run_notebook(notebook, {"data_root": str(root), "cache_dir": str(cache), "steps": 2,
-                                      "validate_every": 2, "batch_size": 4}, log_dir=tmp_path, name="nb")
+                                      "validate_every": 2, "batch_size": 4, "hard_negatives": 2,
+                                      "negative_pool": 6}, log_dir=tmp_path, name="nb")
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert set(metrics["results"]) == {"image-text-sum", "magiclens", "combiner", "magiclens, projector off",
                                        "rerank (stage I: magiclens)"}
@@ -133,6 +134,7 @@ def test_fusion_rerank_notebook(demo, tmp_path):
         assert result["protocol"].startswith("cirr-val") and 0 <= result["(R@5+Rs@1)/2"] <= 100
     for head in ("fusion", "combiner", "reranker"):
         assert (run_dir / head / "checkpoints" / "best.pt").is_file()
+    assert "hard_negatives: 2" in (run_dir / "reranker" / "params.txt").read_text()
     (stage1,) = load_topk_file(run_dir / "stage1_topk.json")
     assert stage1.stage == "stage1:magiclens"
     executed = nbformat.read(run_dir / "fusion-rerank.ipynb", as_version=4)
