@@ -174,17 +174,19 @@ def claim_out_dir(out_dir: Path, params: Mapping[str, Any]) -> bool:
 
 @contextlib.contextmanager
 def _out_log(out_dir: Path) -> Iterator[logging.Logger]:
-    """This module's logger, also writing to ``out_dir/out.log`` (appended on resume)."""
+    """The ``irkit.experiments`` loggers (this driver, the fusion rows, the significance report),
+    also writing to ``out_dir/out.log`` (appended on resume)."""
     handler = logging.FileHandler(out_dir / "out.log", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s | %(levelname)s | %(message)s", "%Y-%m-%d,%H:%M:%S"))
-    previous_level = log.level
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
+    parent = logging.getLogger("irkit.experiments")
+    previous_level = parent.level
+    parent.addHandler(handler)
+    parent.setLevel(logging.INFO)
     try:
         yield log
     finally:
-        log.removeHandler(handler)
-        log.setLevel(previous_level)
+        parent.removeHandler(handler)
+        parent.setLevel(previous_level)
         handler.close()
 
 
