@@ -97,6 +97,12 @@ def test_stage1_train_reranker_and_rerank(demo, tmp_path, capsys):
         assert sorted(before) == sorted(after) and len(after) == 29
     assert result["metrics"]["method"] == "rerank"
     assert result["metrics"]["(R@5+Rs@1)/2"] == pytest.approx(trained["best_value"])
+    # Score fusion with a huge stage-I weight is stage I's order: the same R@K as stage I.
+    fused = _run(capsys, "cir", "rerank", *_common(demo, "cirr"), "--reranker", trained["best_checkpoint"],
+                 "--stage1", topk, "--stage1-weight", 1e6)
+    stage1_only = _run(capsys, "cir", "eval", *_common(demo, "cirr"), "--method", "image-text-sum")
+    for key in ("R@1", "R@5", "R@10"):
+        assert fused["metrics"][key] == pytest.approx(stage1_only[key])
     # `cir eval --method rerank` with a stage-I method name (computed on the fly): the same numbers.
     by_name = _run(capsys, "cir", "eval", *_common(demo, "cirr"), "--method", "rerank",
                    "--method-checkpoint", trained["best_checkpoint"], "--method-option", "stage1=image-text-sum")

@@ -51,8 +51,9 @@ def test_rows_shape(run):
     _, rows, _ = run
     assert [r["method"] for r in rows][:3] == [label for _, _, label in fr.HEADS.values()]
     assert rows[3]["method"].startswith("Stage I alone")
-    assert [r["method"] for r in rows[4:]] == ([f"Stage I + II re-ranking, K={k}" for k in KS]
-                                              + [f"Stage I + II re-ranking (hard negatives), K={k}" for k in KS])
+    assert [r["method"] for r in rows[4:]] == [
+        f"Stage I + II re-ranking{variant}{fused}, K={k}" for variant in ("", " (hard negatives)")
+        for fused in ("", " + score fusion") for k in KS]
     for row in rows:
         for column in TABLE_COLUMNS:
             assert 0.0 <= row[column] <= 1.0, (row["method"], column)
@@ -120,15 +121,22 @@ def test_reranked_lists_keep_exactly_k_stage1_candidates(run):
         assert all(len(ids) == 5 < len(ids_before) for ids, ids_before in zip(part.ids, stage1[part.key()].ids))
 
 
-@pytest.mark.parametrize("stage, row_index", [("reranker", 5), ("reranker-hn", 7)])
-def test_rerank_row_matches_library_rerank_method(run, stage, row_index):
+@pytest.mark.parametrize("stage, rows_stage", [("reranker", "rerank-k50"), ("reranker-hn", "rerank-hn-k50"),
+                                               ("reranker", "rerank-fused-k50"),
+                                               ("reranker-hn", "rerank-hn-fused-k50")])
+def test_rerank_row_matches_library_rerank_method(run, stage, rows_stage):
     setup, rows, ctx = run
-    row = rows[row_index]  # K=50 >= the protocols' depth: the library scores the re-ranked lists alone
-    assert row["method"].endswith("K=50")
+    variant = " (hard negatives)" if "-hn" in rows_stage else ""
+    fused = " + score fusion" if "fused" in rows_stage else ""
+    (row,) = [r for r in rows if r["method"] == f"Stage I + II re-ranking{variant}{fused}, K=50"]
+    # K=50 >= the protocols' depth: the library scores the re-ranked lists alone
+    weights = json.loads((setup.out_dir / rows_stage / "result.json").read_text())["stage1_weights"]
+    assert fused or set(weights.values()) == {0.0}
     topk_file = setup.out_dir / "stage1" / fr.TOPK_FILE
     reranker = {d: setup.out_dir / stage / d / "checkpoints" / "best.pt" for d in ("fashioniq", "cirr")}
     results = {d: evaluate_method(create_method("rerank", checkpoint=reranker[fr.TRAINED_ON[d]], stage1=topk_file,
-                                                k=50), ctx, _val(setup, d), include_shared_concept=False)
+                                                k=50, stage1_weight=weights[fr.TRAINED_ON[d]]),
+                                  ctx, _val(setup, d), include_shared_concept=False)
                for d in ("fashioniq", "cirr", "circo")}
     expected = table_metrics(results)
     for column in TABLE_COLUMNS:
@@ -140,7 +148,8 @@ def test_hard_negative_pools_are_the_stage1_head_on_the_train_splits(run):
     setup, _, ctx = run
     stage1 = json.loads((setup.out_dir / "stage1" / "result.json").read_text())
     parts = {p.key(): p for p in load_topk_file(setup.out_dir / "stage1-train" / fr.TRAIN_TOPK_FILE)}
-    pool = fr.resolve_budget(setup).hard_negative_pool
+    budget = fr.resolve_budget(setup)
+    depth = max(budget.hard_negative_pool, max(budget.rerank_ks), 50)  # pools and the weight choice's scoring
     for dataset in fr.TRAIN_DATASETS:
         head = stage1["choice"][dataset]
         method = create_method(fr.HEADS[head][0], checkpoint=setup.out_dir / stage1["checkpoints"][dataset],
@@ -152,7 +161,7 @@ def test_hard_negative_pools_are_the_stage1_head_on_the_train_splits(run):
                 for i, q in enumerate(split.queries):
                     scores[i, split.gallery.index(q.reference)] = -np.inf
             for i, ids in enumerate(part.ids):
-                assert len(ids) == min(pool, len(split.gallery))
+                assert len(ids) == min(depth, len(split.gallery) - (dataset == "cirr"))  # CIRR: no reference
                 top = np.sort(scores[i])[::-1][:len(ids)]
                 got = scores[i, [split.gallery.index(c) for c in ids]]
                 np.testing.assert_allclose(got, top, rtol=1e-5, atol=1e-6)
@@ -169,14 +178,16 @@ def test_rerank_significance_pairs_the_table_rows(run):
     comparisons = rerank_comparisons(setup.out_dir, val, resamples=200)
     by_label = {r["method"]: r for r in rows}
     stage1_row = rows[3]
-    expected_stages = {f"rerank{v}-k{k}" for v in ("", "-hn") for k in KS}
+    variants = ("", "-hn", "-fused", "-hn-fused")
+    expected_stages = {f"rerank{v}-k{k}" for v in variants for k in KS}
     assert {c["method"] for c in comparisons if c["metric"] == "R@1"} == {f"stage I + II ({s})" for s in expected_stages}
     # FashionIQ R@10 is left out for K=5 (it would look past the re-sorted top 5)
     assert {c["method"] for c in comparisons if c["metric"] == "R@10"} == \
-        {f"stage I + II (rerank{v}-k50)" for v in ("", "-hn")}
+        {f"stage I + II (rerank{v}-k50)" for v in variants}
     for c in comparisons:
-        variant, k = c["method"][len("stage I + II (rerank"):-1].split("-k")
-        label = "Stage I + II re-ranking" + (" (hard negatives)" if variant else "") + f", K={k}"
+        variant, k = c["method"][len("stage I + II (rerank"):-1].rsplit("-k", 1)
+        label = ("Stage I + II re-ranking" + (" (hard negatives)" if "-hn" in variant else "")
+                 + (" + score fusion" if "fused" in variant else "") + f", K={k}")
         column = f"{c['benchmark']}_{c['metric']}"
         assert c["mean_a"] == pytest.approx(by_label[label][column], abs=1e-9)
         assert c["mean_b"] == pytest.approx(stage1_row[column], abs=1e-9)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -280,3 +281,35 @@ def test_train_reranker_with_hard_negatives(demo, tmp_path):
     with pytest.raises(InputError, match="stage-I top-K of the training split"):
         train_reranker(ctx, train, RunFolder.create(tmp_path / "log", "hn2", {}), config, model_config,
                        hard_negatives=4)
+
+
+def test_score_fusion_resort_by_hand():
+    """stage2 + w * stage1 re-sorts the top-k; subset members outside the top-k come last."""
+    from irkit.data.records import CIRQuery, CIRSplit
+    from irkit.methods.rerank import CandidateScores, resort_scored
+
+    query = CIRQuery("q", "ref", ("t",), target="b", subset=("ref", "a", "b", "x", "y"))
+    split = CIRSplit("cirr", "val", Path("."), [query], ["ref", "a", "b", "c", "x", "y"], {})
+    stage1 = TopK("cirr", "val", None, 3, ["q"], [["a", "b", "c"]], [[0.9, 0.8, 0.1]])
+    # pool: top-3 (a, b, c), then subset members outside it (x, y)
+    scored = CandidateScores(3, [["a", "b", "c", "x", "y"]], [3], [[0.9, 0.8, 0.1]],
+                             [np.array([1.0, 1.5, 2.0, 9.0, 8.0])], True)
+    alone = resort_scored(split, stage1, scored, 0.0)
+    assert alone.topk.ids == [["c", "b", "a"]]                      # 2.0 > 1.5 > 1.0
+    assert alone.subset_rankings == {"q": ["x", "y", "b", "a"]}     # all by stage II
+    fused = resort_scored(split, stage1, scored, 10.0)
+    # a: 1 + 9 = 10, b: 1.5 + 8 = 9.5, c: 2 + 1 = 3
+    assert fused.topk.ids == [["a", "b", "c"]]
+    assert fused.topk.scores[0] == pytest.approx([10.0, 9.5, 3.0])
+    assert fused.subset_rankings == {"q": ["a", "b", "x", "y"]}     # inside the top-3 first
+    with pytest.raises(InputError, match="expected >= 0"):
+        resort_scored(split, stage1, scored, -1.0)
+
+
+def test_choose_stage1_weight_takes_the_best_and_the_smaller_on_ties():
+    from irkit.methods.rerank import choose_stage1_weight
+
+    values = {0.0: 0.2, 1.0: 0.5, 3.0: 0.5, 10.0: 0.1}
+    assert choose_stage1_weight(values.__getitem__, tuple(values)) == (1.0, values)
+    with pytest.raises(InputError, match="no stage-I weights"):
+        choose_stage1_weight(values.__getitem__, ())

@@ -109,6 +109,9 @@ def register(cir_subparsers: argparse._SubParsersAction) -> None:
     rerank.add_argument("--stage1-option", action="append", default=[], metavar="KEY=VALUE")
     rerank.add_argument("--include-shared-concept", action="store_true")
     rerank.add_argument("--k", type=int, default=None, help="re-rank the first K stage-I candidates")
+    rerank.add_argument("--stage1-weight", type=float, default=0.0,
+                        help="sort by stage-II + W x stage-I score (irkit score fusion; default 0: stage II alone, "
+                             "as published). Choose W on a training split, not on the split you report")
     rerank.add_argument("--out", type=Path, default=None, help="write the re-ranked top-K file here")
     rerank.add_argument("--no-eval", action="store_true", help="only write --out, even on an annotated split")
     rerank.set_defaults(func=_run_rerank)
@@ -228,7 +231,7 @@ def _run_rerank(args: argparse.Namespace) -> int:
                                             method_option=args.stage1_option,
                                             include_shared_concept=args.include_shared_concept))
     method = create_method("rerank", checkpoint=args.reranker, stage1=stage1, k=args.k,
-                           include_shared_concept=args.include_shared_concept)
+                           include_shared_concept=args.include_shared_concept, stage1_weight=args.stage1_weight)
     output: dict[str, Any] = {"method": "rerank", "stage1": args.stage1}
     annotated = all(q.target is not None for split in splits for q in split.queries)
     if annotated and not args.no_eval:  # scored first: a failure writes nothing

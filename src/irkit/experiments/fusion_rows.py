@@ -14,15 +14,21 @@ stage folder              what it holds
 ``reranker``              the stage-II cross-encoder (trained per benchmark), in-batch
                           negatives only (the published recipe)
 ``rerank-k<K>``           stage I + II at candidate-set size K: re-ranked top-K file, metrics
-``stage1-train``          stage-I top-N file of every *training* split (hard-negative pools)
+``stage1-train``          stage-I top-N file of every *training* split (hard-negative pools,
+                          score-fusion weight choice)
 ``reranker-hn``           the cross-encoder trained with stage-I hard negatives as well
 ``rerank-hn-k<K>``        stage I + II (hard-negative re-ranker) at K
+``rerank[-hn]-fused-k<K>``  the same with score fusion: stage-II + w x stage-I score
 ========================  =================================================================
 
 The hard-negative variant (``hard_negatives`` > 0) is irkit's, not the published trainer's:
 per training query it adds ``hard_negatives`` images drawn from that query's stage-I
 top-``hard_negative_pool`` on the training split (the target left out) to the in-batch
 candidates, so the re-ranker learns to order the confusable candidates it meets at test time.
+Score fusion is irkit's too: the published stage II sorts by its own score; the fused rows
+sort by ``stage2 + w * stage1`` with w chosen per training benchmark on its *training* split
+(stage I and II re-ranking the training queries, the benchmark's selection metric), never
+on the validation numbers the table reports.
 
 Each training stage has one run folder per training benchmark (``<stage>/<benchmark>/``,
 ``checkpoints/best.pt`` chosen on that benchmark's val split by its selection metric) and a
@@ -305,18 +311,22 @@ def _stage1_stage(bench: _Bench, heads: Mapping[str, Mapping[str, Any]]) -> dict
 
 def _stage1_train_stage(bench: _Bench, heads: Mapping[str, Mapping[str, Any]],
                         stage1: Mapping[str, Any]) -> dict[str, Any]:
-    """The chosen stage-I head's top-``hard_negative_pool`` of every training split."""
+    """The chosen stage-I head's top-N of every training split, N = the larger of
+    ``hard_negative_pool`` and the val stage-I depth: hard-negative pools (its first
+    ``hard_negative_pool``) and the training-split choice of the score-fusion weight."""
     from irkit.methods.rerank import save_topk_file, stage1_topk
+
+    depth = max(bench.budget.hard_negative_pool, _stage1_depth(bench.budget))
 
     def compute(stage_dir: Path) -> dict[str, Any]:
         parts = []
         for dataset in TRAIN_DATASETS:
             head = stage1["choice"][dataset]
             method = bench.head_method(head, heads[head]["checkpoints"][dataset])
-            parts += [stage1_topk(method, bench.ctx, split, bench.budget.hard_negative_pool)
+            parts += [stage1_topk(method, bench.ctx, split, depth)
                       for split in bench.train_splits[dataset]]
         path = save_topk_file(stage_dir / TRAIN_TOPK_FILE, parts)
-        return {"choice": stage1["choice"], "k": bench.budget.hard_negative_pool,
+        return {"choice": stage1["choice"], "k": depth,
                 "topk_file": _relative(bench.setup, path)}
 
     return _stage(bench.setup, "stage1-train", compute)
@@ -400,33 +410,67 @@ def rank_change_counts(split: Any, stage1: Any, reranked: Any) -> dict[str, int]
     return counts
 
 
-def _rerank_stage(bench: _Bench, stage1: Mapping[str, Any], reranker: Mapping[str, Any], k: int,
-                  name: str) -> dict[str, Any]:
+def _score_reranked(bench: _Bench, dataset: str, splits: Sequence[Any], parts: Sequence[Any],
+                    method: Any) -> tuple[dict[str, Any], list[Any], dict[str, Any]]:
+    """``(results, re-ranked parts, rank changes)`` of re-ranking ``parts`` of ``splits`` with
+    ``method``, scored as the table scores (re-ranked top-K, then stage-I ranks K+1..)."""
     from irkit.eval import protocols
-    from irkit.methods import create_method
-    from irkit.methods.rerank import save_topk_file
     from irkit.methods.textual_inversion import combine_split_results
 
+    split_results, reranked_parts, changes = [], [], {}
+    for split, part in zip(splits, parts):
+        reranked = method.rerank(bench.ctx, split)
+        reranked_parts.append(reranked.topk)
+        split_results.append(protocols.evaluate_rankings(
+            split, rankings_with_tail(reranked.topk, part), subset_rankings=reranked.subset_rankings,
+            shared_concept=bench.shared_concept(dataset)))
+        changes["/".join(filter(None, (dataset, split.category)))] = rank_change_counts(split, part, reranked.topk)
+    return combine_split_results(splits, split_results), reranked_parts, changes
+
+
+def _rerank_stage(bench: _Bench, stage1: Mapping[str, Any], reranker: Mapping[str, Any], k: int, name: str,
+                  stage1_train: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
+    """Stage I + II at ``k`` on every val split. Without ``stage1_train`` the stage-II score
+    alone re-sorts (published); with it, ``stage2 + w * stage1`` where w is chosen per training
+    benchmark on its *training* split (:func:`irkit.methods.rerank.choose_stage1_weight`, by
+    the benchmark's selection metric), so the val numbers play no part in the choice."""
+    from irkit.methods import create_method
+    from irkit.methods.rerank import choose_stage1_weight, save_topk_file
+
+    def reranker_method(dataset: str, parts: Sequence[Any], weight: float) -> Any:
+        return create_method("rerank", checkpoint=_absolute(bench.setup, reranker["checkpoints"][dataset]),
+                             stage1=list(parts), k=k, include_shared_concept=bench.budget.include_shared_concept,
+                             stage1_weight=weight)
+
+    def choose(dataset: str) -> tuple[float, dict[float, float]]:
+        parts = _train_parts(bench, stage1_train, dataset)
+        method = reranker_method(dataset, parts, 0.0)
+
+        def score(weight: float) -> float:
+            method.stage1_weight = weight  # the stage-II scores are computed once, re-sorted per weight
+            results, _, _ = _score_reranked(bench, dataset, bench.train_splits[dataset], parts, method)
+            return _selection_value(results, dataset)
+
+        return choose_stage1_weight(score)
+
     def compute(stage_dir: Path) -> dict[str, Any]:
+        weights, weight_scores = {d: 0.0 for d in TRAIN_DATASETS}, {}
+        if stage1_train is not None:
+            for dataset in TRAIN_DATASETS:
+                weights[dataset], weight_scores[dataset] = choose(dataset)
         results, reranked_parts, changes = {}, [], {}
         for dataset, splits in bench.val_splits.items():
             parts = _stage1_parts(bench, stage1, dataset)
-            method = create_method("rerank", checkpoint=_absolute(bench.setup, reranker["checkpoints"][
-                TRAINED_ON[dataset]]), stage1=parts, k=k, include_shared_concept=bench.budget.include_shared_concept)
-            split_results = []
-            for split, part in zip(splits, parts):
-                reranked = method.rerank(bench.ctx, split)
-                reranked_parts.append(reranked.topk)
-                split_results.append(protocols.evaluate_rankings(
-                    split, rankings_with_tail(reranked.topk, part), subset_rankings=reranked.subset_rankings,
-                    shared_concept=bench.shared_concept(dataset)))
-                changes["/".join(filter(None, (dataset, split.category)))] = rank_change_counts(
-                    split, part, reranked.topk)
-            results[dataset] = combine_split_results(splits, split_results)
+            method = reranker_method(TRAINED_ON[dataset], parts, weights[TRAINED_ON[dataset]])
+            results[dataset], dataset_parts, dataset_changes = _score_reranked(bench, dataset, splits, parts, method)
+            reranked_parts += dataset_parts
+            changes.update(dataset_changes)
         reranked_path = save_topk_file(stage_dir / RERANKED_FILE, reranked_parts)
         return {"k": k, "reranked_file": _relative(bench.setup, reranked_path), "stage1_choice": stage1["choice"],
-                "reranker_checkpoints": reranker["checkpoints"], "rank_changes": changes, "results": results,
-                "metrics": table_metrics(results)}
+                "reranker_checkpoints": reranker["checkpoints"], "stage1_weights": weights,
+                "stage1_weight_scores_on_train": {d: {str(w): v for w, v in scores.items()}
+                                                  for d, scores in weight_scores.items()},
+                "rank_changes": changes, "results": results, "metrics": table_metrics(results)}
 
     return _stage(bench.setup, name, compute)
 
@@ -441,8 +485,9 @@ def fusion_rows(setup: CIRBenchSetup) -> list[dict[str, Any]]:
     cached features) on the FashionIQ and CIRR training triplets, one head per benchmark, and
     scores FashionIQ val (category averages), CIRR val and CIRCO val (CIRR-trained heads).
     Rows, in order: fusion without projector, fusion with the trained projector, Combiner,
-    stage I alone, stage I + II at each ``rerank_ks`` K (in-batch re-ranker), then, with
-    ``hard_negatives`` > 0, stage I + II at each K with the hard-negative re-ranker. Stages
+    stage I alone, then per re-ranker (in-batch; with ``hard_negatives`` > 0 also the
+    hard-negative one) stage I + II at each ``rerank_ks`` K sorted by the stage-II score
+    alone, then at each K with score fusion (weight chosen on the training split). Stages
     are resumable (module doc).
     Returns :func:`irkit.experiments.setup.table_row` dicts (metrics as fractions).
     """
@@ -451,11 +496,17 @@ def fusion_rows(setup: CIRBenchSetup) -> list[dict[str, Any]]:
     heads = {stage: _head_stage(bench, stage) for stage in HEADS}
     stage1 = _stage1_stage(bench, heads)
     ks = sorted(set(budget.rerank_ks))
+    stage1_train = _stage1_train_stage(bench, heads, stage1)
     rerankers = {"": _reranker_stage(bench, stage1)}
     if budget.hard_negatives:
-        rerankers["-hn"] = _reranker_stage(bench, stage1, _stage1_train_stage(bench, heads, stage1))
-    reranked = {(variant, k): _rerank_stage(bench, stage1, reranker, k, f"rerank{variant}-k{k}")
-                for variant, reranker in rerankers.items() for k in ks}
+        rerankers["-hn"] = _reranker_stage(bench, stage1, stage1_train)
+    reranked = {}
+    for variant, reranker in rerankers.items():
+        for fused in (False, True):
+            for k in ks:
+                name = f"rerank{variant}{'-fused' if fused else ''}-k{k}"
+                reranked[(variant, fused, k)] = _rerank_stage(bench, stage1, reranker, k, name,
+                                                              stage1_train if fused else None)
 
     backbone = setup.model + (f" ({Path(setup.clip_checkpoint).name})" if setup.clip_checkpoint else
                               f" ({setup.pretrained})" if setup.pretrained else " (random init)")
@@ -474,16 +525,23 @@ def fusion_rows(setup: CIRBenchSetup) -> list[dict[str, Any]]:
     rows.append(table_row(stage1_label, "re-ranking", stage1["metrics"],
                           ("forced by budget" if stage1["forced"] else "best val selection metric per benchmark")
                           + f" = the rows above; top-{stage1['k']} file stage1/{TOPK_FILE}"))
-    for (variant, k), result in reranked.items():
+    for (variant, fused, k), result in reranked.items():
         reranker = rerankers[variant]
         tail = "; ranks > K keep the stage-I order" if k < _stage1_depth(budget) else ""
         negatives = (f"in-batch + {reranker['hard_negatives']} hard negatives per query from the stage-I "
                      f"top-{reranker['hard_negative_pool']} of the train split (irkit option)" if variant
                      else "in-batch negatives (published recipe)")
-        label = "Stage I + II re-ranking" + (" (hard negatives)" if variant else "") + f", K={k}"
+        if fused:
+            weights = result["stage1_weights"]
+            sort_rule = ("sorted by stage-II + w x stage-I score, w chosen on the train split by the selection "
+                         "metric (" + ", ".join(f"{d}: {weights[d]:g}" for d in TRAIN_DATASETS) + "; irkit option)")
+        else:
+            sort_rule = "sorted by the stage-II score alone (published)"
+        label = ("Stage I + II re-ranking" + (" (hard negatives)" if variant else "")
+                 + (" + score fusion" if fused else "") + f", K={k}")
         rows.append(table_row(label, "re-ranking", result["metrics"],
                               f"cross-encoder over candidate patch tokens, {reranker['config']['steps']} steps, "
-                              f"{negatives}, re-sorts the stage-I top-{k}{tail}; " + common))
+                              f"{negatives}, re-sorts the stage-I top-{k}{tail}, {sort_rule}; " + common))
     return rows
 
 

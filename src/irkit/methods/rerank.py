@@ -267,22 +267,27 @@ def _score_pairs(model: CrossEncoderReranker, features: Any, tokens: torch.Tenso
     return scores
 
 
-def rerank_split(model: CrossEncoderReranker, ctx: CIRContext, split: CIRSplit, stage1: TopK,
-                 features: Any, k: Optional[int] = None, chunk_size: int = 512) -> RerankResult:
-    """Stage II: re-sort each query's first ``k`` stage-I candidates by the cross-encoder.
+@dataclass
+class CandidateScores:
+    """Stage-II scores of one split's candidate pools (:func:`score_candidates`).
 
-    Args:
-        model: the trained cross-encoder (eval mode is set here).
-        split: the split ``stage1`` was computed on.
-        stage1: its top-K part (checked against ``split``).
-        features: :class:`~irkit.train.features.CIRFeatures` of ``split`` with the gallery.
-        k: candidates to re-rank per query (default ``stage1.k``; at most ``stage1.k``).
-        chunk_size: candidates whose memory is computed together, and pairs per forward pass.
-
-    Returns:
-        :class:`RerankResult` whose lists hold exactly each query's first ``k`` stage-I
-        candidates, re-sorted (stable: equal scores keep the stage-I order).
+    Per query: ``pools[q]`` = its first ``num_top[q]`` stage-I candidates, then (CIRR) the
+    other ``img_set`` members; ``stage2[q]`` their cross-encoder scores; ``stage1[q]`` the
+    stage-I scores of the top part.
     """
+
+    k: int
+    pools: list[list[str]]
+    num_top: list[int]
+    stage1: list[list[float]]
+    stage2: list[np.ndarray]
+    with_subsets: bool
+
+
+def score_candidates(model: CrossEncoderReranker, ctx: CIRContext, split: CIRSplit, stage1: TopK,
+                     features: Any, k: Optional[int] = None, chunk_size: int = 512) -> CandidateScores:
+    """Stage-II scores of each query's first ``k`` stage-I candidates (and, for CIRR, of its
+    ``img_set`` members); see :func:`rerank_split` for the arguments."""
     stage1.check_split(split)
     k = stage1.k if k is None else int(k)
     if not 0 < k <= stage1.k:
@@ -299,21 +304,65 @@ def rerank_split(model: CrossEncoderReranker, ctx: CIRContext, split: CIRSplit, 
     image_row = {image_id: i for i, image_id in enumerate(features.image_ids)}
     needed = sorted({c for pool in per_query for c in pool}, key=image_row.__getitem__)
     tokens, token_row = image_tokens_for(ctx, split, features.image_ids, needed)
-    scores = _score_pairs(model, features, tokens, token_row, needed, per_query, chunk_size)
+    flat = _score_pairs(model, features, tokens, token_row, needed, per_query, chunk_size)
+    bounds = np.cumsum([0] + [len(pool) for pool in per_query])
+    return CandidateScores(k, per_query, num_top, [list(scores[:top]) for scores, top in zip(stage1.scores, num_top)],
+                           [flat[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:])], with_subsets)
+
+
+def resort_scored(split: CIRSplit, stage1: TopK, scored: CandidateScores, stage1_weight: float = 0.0) -> "RerankResult":
+    """Re-sort every query's top-k by ``stage2 + stage1_weight * stage1`` (stable).
+
+    ``stage1_weight`` = 0 is the published stage II (its score alone). With a weight > 0 the
+    CIRR subset ranking puts the members inside the top-k first (by the fused score) and
+    those stage I left outside it after them (by the stage-II score: they have no stage-I
+    score here, and stage I ranked them below every top-k candidate).
+    """
+    if stage1_weight < 0:
+        raise InputError(f"stage1 weight is {stage1_weight}; expected >= 0", field="stage1_weight")
     ranked_ids, ranked_scores, subsets = [], [], {}
-    offset = 0
-    for query, pool, top in zip(split.queries, per_query, num_top):
-        pool_scores = scores[offset:offset + len(pool)]
-        offset += len(pool)
-        ids, values = resort_candidates(pool[:top], pool_scores[:top])
+    for query, pool, top, first, second in zip(split.queries, scored.pools, scored.num_top, scored.stage1,
+                                               scored.stage2):
+        fused = second[:top] + stage1_weight * np.asarray(first, dtype=np.float64)
+        ids, values = resort_candidates(pool[:top], fused)
         ranked_ids.append(ids)
         ranked_scores.append(values)
-        if with_subsets:
+        if scored.with_subsets:
             members = [m for m in dict.fromkeys(query.subset) if m != query.reference]
-            subsets[query.query_id] = resort_candidates(members, [pool_scores[pool.index(m)] for m in members])[0]
-    reranked = TopK(split.dataset, split.split, split.category, k, list(stage1.query_ids), ranked_ids,
+            position = {c: i for i, c in enumerate(pool)}
+            if stage1_weight:
+                inside = [m for m in members if position[m] < top]
+                outside = [m for m in members if position[m] >= top]
+                subsets[query.query_id] = (resort_candidates(inside, [fused[position[m]] for m in inside])[0]
+                                           + resort_candidates(outside, [second[position[m]] for m in outside])[0])
+            else:
+                subsets[query.query_id] = resort_candidates(members, [second[position[m]] for m in members])[0]
+    reranked = TopK(split.dataset, split.split, split.category, scored.k, list(stage1.query_ids), ranked_ids,
                     ranked_scores, stage=f"rerank({stage1.stage})")
-    return RerankResult(reranked, subsets if with_subsets else None)
+    return RerankResult(reranked, subsets if scored.with_subsets else None)
+
+
+def rerank_split(model: CrossEncoderReranker, ctx: CIRContext, split: CIRSplit, stage1: TopK,
+                 features: Any, k: Optional[int] = None, chunk_size: int = 512,
+                 stage1_weight: float = 0.0) -> RerankResult:
+    """Stage II: re-sort each query's first ``k`` stage-I candidates by the cross-encoder.
+
+    Args:
+        model: the trained cross-encoder (eval mode is set here).
+        split: the split ``stage1`` was computed on.
+        stage1: its top-K part (checked against ``split``).
+        features: :class:`~irkit.train.features.CIRFeatures` of ``split`` with the gallery.
+        k: candidates to re-rank per query (default ``stage1.k``; at most ``stage1.k``).
+        chunk_size: candidates whose memory is computed together, and pairs per forward pass.
+        stage1_weight: 0 (published) re-sorts by the stage-II score alone; w > 0 by
+            ``stage2 + w * stage1`` (score fusion, :func:`resort_scored`).
+
+    Returns:
+        :class:`RerankResult` whose lists hold exactly each query's first ``k`` stage-I
+        candidates, re-sorted (stable: equal scores keep the stage-I order).
+    """
+    scored = score_candidates(model, ctx, split, stage1, features, k, chunk_size)
+    return resort_scored(split, stage1, scored, stage1_weight)
 
 
 # --------------------------------------------------------------------------- the method
@@ -394,24 +443,26 @@ class RerankMethod(TrainedHeadMethod):
     def __init__(self, checkpoint: Optional[Path | str] = None, model: Optional[CrossEncoderReranker] = None,
                  stage1: Stage1 = "image-text-sum", stage1_checkpoint: Optional[Path | str] = None,
                  stage1_options: Optional[Mapping[str, Any]] = None, k: Optional[int] = None,
-                 include_shared_concept: bool = False, batch_size: int = 512) -> None:
+                 include_shared_concept: bool = False, batch_size: int = 512, stage1_weight: float = 0.0) -> None:
         super().__init__(checkpoint, model, include_shared_concept, batch_size)
         self.k = k
         self.stage1 = Stage1Source(stage1, stage1_checkpoint, stage1_options, include_shared_concept, k)
-        self._results: dict[tuple[Any, ...], RerankResult] = {}
+        self.stage1_weight = float(stage1_weight)
+        self._scores: dict[tuple[Any, ...], CandidateScores] = {}
 
     @classmethod
     def build_model(cls, model_config: Mapping[str, Any]) -> CrossEncoderReranker:
         return CrossEncoderReranker(RerankerConfig.from_dict(model_config))
 
     def rerank(self, ctx: CIRContext, split: CIRSplit) -> RerankResult:
-        """Stage I then stage II on ``split`` (computed once per split and method instance)."""
+        """Stage I then stage II on ``split``, re-sorted with ``self.stage1_weight`` (the
+        stage-II scores are computed once per split and method instance)."""
         key = (split.dataset, split.split, split.category, str(split.root))
-        if key not in self._results:
-            stage1 = self.stage1.topk(ctx, split)
-            self._results[key] = rerank_split(self._model, ctx, split, stage1, self.features(ctx, split),
-                                              k=self.k or stage1.k, chunk_size=self.batch_size)
-        return self._results[key]
+        stage1 = self.stage1.topk(ctx, split)
+        if key not in self._scores:
+            self._scores[key] = score_candidates(self._model, ctx, split, stage1, self.features(ctx, split),
+                                                 k=self.k or stage1.k, chunk_size=self.batch_size)
+        return resort_scored(split, stage1, self._scores[key], self.stage1_weight)
 
     def rank_split(self, ctx: CIRContext,
                    split: CIRSplit) -> tuple[dict[str, list[str]], Optional[dict[str, list[str]]]]:
@@ -431,6 +482,24 @@ class RerankMethod(TrainedHeadMethod):
     def query_embeddings(self, ctx: CIRContext, split: CIRSplit) -> np.ndarray:
         raise InputError("'rerank' re-sorts candidate lists and has no query embeddings; score it through "
                          "rank_split (irkit.methods.textual_inversion.evaluate_method does)", field="method")
+
+
+#: Stage-I weights :func:`choose_stage1_weight` tries (0: stage II alone, the published rule).
+STAGE1_WEIGHTS = (0.0, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0)
+
+
+def choose_stage1_weight(score: Any, weights: Sequence[float] = STAGE1_WEIGHTS) -> tuple[float, dict[float, float]]:
+    """The weight w of ``weights`` whose re-ranking scores best, ``(w, {w: value})``.
+
+    ``score(w)`` -> the selection value (higher is better) of re-sorting by
+    ``stage2 + w * stage1``; call it on the *training* split so that validation numbers stay
+    untouched by the choice. Ties go to the smaller weight (closer to the published stage II).
+    """
+    if not weights:
+        raise InputError("no stage-I weights to choose from", field="stage1_weight")
+    values = {float(w): float(score(float(w))) for w in weights}
+    best = max(values, key=lambda w: (values[w], -w))
+    return best, values
 
 
 class RerankValidator:
