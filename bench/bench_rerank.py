@@ -58,6 +58,8 @@ def main() -> None:
     parser.add_argument("--pretrained", default=None)
     parser.add_argument("--checkpoint", default=None, help="backbone checkpoint")
     parser.add_argument("--stage1", default="image-text-sum", help="stage-I method (registered name)")
+    parser.add_argument("--stage1-checkpoint", default=None, help="checkpoint of a trained stage-I head "
+                                                                   "(e.g. magiclens best.pt)")
     parser.add_argument("--reranker", type=Path, default=None, help="re-ranker checkpoint (default: untrained)")
     parser.add_argument("--k", type=int, nargs=2, default=[10, 50], help="two candidate-set sizes")
     parser.add_argument("--repeats", type=int, default=3)
@@ -75,7 +77,8 @@ def main() -> None:
     (split,) = load_cir_splits(args.dataset, root, args.split, **options)
     loaded = create_model(args.model, pretrained=args.pretrained, checkpoint=args.checkpoint)
     ctx = CIRContext(loaded, cache_dir=args.cache_dir, batch_size=64, num_workers=0)
-    stage1_method = create_method(args.stage1)
+    stage1_method = create_method(args.stage1, **({"checkpoint": args.stage1_checkpoint}
+                                                   if args.stage1_checkpoint else {}))
     if args.reranker is not None:
         state = load_head(args.reranker, "reranker")
         model = CrossEncoderReranker(RerankerConfig.from_dict(state["extra"]["model_config"]))
@@ -108,7 +111,8 @@ def main() -> None:
 
     result = {"dataset": f"{split.dataset}-{split.split}" + (f"/{split.category}" if split.category else ""),
               "queries": num_queries, "gallery": len(split.gallery), "model": loaded.model_name,
-              "stage1": args.stage1, "reranker": str(args.reranker or "untrained (default size)"),
+              "stage1": args.stage1, "stage1_checkpoint": args.stage1_checkpoint,
+              "reranker": str(args.reranker or "untrained (default size)"),
               "torch_threads": torch.get_num_threads(), "repeats": args.repeats, "rows": rows}
     print(f"{result['dataset']}: {num_queries} queries, gallery {len(split.gallery)}, model {loaded.model_name}, "
           f"stage I {args.stage1}, {torch.get_num_threads()} threads")
