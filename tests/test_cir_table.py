@@ -97,7 +97,7 @@ def test_significance_report_pairs_the_table_values(table_run):
     report = json.loads((out_dir / "significance.json").read_text())
     assert report == result.significance
     questions = {(c["method"], c["benchmark"], c["metric"]) for c in report["comparisons"]}
-    assert questions == {(m, b, k) for m in ("LinCIR (phi)", "SEARLE (phi)")
+    assert questions == {(m, b, k) for m in ("LinCIR (phi)", "SEARLE (phi)", "SEARLE-OTI")
                          for b, k in (("cirr", "R@1"), ("circo", "mAP@10"))}
     for c in report["comparisons"]:
         column = f"{c['benchmark']}_{c['metric']}"
@@ -145,6 +145,17 @@ def test_fusion_rows_may_be_added_to_a_zero_shot_folder(tmp_path):
         claim_out_dir(out, params)  # switching rows off would rewrite the table without them
     with pytest.raises(InputError, match="other parameters.*seed"):
         claim_out_dir(out, {**params, "fusion": True, "seed": 1})
+    # a SEARLE-OTI row (searle_oti_steps 0 -> N) is added the same way; other budgets stay fixed
+    zero = {**params, "fusion": True, "budgets": {"lincir_steps": 3, "searle_oti_steps": 0}}
+    out2 = tmp_path / "o2"
+    claim_out_dir(out2, zero)
+    with_oti = {**zero, "budgets": {"lincir_steps": 3, "searle_oti_steps": 50}}
+    assert claim_out_dir(out2, with_oti) is True
+    assert json.loads((out2 / "params.json").read_text()) == with_oti
+    with pytest.raises(InputError, match="searle_oti_steps: saved 50, now 60"):
+        claim_out_dir(out2, {**zero, "budgets": {"lincir_steps": 3, "searle_oti_steps": 60}})
+    with pytest.raises(InputError, match="lincir_steps: saved 3, now 4"):
+        claim_out_dir(out2, {**zero, "budgets": {"lincir_steps": 4, "searle_oti_steps": 50}})
 
 
 def test_bad_inputs_are_refused(tmp_path):

@@ -7,7 +7,8 @@ the confidence interval of the mean per-query difference (and a two-sided bootst
 :func:`significance_stage` answers the acceptance questions of the table run in
 ``setup.out_dir``:
 
-* zero-shot: does LinCIR / SEARLE phi beat the best baseline on CIRR R@1 and CIRCO mAP@10?
+* zero-shot: does LinCIR / SEARLE phi (and SEARLE-OTI, when run) beat the best baseline on
+  CIRR R@1 and CIRCO mAP@10?
 * re-ranking: does stage I + II beat stage I alone on CIRR R@1 (and FashionIQ R@10)?
 
 Per-query values come from the rankings themselves (:func:`per_query_values`), recomputed
@@ -152,16 +153,18 @@ def significance_stage(bench: Any, stages: Mapping[str, Any], rows: Sequence[Map
 
     comparisons = []
     baselines = [r for r in rows if r["group"] == "baseline"]
-    phis = {"LinCIR (phi)": "lincir", "SEARLE (phi)": "searle"}
+    # label -> (stage, checkpoint of the method answering ``benchmark``)
+    zero_shot = {"LinCIR (phi)": ("lincir", lambda b: out_dir / "lincir" / stages["lincir"]["phi"]["best_checkpoint"]),
+                 "SEARLE (phi)": ("searle", lambda b: out_dir / "searle" / stages["searle"]["phi"]["best_checkpoint"]),
+                 "SEARLE-OTI": ("searle-oti", lambda b: out_dir / "searle-oti" / f"oti-{b}")}
     for benchmark, metric in ZERO_SHOT_QUESTIONS:
         column = f"{benchmark}_{metric}"
         best = max(baselines, key=lambda r: r[column])  # first wins a tie, as in the table order
         best_values = method_values(best["method"], bench.method(best["method"]), benchmark, metric)
-        for label, name in phis.items():
+        for label, (name, checkpoint) in zero_shot.items():
             if name not in stages:
                 continue
-            checkpoint = Path(out_dir / name) / stages[name]["phi"]["best_checkpoint"]
-            mine = method_values(label, bench.method(name, checkpoint), benchmark, metric)
+            mine = method_values(label, bench.method(name, checkpoint(benchmark)), benchmark, metric)
             comparisons.append(_compare(label, best["method"], benchmark, metric, mine, best_values, resamples, seed))
 
     comparisons += rerank_comparisons(out_dir, bench.val_splits, resamples, seed)
