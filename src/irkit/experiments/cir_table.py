@@ -64,10 +64,9 @@ TRAIN_CAPTION_FILES = ("fashioniq_train.csv", "cirr_train.csv")
 #: Training splits whose reference images SEARLE's OTI inverts (unlabelled images).
 OTI_SOURCE_SPLITS = (("cirr", "train"), ("fashioniq", "train"))
 PARAMS_FILE = "params.json"
-#: Run parameters that only add table rows: switching one on in an existing folder resumes it.
-ADDITIVE_PARAMS = frozenset({"fusion"})
-#: Budgets whose 0 leaves a row out: raising one from 0 in an existing folder adds that row.
-ADDITIVE_BUDGETS = frozenset({"searle_oti_steps"})
+#: Parameters (``budgets.<key>`` for a budget) whose "off" value (False / 0) leaves rows out:
+#: switching one on in an existing folder only adds rows, so the folder is resumed.
+ADDITIVE_PARAMS = frozenset({"fusion", "budgets.searle_oti_steps"})
 BASELINES = ("image-only", "text-only", "image-text-sum")
 
 #: Per-scale budgets of the zero-shot stages (override any key with ``budget_overrides``).
@@ -145,33 +144,33 @@ def table_params(setup: CIRBenchSetup, train_clip: bool, fusion: bool) -> dict[s
     }
 
 
+def _flat_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """``params`` with the ``budgets`` dict spread into ``budgets.<key>`` entries."""
+    flat = {k: v for k, v in params.items() if k != "budgets"}
+    flat.update({f"budgets.{k}": v for k, v in (params.get("budgets") or {}).items()})
+    return flat
+
+
 def claim_out_dir(out_dir: Path, params: Mapping[str, Any]) -> bool:
     """Create ``out_dir`` with ``params.json``, or accept an existing one made with the same
     params (returns True when resuming). A folder with other params, or a non-empty folder
     without ``params.json``, is refused (run folders are never overwritten). The one exception
-    is what only adds rows: ``fusion`` (:data:`ADDITIVE_PARAMS`) switched on, or a budget of
-    :data:`ADDITIVE_BUDGETS` raised from 0 (``searle_oti_steps``: the SEARLE-OTI row). Such a
-    folder is resumed, ``params.json`` records the new value, finished stages are not touched."""
+    is what only adds rows: a parameter of :data:`ADDITIVE_PARAMS` switched on from its "off"
+    value (``fusion``; ``searle_oti_steps`` from 0, the SEARLE-OTI row). Such a folder is
+    resumed, ``params.json`` records the new value, finished stages are not touched."""
     out_dir = Path(out_dir)
     path = out_dir / PARAMS_FILE
     wanted = json.loads(json.dumps(dict(params)))  # as read back (tuples become lists)
     if path.is_file():
         saved = read_json(path)
-        diffs = [f"{k}: saved {saved.get(k)!r}, now {wanted.get(k)!r}"
-                 for k in sorted((set(saved) | set(wanted)) - {"budgets"})
-                 if saved.get(k) != wanted.get(k) and not (k in ADDITIVE_PARAMS and wanted.get(k))]
-        saved_budgets, wanted_budgets = saved.get("budgets") or {}, wanted.get("budgets") or {}
-        diffs += [f"{k}: saved {saved_budgets.get(k)!r}, now {wanted_budgets.get(k)!r}"
-                  for k in sorted(set(saved_budgets) | set(wanted_budgets))
-                  if saved_budgets.get(k) != wanted_budgets.get(k)
-                  and not (k in ADDITIVE_BUDGETS and not saved_budgets.get(k))]
+        old, new = _flat_params(saved), _flat_params(wanted)
+        diffs = [f"{k}: saved {old.get(k)!r}, now {new.get(k)!r}" for k in sorted(set(old) | set(new))
+                 if old.get(k) != new.get(k) and not (k in ADDITIVE_PARAMS and not old.get(k))]
         if diffs:
             raise InputError("out folder was made with other parameters (" + "; ".join(diffs)
                              + "); choose another --out", path=out_dir)
         if saved != wanted:  # only additive rows switched on: record them
-            atomic_write_json(path, {**saved, **{k: True for k in ADDITIVE_PARAMS if wanted.get(k)},
-                                     "budgets": {**saved_budgets, **{k: wanted_budgets[k] for k in ADDITIVE_BUDGETS
-                                                                     if wanted_budgets.get(k)}}}, indent=2)
+            atomic_write_json(path, wanted, indent=2)
         return True
     if out_dir.exists() and any(out_dir.iterdir()):
         raise InputError(f"out folder exists and is not a CIR table run (no {PARAMS_FILE}); choose another --out",

@@ -283,9 +283,18 @@ def _default_val_k(budget: FusionBudget) -> int:
     return min([k for k in budget.rerank_ks if k >= depth] or [depth])
 
 
+def _head_topk(bench: _Bench, heads: Mapping[str, Mapping[str, Any]], head: str, trained_on: str,
+               splits: Sequence[Any], depth: int) -> list[Any]:
+    """Top-``depth`` parts of ``splits`` ranked by head stage ``head`` trained on ``trained_on``."""
+    from irkit.methods.rerank import stage1_topk
+
+    method = bench.head_method(head, heads[head]["checkpoints"][trained_on])
+    return [stage1_topk(method, bench.ctx, split, depth) for split in splits]
+
+
 def _stage1_stage(bench: _Bench, heads: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     """Choose stage I per training benchmark and write the top-K file of every val split."""
-    from irkit.methods.rerank import save_topk_file, stage1_topk
+    from irkit.methods.rerank import save_topk_file
 
     def compute(stage_dir: Path) -> dict[str, Any]:
         choice, selection = {}, {}
@@ -294,11 +303,8 @@ def _stage1_stage(bench: _Bench, heads: Mapping[str, Mapping[str, Any]]) -> dict
             selection[dataset] = values
             choice[dataset] = bench.budget.stage1 or max(values, key=values.get)  # first wins a tie
         depth = _stage1_depth(bench.budget)
-        parts = []
-        for dataset, splits in bench.val_splits.items():
-            head = choice[TRAINED_ON[dataset]]
-            method = bench.head_method(head, heads[head]["checkpoints"][TRAINED_ON[dataset]])
-            parts += [stage1_topk(method, bench.ctx, split, depth) for split in splits]
+        parts = [part for dataset, splits in bench.val_splits.items() for part in
+                 _head_topk(bench, heads, choice[TRAINED_ON[dataset]], TRAINED_ON[dataset], splits, depth)]
         topk_path = save_topk_file(stage_dir / TOPK_FILE, parts)
         results = {d: heads[choice[TRAINED_ON[d]]]["results"][d] for d in bench.val_splits}
         return {"choice": choice, "selection": selection, "forced": bench.budget.stage1, "k": depth,
@@ -314,17 +320,13 @@ def _stage1_train_stage(bench: _Bench, heads: Mapping[str, Mapping[str, Any]],
     """The chosen stage-I head's top-N of every training split, N = the larger of
     ``hard_negative_pool`` and the val stage-I depth: hard-negative pools (its first
     ``hard_negative_pool``) and the training-split choice of the score-fusion weight."""
-    from irkit.methods.rerank import save_topk_file, stage1_topk
+    from irkit.methods.rerank import save_topk_file
 
     depth = max(bench.budget.hard_negative_pool, _stage1_depth(bench.budget))
 
     def compute(stage_dir: Path) -> dict[str, Any]:
-        parts = []
-        for dataset in TRAIN_DATASETS:
-            head = stage1["choice"][dataset]
-            method = bench.head_method(head, heads[head]["checkpoints"][dataset])
-            parts += [stage1_topk(method, bench.ctx, split, depth)
-                      for split in bench.train_splits[dataset]]
+        parts = [part for dataset in TRAIN_DATASETS for part in
+                 _head_topk(bench, heads, stage1["choice"][dataset], dataset, bench.train_splits[dataset], depth)]
         path = save_topk_file(stage_dir / TRAIN_TOPK_FILE, parts)
         return {"choice": stage1["choice"], "k": depth,
                 "topk_file": _relative(bench.setup, path)}
@@ -332,20 +334,11 @@ def _stage1_train_stage(bench: _Bench, heads: Mapping[str, Mapping[str, Any]],
     return _stage(bench.setup, "stage1-train", compute)
 
 
-def _train_parts(bench: _Bench, stage1_train: Mapping[str, Any], dataset: str) -> list[Any]:
-    from irkit.methods.rerank import find_part, load_topk_file
+def _stage_parts(bench: _Bench, stage_result: Mapping[str, Any], splits: Sequence[Any]) -> list[Any]:
+    """The top-K parts of ``splits`` in the file a stage-I stage (``stage1`` / ``stage1-train``) wrote."""
+    from irkit.methods.rerank import load_topk_parts
 
-    path = _absolute(bench.setup, stage1_train["topk_file"])
-    parts = load_topk_file(path)
-    return [find_part(parts, split, path) for split in bench.train_splits[dataset]]
-
-
-def _stage1_parts(bench: _Bench, stage1: Mapping[str, Any], dataset: str) -> list[Any]:
-    from irkit.methods.rerank import find_part, load_topk_file
-
-    path = _absolute(bench.setup, stage1["topk_file"])
-    parts = load_topk_file(path)
-    return [find_part(parts, split, path) for split in bench.val_splits[dataset]]
+    return load_topk_parts(_absolute(bench.setup, stage_result["topk_file"]), splits)
 
 
 def _reranker_stage(bench: _Bench, stage1: Mapping[str, Any],
@@ -367,10 +360,10 @@ def _reranker_stage(bench: _Bench, stage1: Mapping[str, Any],
                  "hard_negative_pool": budget.hard_negative_pool if stage1_train else None}
 
     def trainer(dataset: str, run: Any) -> Any:
-        return train_reranker(bench.ctx, bench.train_splits[dataset], run, config, model_config,
-                              val_splits=bench.val_splits[dataset], val_stage1=_stage1_parts(bench, stage1, dataset),
-                              k=val_k, resume="latest",
-                              train_stage1=_train_parts(bench, stage1_train, dataset) if stage1_train else (),
+        train, val = bench.train_splits[dataset], bench.val_splits[dataset]
+        return train_reranker(bench.ctx, train, run, config, model_config,
+                              val_splits=val, val_stage1=_stage_parts(bench, stage1, val), k=val_k, resume="latest",
+                              train_stage1=_stage_parts(bench, stage1_train, train) if stage1_train else (),
                               hard_negatives=negatives["hard_negatives"],
                               negative_pool=negatives["hard_negative_pool"])
 
@@ -443,7 +436,7 @@ def _rerank_stage(bench: _Bench, stage1: Mapping[str, Any], reranker: Mapping[st
                              stage1_weight=weight)
 
     def choose(dataset: str) -> tuple[float, dict[float, float]]:
-        parts = _train_parts(bench, stage1_train, dataset)
+        parts = _stage_parts(bench, stage1_train, bench.train_splits[dataset])
         method = reranker_method(dataset, parts, 0.0)
 
         def score(weight: float) -> float:
@@ -460,7 +453,7 @@ def _rerank_stage(bench: _Bench, stage1: Mapping[str, Any], reranker: Mapping[st
                 weights[dataset], weight_scores[dataset] = choose(dataset)
         results, reranked_parts, changes = {}, [], {}
         for dataset, splits in bench.val_splits.items():
-            parts = _stage1_parts(bench, stage1, dataset)
+            parts = _stage_parts(bench, stage1, bench.val_splits[dataset])
             method = reranker_method(TRAINED_ON[dataset], parts, weights[TRAINED_ON[dataset]])
             results[dataset], dataset_parts, dataset_changes = _score_reranked(bench, dataset, splits, parts, method)
             reranked_parts += dataset_parts

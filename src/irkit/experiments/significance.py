@@ -111,10 +111,9 @@ def embedding_rankings(method: Any, ctx: Any, split: CIRSplit, depth: int = 50) 
 
 def topk_rankings(path: Path, splits: Sequence[CIRSplit]) -> list[dict[str, list[str]]]:
     """The rankings of ``splits`` in a saved top-K file (stage I or re-ranked)."""
-    from irkit.methods.rerank import find_part, load_topk_file
+    from irkit.methods.rerank import load_topk_parts
 
-    parts = load_topk_file(path)
-    return [find_part(parts, split, path).rankings() for split in splits]
+    return [part.rankings() for part in load_topk_parts(path, splits)]
 
 
 def _verdict(result: Mapping[str, float]) -> str:

@@ -191,6 +191,12 @@ def find_part(parts: Sequence[TopK], split: CIRSplit, source: Optional[Path | st
                      + f"; the file has {[p.key() for p in parts]}", path=source)
 
 
+def load_topk_parts(path: Path | str, splits: Sequence[CIRSplit]) -> list[TopK]:
+    """The parts of ``splits``, in order, from the top-K file ``path`` (each checked)."""
+    parts = load_topk_file(path)
+    return [find_part(parts, split, path) for split in splits]
+
+
 # --------------------------------------------------------------------------- stage I
 
 
