@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from irkit.data.demo import generate_demo
-from irkit.methods import CIRContext
+from irkit.cir.context import CIRContext
 from irkit.models import create_model
 
 

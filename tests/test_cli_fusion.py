@@ -13,7 +13,7 @@ import pytest
 
 from fusion_fixtures import make_demo
 from irkit.cli import main
-from irkit.methods.rerank import load_topk_file
+from irkit.cir.topk import load_topk_file
 
 
 @pytest.fixture(scope="module")

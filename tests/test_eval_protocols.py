@@ -9,7 +9,14 @@ import pytest
 
 from irkit.data.records import CIRQuery, CIRSplit
 from irkit.errors import InputError
-from irkit.eval import protocols
+from irkit.benchmarks.cirr import BENCHMARK as CIRR
+from irkit.benchmarks.fashioniq import combine_categories
+from irkit.cir.protocol import evaluate_embeddings
+from irkit.cir.protocol import evaluate_rankings
+from irkit.benchmarks.traffic import evaluate_traffic_submission
+from irkit.cir.protocol import rank_split
+from irkit.benchmarks.traffic import traffic_ground_truth_from_labels
+from irkit.benchmarks.traffic import traffic_rank_statistics
 
 
 def _split(dataset: str, queries: list[CIRQuery], gallery: list[str], category=None) -> CIRSplit:
@@ -31,11 +38,11 @@ def test_cirr_removes_reference_others_keep_it():
     query_emb = np.array([[1.0, 0.0, 0.5, 0.0]], np.float32)
     q = CIRQuery("7", reference="g0", captions=("c",), target="g2", ground_truths=("g2",),
                  subset=("g0", "g1", "g2", "g3", "g1", "g3"))
-    cirr = protocols.rank_split(_split("cirr", [q], gallery), query_emb, gallery_emb, k=3)
+    cirr = rank_split(_split("cirr", [q], gallery), query_emb, gallery_emb, k=3)
     assert cirr == {"7": ["g2", "g1", "g3"]}  # g0 removed; g1/g3 tie at 0 -> gallery order
-    circo = protocols.rank_split(_split("circo", [q], gallery), query_emb, gallery_emb, k=3)
+    circo = rank_split(_split("circo", [q], gallery), query_emb, gallery_emb, k=3)
     assert circo == {"7": ["g0", "g2", "g1"]}
-    fiq = protocols.rank_split(_split("fashioniq", [q], gallery, "dress"), query_emb, gallery_emb, k=2)
+    fiq = rank_split(_split("fashioniq", [q], gallery, "dress"), query_emb, gallery_emb, k=2)
     assert fiq == {"7": ["g0", "g2"]}
 
 
@@ -43,11 +50,11 @@ def test_shape_mismatch_is_input_error():
     q = CIRQuery("0", reference="a", captions=("c",), target="b", ground_truths=("b",))
     split = _split("circo", [q], ["a", "b"])
     with pytest.raises(InputError, match=r"expected \[1, D\]"):
-        protocols.rank_split(split, np.zeros((2, 4), np.float32), np.zeros((2, 4), np.float32), 1)
+        rank_split(split, np.zeros((2, 4), np.float32), np.zeros((2, 4), np.float32), 1)
     with pytest.raises(InputError, match=r"expected \[2, D\]"):
-        protocols.rank_split(split, np.zeros((1, 4), np.float32), np.zeros((3, 4), np.float32), 1)
+        rank_split(split, np.zeros((1, 4), np.float32), np.zeros((3, 4), np.float32), 1)
     with pytest.raises(InputError, match="4-d but gallery"):
-        protocols.rank_split(split, np.zeros((1, 4), np.float32), np.zeros((2, 3), np.float32), 1)
+        rank_split(split, np.zeros((1, 4), np.float32), np.zeros((2, 3), np.float32), 1)
 
 
 def test_rank_cirr_subset_follows_full_order_with_ties():
@@ -60,12 +67,12 @@ def test_rank_cirr_subset_follows_full_order_with_ties():
     q = CIRQuery("1", reference="i5", captions=("c",), target="i6", ground_truths=("i6",),
                  subset=("i7", "i5", "i6", "i1", "i3", "i4"))
     split = _split("cirr", [q], gallery)
-    rankings, subsets = protocols.rank_cirr(split, query_emb, gallery_emb, k=4, subset_k=5)
+    rankings, subsets = CIRR.rank_with_subsets(split, query_emb, gallery_emb, k=4, subset_k=5)
     # scores: i5 = 0.8 (removed), the rest 0.6 -> ties in gallery order
     assert rankings == {"1": ["i0", "i1", "i2", "i3"]}
     # candidates = members minus i5, ordered by their gallery (= tie) order: i1, i3, i4, i6, i7
     assert subsets == {"1": ["i1", "i3", "i4", "i6", "i7"]}
-    result = protocols.evaluate_embeddings(split, query_emb, gallery_emb)
+    result = evaluate_embeddings(split, query_emb, gallery_emb)
     # target i6: global rank among 7 (ref removed) = position 6 -> R@1/5 = 0, R@10 = 100
     assert (result["R@1"], result["R@5"], result["R@10"]) == (0.0, 0.0, 100.0)
     # subset rank 4 -> Rs@1..3 all 0
@@ -108,7 +115,7 @@ def test_cirr_embeddings_match_brute_force():
     # the query is near its target so the scores spread over ranks
     target_rows = np.array([gallery.index(q.target) for q in queries])
     query_emb = (gallery_emb[target_rows] * 0.5 + rng.standard_normal((40, 8))).astype(np.float32)
-    result = protocols.evaluate_embeddings(split, query_emb, gallery_emb)
+    result = evaluate_embeddings(split, query_emb, gallery_emb)
     expected = _brute_force_cirr(split, query_emb, gallery_emb)
     for key, value in expected.items():
         assert result[key] == pytest.approx(value), key
@@ -123,14 +130,14 @@ def test_evaluate_rankings_depth_and_keys_are_checked():
     q = CIRQuery("0", reference="g0", captions=("a", "b"), target="g1", ground_truths=("g1",), category="dress")
     split = _split("fashioniq", [q], gallery, "dress")
     with pytest.raises(InputError, match="at least 50"):
-        protocols.evaluate_rankings(split, {"0": gallery[:10]})
+        evaluate_rankings(split, {"0": gallery[:10]})
     with pytest.raises(InputError, match="no ranking"):
-        protocols.evaluate_rankings(split, {})
+        evaluate_rankings(split, {})
     with pytest.raises(InputError, match="not in"):
-        protocols.evaluate_rankings(split, {"0": gallery[:50], "9": gallery[:50]})
+        evaluate_rankings(split, {"0": gallery[:50], "9": gallery[:50]})
     with pytest.raises(InputError, match="not in the fashioniq-val gallery"):
-        protocols.evaluate_rankings(split, {"0": gallery[:49] + ["nope"]})
-    result = protocols.evaluate_rankings(split, {"0": gallery[:50]})
+        evaluate_rankings(split, {"0": gallery[:49] + ["nope"]})
+    result = evaluate_rankings(split, {"0": gallery[:50]})
     # target g1 at rank 2 -> R@10 = R@50 = 100
     assert result["R@10"] == 100.0 and result["R@50"] == 100.0
     assert result["category"] == "dress"
@@ -143,7 +150,7 @@ def test_small_gallery_needs_only_what_can_be_ranked():
                  subset=("a", "b", "c", "b", "c", "b"))
     split = _split("cirr", [q], gallery)
     # 2 rankable ids (reference removed) suffice; the reference may be given and is removed
-    result = protocols.evaluate_rankings(split, {"0": ["a", "b", "c"]})
+    result = evaluate_rankings(split, {"0": ["a", "b", "c"]})
     # after removal: b, c -> target rank 2; subset candidates b, c -> rank 2
     assert (result["R@1"], result["R@5"], result["Rs@1"], result["Rs@2"]) == (0.0, 100.0, 0.0, 100.0)
 
@@ -151,7 +158,7 @@ def test_small_gallery_needs_only_what_can_be_ranked():
 def test_test_split_cannot_be_scored():
     q = CIRQuery("0", reference="a", captions=("c",))
     with pytest.raises(InputError, match="without a target"):
-        protocols.evaluate_rankings(_split("circo", [q], ["a", "b"]), {"0": ["a", "b"]})
+        evaluate_rankings(_split("circo", [q], ["a", "b"]), {"0": ["a", "b"]})
 
 
 def test_circo_protocol_names_shared_concept():
@@ -160,13 +167,13 @@ def test_circo_protocol_names_shared_concept():
     split = _split("circo", [q], gallery)
     ranking = ["100", "150", "101"] + gallery[2:50]
     ranking = list(dict.fromkeys(ranking))[:50]
-    result = protocols.evaluate_rankings(split, {"0": ranking}, shared_concept=True)
+    result = evaluate_rankings(split, {"0": ranking}, shared_concept=True)
     assert result["protocol"].startswith("circo-val: shared_concept=True")
     # hits at 2 and 3 (reference kept at rank 1): AP@5 = (1/2 + 2/3) / min(2, 5) = 7/12
     assert result["mAP@5"] == pytest.approx(100 * 7 / 12)
     # target 101 at rank 3
     assert (result["R@5"], result["R@10"]) == (100.0, 100.0)
-    unspecified = protocols.evaluate_rankings(split, {"0": ranking})
+    unspecified = evaluate_rankings(split, {"0": ranking})
     assert "shared_concept=unspecified" in unspecified["protocol"]
 
 
@@ -174,7 +181,7 @@ def test_generic_dataset_uses_ground_truths():
     gallery = [f"x{j}" for j in range(60)]
     q = CIRQuery("a", reference="x0", captions=("c",), target="x3", ground_truths=("x3", "x1"))
     split = _split("mybench", [q], gallery)
-    result = protocols.evaluate_rankings(split, {"a": gallery[:50]})
+    result = evaluate_rankings(split, {"a": gallery[:50]})
     # hits at ranks 2 (x1) and 4 (x3): AP@5 = (1/2 + 2/4) / 2 = 0.5; R@1 = 0, R@5 = 100
     assert result["mAP@5"] == pytest.approx(50.0)
     assert (result["R@1"], result["R@5"]) == (0.0, 100.0)
@@ -187,12 +194,12 @@ def test_combine_fashioniq():
         "shirt": {"protocol": "p", "R@10": 20.0, "R@50": 40.0, "num_queries": 3, "category": "shirt"},
         "toptee": {"protocol": "p", "R@10": 60.0, "R@50": 80.0, "num_queries": 5, "category": "toptee"},
     }
-    combined = protocols.combine_fashioniq(per)
+    combined = combine_categories(per)
     # R@10 mean = 90/3 = 30; R@50 mean = 150/3 = 50; their mean 40
     assert combined["average"] == {"R@10": 30.0, "R@50": 50.0, "mean(R@10,R@50)": 40.0}
     assert combined["dress"]["R@10"] == 10.0 and combined["num_queries"] == 10
     with pytest.raises(InputError, match="expected exactly"):
-        protocols.combine_fashioniq({"dress": per["dress"]})
+        combine_categories({"dress": per["dress"]})
 
 
 # --------------------------------------------------------------------------- traffic
@@ -212,7 +219,7 @@ def _traffic_case():
 
 def test_traffic_submission_scores():
     truth, submission = _traffic_case()
-    result = protocols.evaluate_traffic_submission(submission, truth)
+    result = evaluate_traffic_submission(submission, truth)
     assert result["official_mAP@10"] == pytest.approx(((5 / 3) / (2 + 1e-6) + 0.25 / (1 + 1e-6)) / 2, rel=1e-12)
     assert result["standard_mAP@10"] == pytest.approx(((5 / 3) / 2 + 0.25 / 3) / 2)
     assert (result["R@1"], result["R@5"], result["R@10"]) == (0.5, 1.0, 1.0)
@@ -224,18 +231,18 @@ def test_traffic_submission_validation():
     truth, submission = _traffic_case()
     swapped = {"results": submission["results"][::-1]}
     with pytest.raises(InputError, match=r"results\[0\]\.text"):
-        protocols.evaluate_traffic_submission(swapped, truth)
+        evaluate_traffic_submission(swapped, truth)
     short = {"results": [dict(submission["results"][0], image_names=["c1.jpg"]), submission["results"][1]]}
     with pytest.raises(InputError, match="expected exactly 10"):
-        protocols.evaluate_traffic_submission(short, truth)
+        evaluate_traffic_submission(short, truth)
     dup_names = ["c1.jpg"] * 2 + [f"o{i}.jpg" for i in range(8)]
     dup = {"results": [dict(submission["results"][0], image_names=dup_names), submission["results"][1]]}
     with pytest.raises(InputError, match="more than once"):
-        protocols.evaluate_traffic_submission(dup, truth)
+        evaluate_traffic_submission(dup, truth)
     with pytest.raises(InputError, match="one per query"):
-        protocols.evaluate_traffic_submission({"results": submission["results"][:1]}, truth)
+        evaluate_traffic_submission({"results": submission["results"][:1]}, truth)
     with pytest.raises(InputError, match="not in the test gallery"):
-        protocols.evaluate_traffic_submission(submission, truth, gallery={"c1.jpg"})
+        evaluate_traffic_submission(submission, truth, gallery={"c1.jpg"})
 
 
 def test_traffic_rank_statistics():
@@ -243,7 +250,7 @@ def test_traffic_rank_statistics():
     relevant = [{0}, {0}, {2}, {2, 0}]
     # ranks: q0 1; q1 3; q2 3 (ties by gallery order); q3 best relevant idx 2 -> 2
     # mean = 9/4 = 2.25; 0-based 0,2,2,1 -> median 1.5 -> floor 1 -> +1 = 2
-    stats = protocols.traffic_rank_statistics(scores, relevant)
+    stats = traffic_rank_statistics(scores, relevant)
     assert stats["mean_rank"] == 2.25 and stats["median_rank"] == 2.0
     assert "protocol" in stats and stats["num_queries"] == 4
 
@@ -254,5 +261,5 @@ def test_traffic_ground_truth_from_labels():
     labels = [TrafficLabel("a.jpg", "x", "A red car.", "vehicle", 1),
               TrafficLabel("b.jpg", "x", "A blue bus.", "vehicle", 2),
               TrafficLabel("c.jpg", "x", "A red car.", "vehicle", 3)]
-    assert protocols.traffic_ground_truth_from_labels(labels) == {
+    assert traffic_ground_truth_from_labels(labels) == {
         "A red car.": ["a.jpg", "c.jpg"], "A blue bus.": ["b.jpg"]}

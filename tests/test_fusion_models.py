@@ -13,8 +13,8 @@ from irkit.models.layers import AttentionPool
 from irkit.models.projector import VisionProjector
 from irkit.models.reranker import CrossEncoderReranker, RerankerConfig
 from irkit.runs import RunFolder, load_checkpoint
-from irkit.train.features import in_batch_contrastive_loss
-from irkit.train.heads import HeadTrainingConfig, train_head
+from irkit.cir.features import in_batch_contrastive_loss
+from irkit.cir.training import TrainingConfig, train_head
 
 
 def _randomise(module: torch.nn.Module, seed: int = 0) -> None:
@@ -116,7 +116,7 @@ def test_projector_switch_and_same_checkpoint(tmp_path):
 
     run = RunFolder.create(tmp_path, "proj", {})
     loaded = type("Backbone", (), {"model_name": "m", "weights_id": "w", "embed_dim": dim, "transform_name": "t"})()
-    result = train_head(model, loss_fn, lambda epoch: iter(data), run, HeadTrainingConfig(steps=3, validate_every=0),
+    result = train_head(model, loss_fn, lambda epoch: iter(data), run, TrainingConfig(steps=3, validate_every=0),
                         "magiclens", config.to_dict(), loaded)
     run.close()
     state = load_checkpoint(result.latest_checkpoint)

@@ -15,7 +15,18 @@ import numpy as np
 import pytest
 
 from irkit.data.registry import load_dataset
-from irkit.eval import protocols, submissions
+from irkit.benchmarks.cirr import BENCHMARK as CIRR
+from irkit.benchmarks.cirr import cirr_submission_paths
+from irkit.benchmarks.fashioniq import combine_categories
+from irkit.cir.protocol import evaluate_embeddings
+from irkit.cir.protocol import rank_split
+from irkit.benchmarks.circo import read_circo_submission
+from irkit.benchmarks.cirr import read_cirr_submission
+from irkit.cir.evaluate import score_prediction_files
+from irkit.benchmarks.circo import write_circo_submission
+from irkit.benchmarks.cirr import write_cirr_submission
+from irkit.benchmarks.fashioniq import write_fashioniq_submission
+from irkit.cir.evaluate import write_submission_from_embeddings
 
 DIM = 32
 
@@ -50,12 +61,12 @@ def test_cirr_val_end_to_end(cirr_root, tmp_path):
     rng = np.random.default_rng(0)
     gallery_emb = _unit_rows(rng, len(split.gallery))
 
-    oracle = protocols.evaluate_embeddings(split, _oracle_queries(split, gallery_emb), gallery_emb)
+    oracle = evaluate_embeddings(split, _oracle_queries(split, gallery_emb), gallery_emb)
     for key in ("R@1", "R@5", "R@10", "R@50", "Rs@1", "Rs@2", "Rs@3", "(R@5+Rs@1)/2"):
         assert oracle[key] == pytest.approx(100.0), key
 
     random_queries = _unit_rows(rng, len(split.queries))
-    result = protocols.evaluate_embeddings(split, random_queries, gallery_emb)
+    result = evaluate_embeddings(split, random_queries, gallery_emb)
     n, rankable = len(split.queries), len(split.gallery) - 1  # reference removed
     for k in (5, 10, 50):
         assert _within(result[f"R@{k}"], 100.0 * k / rankable, n), (k, result[f"R@{k}"])
@@ -64,10 +75,10 @@ def test_cirr_val_end_to_end(cirr_root, tmp_path):
     assert result["num_queries"] == 4181
 
     # The same numbers through submission files and the file scorer (what `irkit eval` runs).
-    rankings, subsets = protocols.rank_cirr(split, random_queries, gallery_emb)
-    recall_path, subset_path = submissions.cirr_submission_paths(tmp_path, "val")
-    submissions.write_cirr_submission(recall_path, subset_path, split, rankings, subsets)
-    from_files = submissions.evaluate_prediction_files("cirr", cirr_root, "val", [recall_path, subset_path])
+    rankings, subsets = CIRR.rank_with_subsets(split, random_queries, gallery_emb)
+    recall_path, subset_path = cirr_submission_paths(tmp_path, "val")
+    write_cirr_submission(recall_path, subset_path, split, rankings, subsets)
+    from_files = score_prediction_files("cirr", cirr_root, "val", [recall_path, subset_path])
     for key in ("R@1", "R@5", "R@10", "R@50", "Rs@1", "Rs@2", "Rs@3"):
         assert from_files[key] == pytest.approx(result[key]), key
 
@@ -76,7 +87,7 @@ def test_cirr_test1_submission_matches_examples(cirr_root, tmp_path):
     split = load_dataset("cirr", cirr_root, "test1")
     assert (len(split.queries), len(split.gallery)) == (4148, 2315)
     rng = np.random.default_rng(1)
-    recall_path, subset_path = submissions.write_submission_from_embeddings(
+    recall_path, subset_path = write_submission_from_embeddings(
         split, _unit_rows(rng, len(split.queries)), _unit_rows(rng, len(split.gallery)), tmp_path)
     assert (recall_path.name, subset_path.name) == ("test1_pred_ranks_recall.json",
                                                     "test1_pred_ranks_recall_subset.json")
@@ -97,7 +108,7 @@ def test_cirr_test1_submission_matches_examples(cirr_root, tmp_path):
             if metric == "recall_subset":
                 assert set(names) <= set(by_id[pairid].subset)
         # the published example passes our strict reader too
-        assert len(submissions.read_cirr_submission(examples / example_name, metric, split)) == 4148
+        assert len(read_cirr_submission(examples / example_name, metric, split)) == 4148
 
 
 # --------------------------------------------------------------------------- CIRCO
@@ -128,7 +139,7 @@ def test_circo_val_end_to_end(real_benchmarks, tmp_path):
     rng = np.random.default_rng(2)
     gallery_emb = _unit_rows(rng, len(split.gallery))
 
-    oracle = protocols.evaluate_embeddings(split, _oracle_queries(split, gallery_emb), gallery_emb,
+    oracle = evaluate_embeddings(split, _oracle_queries(split, gallery_emb), gallery_emb,
                                            shared_concept=False)
     assert oracle["protocol"].startswith("circo-val: shared_concept=False")
     for k in (5, 10, 25, 50):
@@ -139,16 +150,16 @@ def test_circo_val_end_to_end(real_benchmarks, tmp_path):
     floor = 100.0 * np.mean([1.0 / min(len(a["gt_img_ids"]), 5) for a in annotations])
     assert floor - 1e-6 <= oracle["mAP@5"] <= floor + 5.0
 
-    random_result = protocols.evaluate_embeddings(split, _unit_rows(rng, len(split.queries)), gallery_emb)
+    random_result = evaluate_embeddings(split, _unit_rows(rng, len(split.queries)), gallery_emb)
     # chance R@50 = 50 / G (about 1.2 %); mAP near zero
     assert _within(random_result["R@50"], 100.0 * 50 / len(split.gallery), 220)
     assert random_result["mAP@50"] < 2.0
 
     # file round trip: the val submission scores the same through evaluate_prediction_files
-    rankings = protocols.rank_split(split, _oracle_queries(split, gallery_emb), gallery_emb, 50)
+    rankings = rank_split(split, _oracle_queries(split, gallery_emb), gallery_emb, 50)
     path = tmp_path / "circo_val.json"
-    submissions.write_circo_submission(path, split, rankings)
-    from_file = submissions.evaluate_prediction_files("circo", root, "val", [path], gallery_ids=gallery_ids,
+    write_circo_submission(path, split, rankings)
+    from_file = score_prediction_files("circo", root, "val", [path], gallery_ids=gallery_ids,
                                                       shared_concept=False)
     for key in ("mAP@5", "mAP@10", "mAP@25", "mAP@50", "R@5"):
         assert from_file[key] == pytest.approx(oracle[key]), key
@@ -159,7 +170,7 @@ def test_circo_test_submission_matches_example(real_benchmarks, tmp_path):
     split = load_dataset("circo", root, "test", gallery_ids=_circo_gallery(real_benchmarks))
     assert len(split.queries) == 800
     rng = np.random.default_rng(3)
-    (path,) = submissions.write_submission_from_embeddings(
+    (path,) = write_submission_from_embeddings(
         split, _unit_rows(rng, 800), _unit_rows(rng, len(split.gallery)), tmp_path)
     assert path.name == "submission_test.json"
     ours = json.loads(path.read_text())
@@ -169,7 +180,7 @@ def test_circo_test_submission_matches_example(real_benchmarks, tmp_path):
     assert {len(v) for v in ours.values()} == {len(v) for v in example.values()} == {50}
     assert all(type(x) is int and len(set(v)) == 50 for v in ours.values() for x in v)
     # the published example passes the shape checks of our reader
-    assert len(submissions.read_circo_submission(example_path)) == 800
+    assert len(read_circo_submission(example_path)) == 800
 
 
 # --------------------------------------------------------------------------- FashionIQ
@@ -184,19 +195,19 @@ def test_fashioniq_val_end_to_end(real_benchmarks, tmp_path):
         split = load_dataset("fashioniq", root, "val", category=category)
         assert (len(split.queries), len(split.gallery)) == (num_queries, num_gallery)
         gallery_emb = _unit_rows(rng, num_gallery)
-        oracle[category] = protocols.evaluate_embeddings(split, _oracle_queries(split, gallery_emb), gallery_emb)
+        oracle[category] = evaluate_embeddings(split, _oracle_queries(split, gallery_emb), gallery_emb)
         random_queries = _unit_rows(rng, num_queries)
-        chance[category] = protocols.evaluate_embeddings(split, random_queries, gallery_emb)
+        chance[category] = evaluate_embeddings(split, random_queries, gallery_emb)
         assert _within(chance[category]["R@50"], 100.0 * 50 / num_gallery, num_queries), category
         splits[category] = split
-        rankings[category] = protocols.rank_split(split, random_queries, gallery_emb, 50)
-    combined = protocols.combine_fashioniq(oracle)
+        rankings[category] = rank_split(split, random_queries, gallery_emb, 50)
+    combined = combine_categories(oracle)
     assert combined["average"]["R@10"] == pytest.approx(100.0)
     assert combined["num_queries"] == 2017 + 2038 + 1961
 
     path = tmp_path / "fiq_val.json"
-    submissions.write_fashioniq_submission(path, splits, rankings)
-    from_file = submissions.evaluate_prediction_files("fashioniq", root, "val", [path])
+    write_fashioniq_submission(path, splits, rankings)
+    from_file = score_prediction_files("fashioniq", root, "val", [path])
     for category in sizes:
         assert from_file[category]["R@50"] == pytest.approx(chance[category]["R@50"])
     expected_avg = np.mean([chance[c]["R@10"] for c in sizes])

@@ -11,8 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from irkit.errors import InputError
-from irkit.methods import CIRContext, create_method, list_methods
-from irkit.methods import searle as searle_module
+from irkit.cir.context import CIRContext
+from irkit.cir.registry import create_method, list_methods
+import irkit.methods.searle as searle_module
 from irkit.methods.lincir import (
     clean_caption,
     keyword_spans,
@@ -24,13 +25,11 @@ from irkit.methods.lincir import (
     train_phi_lincir,
 )
 from irkit.methods.searle import OTIConfig, OTITokens, oti_for_splits, run_oti, train_phi_searle
+from irkit.cir.evaluate import evaluate_method, load_cir_splits
+from irkit.cir.training import TrainingConfig, make_validator
 from irkit.methods.textual_inversion import (
-    PhiTrainingConfig,
     build_phrases,
     cosine_distance_loss,
-    evaluate_method,
-    load_cir_splits,
-    make_phi_validator,
     mask_concept,
     query_prompts,
     read_concepts,
@@ -326,8 +325,8 @@ def _check_run_keeps_best(run_path, result, metric):
 def test_lincir_training_runs_validates_and_keeps_best(tiny, demo, tmp_path, nlp):
     ctx = _ctx(tiny, tmp_path)
     captions = read_captions(demo / "captions" / "cirr_train.csv")
-    validator = make_phi_validator(ctx, "lincir", "cirr", demo / "cirr", "val")
-    config = PhiTrainingConfig(steps=6, batch_size=8, validate_every=2, seed=0)
+    validator = make_validator(ctx, "lincir", "cirr", demo / "cirr", "val")
+    config = TrainingConfig(steps=6, batch_size=8, validate_every=2, seed=0)
     run = RunFolder.create(tmp_path / "log", "lincir-library", config.to_params())
     try:
         result = train_phi_lincir(tiny, captions, run, config, validator, nlp=nlp)
@@ -347,8 +346,8 @@ def test_searle_distillation_training_on_oti_tokens(tiny, demo, tmp_path, small_
                          progress=False)
     assert len(oti.ids) == len({i for s in train_splits for i in s.gallery} |
                                {q.reference for s in train_splits for q in s.queries})
-    validator = make_phi_validator(ctx, "searle", "circo", demo / "circo", "val")
-    config = PhiTrainingConfig(steps=4, batch_size=8, validate_every=2, seed=0)
+    validator = make_validator(ctx, "searle", "circo", demo / "circo", "val")
+    config = TrainingConfig(steps=4, batch_size=8, validate_every=2, seed=0)
     run = RunFolder.create(tmp_path / "log", "searle-library", config.to_params())
     try:
         result = train_phi_searle(tiny, oti, run, config, small_bank, validator)
@@ -365,7 +364,7 @@ def test_searle_training_refuses_tokens_of_another_backbone(tiny, small_bank, tm
     run = RunFolder.create(tmp_path / "log", "searle-wrong-backbone", {})
     try:
         with pytest.raises(InputError, match="computed with weights 'random-init:99'"):
-            train_phi_searle(tiny, oti, run, PhiTrainingConfig(steps=1), small_bank)
+            train_phi_searle(tiny, oti, run, TrainingConfig(steps=1), small_bank)
     finally:
         run.close()
 
@@ -373,12 +372,12 @@ def test_searle_training_refuses_tokens_of_another_backbone(tiny, small_bank, tm
 def test_lincir_training_resumes_exactly(tiny, tmp_path, nlp):
     captions = ["a red car on the road", "a man in a blue jacket", "is running quickly", "the white bus",
                 "a tall woman with a black bag", "two dogs on the grass"]
-    config = PhiTrainingConfig(steps=4, batch_size=4, validate_every=100, seed=3)
+    config = TrainingConfig(steps=4, batch_size=4, validate_every=100, seed=3)
 
     def train(name, steps, resume=None):
         run = RunFolder.open_existing(tmp_path / name) if resume else RunFolder.create(tmp_path, name, {})
         try:
-            result = train_phi_lincir(tiny, captions, run, PhiTrainingConfig(**{**config.to_params(), "steps": steps}),
+            result = train_phi_lincir(tiny, captions, run, TrainingConfig(**{**config.to_params(), "steps": steps}),
                                       resume=resume, nlp=nlp)
         finally:
             run.close()

@@ -10,7 +10,15 @@ import pytest
 from irkit.cli import main as cli_main
 from irkit.data.records import CIRQuery, CIRSplit
 from irkit.errors import InputError
-from irkit.eval import submissions
+from irkit.benchmarks.cirr import cirr_submission_paths
+from irkit.benchmarks.circo import read_circo_submission
+from irkit.benchmarks.cirr import read_cirr_submission
+from irkit.benchmarks.fashioniq import read_fashioniq_submission
+from irkit.benchmarks.traffic import read_traffic_submission
+from irkit.benchmarks.circo import write_circo_submission
+from irkit.benchmarks.cirr import write_cirr_submission
+from irkit.benchmarks.fashioniq import write_fashioniq_submission
+from irkit.benchmarks.traffic import write_traffic_submission
 
 GALLERY = [f"dev-{j}-0-img0" for j in range(60)]
 
@@ -42,9 +50,9 @@ def _dump(path: Path, obj) -> Path:
 def test_cirr_write_then_read(tmp_path):
     split = _cirr_split()
     rankings, subsets = _cirr_predictions(split)
-    recall_path, subset_path = submissions.cirr_submission_paths(tmp_path, "val")
+    recall_path, subset_path = cirr_submission_paths(tmp_path, "val")
     assert recall_path.name == "val_pred_ranks_recall.json"
-    submissions.write_cirr_submission(recall_path, subset_path, split, rankings, subsets)
+    write_cirr_submission(recall_path, subset_path, split, rankings, subsets)
     raw = json.loads(recall_path.read_text())
     assert list(raw)[:2] == ["version", "metric"]
     assert raw["version"] == "rc2" and raw["metric"] == "recall"
@@ -53,18 +61,18 @@ def test_cirr_write_then_read(tmp_path):
     raw_subset = json.loads(subset_path.read_text())
     assert raw_subset["metric"] == "recall_subset"
     assert raw_subset["12061"] == [GALLERY[11], GALLERY[12], GALLERY[13]]
-    assert submissions.read_cirr_submission(recall_path, "recall", split) == rankings
-    assert submissions.read_cirr_submission(subset_path, "recall_subset", split) == subsets
-    assert submissions.read_cirr_submission(recall_path, "recall") == rankings  # no split: shape only
+    assert read_cirr_submission(recall_path, "recall", split) == rankings
+    assert read_cirr_submission(subset_path, "recall_subset", split) == subsets
+    assert read_cirr_submission(recall_path, "recall") == rankings  # no split: shape only
 
 
 def test_cirr_writer_refuses_reference_and_writes_nothing(tmp_path):
     split = _cirr_split()
     rankings, subsets = _cirr_predictions(split)
     rankings["12060"] = [GALLERY[0]] + rankings["12060"][:49]  # reference inside
-    recall_path, subset_path = submissions.cirr_submission_paths(tmp_path)
+    recall_path, subset_path = cirr_submission_paths(tmp_path)
     with pytest.raises(InputError, match="reference image"):
-        submissions.write_cirr_submission(recall_path, subset_path, split, rankings, subsets)
+        write_cirr_submission(recall_path, subset_path, split, rankings, subsets)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -85,7 +93,7 @@ def test_cirr_reader_errors_name_file_and_key(tmp_path, mutate, message, field):
     mutate(data)
     path = _dump(tmp_path / "recall.json", data)
     with pytest.raises(InputError, match=message) as info:
-        submissions.read_cirr_submission(path, "recall", split)
+        read_cirr_submission(path, "recall", split)
     assert info.value.path == str(path)
     assert info.value.field == field
 
@@ -95,20 +103,20 @@ def test_cirr_subset_reader_checks_members(tmp_path):
     _, subsets = _cirr_predictions(split)
     bad = {"version": "rc2", "metric": "recall_subset", **subsets, "12060": [GALLERY[0], GALLERY[1], GALLERY[2]]}
     with pytest.raises(InputError, match="reference is never ranked"):
-        submissions.read_cirr_submission(_dump(tmp_path / "s.json", bad), "recall_subset", split)
+        read_cirr_submission(_dump(tmp_path / "s.json", bad), "recall_subset", split)
     outside = {"version": "rc2", "metric": "recall_subset", **subsets, "12061": [GALLERY[40], GALLERY[12], GALLERY[13]]}
     with pytest.raises(InputError, match="not a subset candidate"):
-        submissions.read_cirr_submission(_dump(tmp_path / "s2.json", outside), "recall_subset", split)
+        read_cirr_submission(_dump(tmp_path / "s2.json", outside), "recall_subset", split)
     long = {"version": "rc2", "metric": "recall_subset", **subsets, "12061": [GALLERY[11], GALLERY[12], GALLERY[13], GALLERY[14]]}
     with pytest.raises(InputError, match="expected exactly 3"):
-        submissions.read_cirr_submission(_dump(tmp_path / "s3.json", long), "recall_subset", split)
+        read_cirr_submission(_dump(tmp_path / "s3.json", long), "recall_subset", split)
 
 
 def test_duplicate_json_keys_detected(tmp_path):
     path = tmp_path / "dup.json"
     path.write_text('{"version": "rc2", "metric": "recall", "1": [], "1": []}', encoding="utf-8")
     with pytest.raises(InputError, match="appears twice") as info:
-        submissions.read_cirr_submission(path, "recall")
+        read_cirr_submission(path, "recall")
     assert info.value.field == "1" and info.value.path == str(path)
 
 
@@ -116,7 +124,7 @@ def test_malformed_json_names_line(tmp_path):
     path = tmp_path / "bad.json"
     path.write_text('{"0": [1, 2,\n\n ]}', encoding="utf-8")
     with pytest.raises(InputError, match="malformed JSON") as info:
-        submissions.read_circo_submission(path)
+        read_circo_submission(path)
     assert info.value.line == 3
 
 
@@ -134,12 +142,12 @@ def test_circo_write_then_read(tmp_path):
     split = _circo_split()
     rankings = {q.query_id: split.gallery[:60] for q in split.queries}
     path = tmp_path / "circo.json"
-    submissions.write_circo_submission(path, split, rankings)
+    write_circo_submission(path, split, rankings)
     raw = json.loads(path.read_text())
     assert list(raw) == ["0", "1", "2"]
     assert all(len(v) == 50 and all(type(x) is int for x in v) for v in raw.values())
     assert raw["0"][0] == 100000
-    back = submissions.read_circo_submission(path, split)
+    back = read_circo_submission(path, split)
     assert back == {q: split.gallery[:50] for q in raw}
 
 
@@ -149,22 +157,22 @@ def test_circo_reader_errors(tmp_path):
     ok = {"0": ids, "1": ids, "2": ids}
     dup = dict(ok, **{"1": ids[:49] + [ids[0]]})
     with pytest.raises(InputError, match="more than once") as info:
-        submissions.read_circo_submission(_dump(tmp_path / "a.json", dup), split)
+        read_circo_submission(_dump(tmp_path / "a.json", dup), split)
     assert info.value.field == "1"
     strings = dict(ok, **{"2": [str(x) for x in ids]})
     with pytest.raises(InputError, match="integer image id") as info:
-        submissions.read_circo_submission(_dump(tmp_path / "b.json", strings), split)
+        read_circo_submission(_dump(tmp_path / "b.json", strings), split)
     assert info.value.field == "2"
     missing = {"0": ids, "2": ids}
     with pytest.raises(InputError, match="no ranking") as info:
-        submissions.read_circo_submission(_dump(tmp_path / "c.json", missing), split)
+        read_circo_submission(_dump(tmp_path / "c.json", missing), split)
     assert info.value.field == "1"
     outside = dict(ok, **{"0": ids[:49] + [999]})
     with pytest.raises(InputError, match="not in the circo-val gallery"):
-        submissions.read_circo_submission(_dump(tmp_path / "d.json", outside), split)
+        read_circo_submission(_dump(tmp_path / "d.json", outside), split)
     (tmp_path / "e.json").write_text('{"0": [1], "0": [2]}')
     with pytest.raises(InputError, match="appears twice"):
-        submissions.read_circo_submission(tmp_path / "e.json")
+        read_circo_submission(tmp_path / "e.json")
 
 
 # --------------------------------------------------------------------------- FashionIQ
@@ -185,15 +193,15 @@ def test_fashioniq_write_then_read(tmp_path):
     splits = _fiq_splits()
     rankings = {c: {q.query_id: s.gallery for q in s.queries} for c, s in splits.items()}
     path = tmp_path / "fiq.json"
-    submissions.write_fashioniq_submission(path, splits, rankings)
+    write_fashioniq_submission(path, splits, rankings)
     raw = json.loads(path.read_text())
     assert list(raw) == ["dress", "shirt", "toptee"] and list(raw["shirt"]) == ["0", "1"]
     assert all(len(v) == 50 for cat in raw.values() for v in cat.values())
-    assert submissions.read_fashioniq_submission(path, splits) == {
+    assert read_fashioniq_submission(path, splits) == {
         c: {q: s.gallery[:50] for q in ("0", "1")} for c, s in splits.items()}
     del raw["toptee"]
     with pytest.raises(InputError, match="'toptee' is missing"):
-        submissions.read_fashioniq_submission(_dump(tmp_path / "x.json", raw), splits)
+        read_fashioniq_submission(_dump(tmp_path / "x.json", raw), splits)
 
 
 # --------------------------------------------------------------------------- traffic
@@ -204,12 +212,12 @@ def test_traffic_write_then_read(tmp_path):
     gallery = [f"vehicle_{i:07d}.jpg" for i in range(12)]
     results = [(queries[0], gallery[:10]), (queries[1], gallery[2:12])]
     path = tmp_path / "submission.json"
-    submissions.write_traffic_submission(path, results, queries=queries, gallery=gallery)
+    write_traffic_submission(path, results, queries=queries, gallery=gallery)
     raw = json.loads(path.read_text())
     assert raw == {"results": [{"text": t, "image_names": n} for t, n in results]}
-    assert submissions.read_traffic_submission(path, queries, gallery) == raw
+    assert read_traffic_submission(path, queries, gallery) == raw
     with pytest.raises(InputError, match="differs from query 1"):
-        submissions.write_traffic_submission(tmp_path / "other.json", results[::-1], queries=queries)
+        write_traffic_submission(tmp_path / "other.json", results[::-1], queries=queries)
     assert not (tmp_path / "other.json").exists()
 
 
@@ -237,8 +245,8 @@ def test_cli_eval_cirr(tmp_path, capsys):
     # query 12060: target GALLERY[1] first after removing the reference -> rank 1
     # query 12061: ranking GALLERY without [10] -> target GALLERY[12] at rank 12 -> only R@50
     # subsets: 12060 -> [1, 2, 3] target first ; 12061 -> [11, 12, 13] target second
-    recall_path, subset_path = submissions.cirr_submission_paths(tmp_path, "val")
-    submissions.write_cirr_submission(recall_path, subset_path, split, rankings, subsets)
+    recall_path, subset_path = cirr_submission_paths(tmp_path, "val")
+    write_cirr_submission(recall_path, subset_path, split, rankings, subsets)
     code = cli_main(["eval", "cirr", "--root", str(root), "--split", "val",
                      "--predictions", str(recall_path), str(subset_path)])
     assert code == 0
@@ -274,7 +282,7 @@ def test_cli_eval_traffic(tmp_path, capsys):
     (root / "test" / "test_ground_truth.txt").write_text(
         f"{queries[0]}${gallery[0]}${gallery[5]}\n{queries[1]}${gallery[14]}\n")
     path = tmp_path / "submission.json"
-    submissions.write_traffic_submission(path, [(queries[0], gallery[:10]), (queries[1], gallery[:10])])
+    write_traffic_submission(path, [(queries[0], gallery[:10]), (queries[1], gallery[:10])])
     assert cli_main(["eval", "traffic", "--root", str(root), "--predictions", str(path)]) == 0
     result = json.loads(capsys.readouterr().out)
     # q1: hits at 1 and 6 -> official (1 + 2/6)/(2 + 1e-6), standard (4/3)/2 ; q2: 0

@@ -131,7 +131,7 @@ class ImageFileDataset(Dataset):
             return index, None, f"{type(e).__name__}: {e}"
 
 
-def _collate(items: list[tuple[int, Optional[torch.Tensor], Optional[str]]]):
+def collate_decoded(items: list[tuple[int, Optional[torch.Tensor], Optional[str]]]):
     """``(indices, stacked pixels or None, [(index, error)])`` of :class:`ImageFileDataset` items."""
     errors = [(i, err) for i, _, err in items if err is not None]
     indices = torch.tensor([i for i, _, _ in items], dtype=torch.long)
@@ -143,7 +143,7 @@ def _unchanged(item: Any) -> Any:
     return item
 
 
-def _check_files(paths: Sequence[Path]) -> list[list[Any]]:
+def file_fingerprints(paths: Sequence[Path]) -> list[list[Any]]:
     """``[absolute path, size, mtime_ns]`` per file; a missing file raises InputError."""
     fingerprints = []
     for path in paths:
@@ -206,7 +206,7 @@ def _cache_paths(cache_dir: Path, key: str) -> tuple[Path, Path]:
     return cache_dir / f"{key}.npy", cache_dir / f"{key}.json"
 
 
-def _load_cache(cache_dir: Path, key: str, material: dict[str, Any]) -> Optional[np.ndarray]:
+def load_cached_array(cache_dir: Path, key: str, material: dict[str, Any]) -> Optional[np.ndarray]:
     npy_path, json_path = _cache_paths(cache_dir, key)
     if not json_path.exists() and not npy_path.exists():
         return None
@@ -234,7 +234,7 @@ def _load_cache(cache_dir: Path, key: str, material: dict[str, Any]) -> Optional
     return array
 
 
-def _save_cache(cache_dir: Path, key: str, material: dict[str, Any], array: np.ndarray) -> None:
+def save_cached_array(cache_dir: Path, key: str, material: dict[str, Any], array: np.ndarray) -> None:
     npy_path, json_path = _cache_paths(cache_dir, key)
     buffer = io.BytesIO()
     np.save(buffer, array, allow_pickle=False)
@@ -268,7 +268,7 @@ def encode_image_files(
     if batch_size <= 0:
         raise InputError(f"batch size must be positive, got {batch_size}", field="batch_size")
     paths = [Path(p) for p in paths]
-    fingerprints = _check_files(paths)
+    fingerprints = file_fingerprints(paths)
     if not paths:
         return np.zeros((0, loaded.embed_dim), dtype=np.float32)
     if cache_dir is None:
@@ -276,12 +276,12 @@ def encode_image_files(
     cache_dir = Path(cache_dir)
     material = image_cache_material(loaded, fingerprints)
     key = stable_hash(material)
-    cached = _load_cache(cache_dir, key, material)
+    cached = load_cached_array(cache_dir, key, material)
     if cached is not None:
         log.info("embedding cache hit %s (%d images)", key[:12], len(paths))
         return cached.astype(np.float32, copy=False)
     embeddings = _encode_uncached(loaded, paths, batch_size, num_workers, desc, encode_in_workers)
-    _save_cache(cache_dir, key, material, embeddings)
+    save_cached_array(cache_dir, key, material, embeddings)
     return embeddings
 
 

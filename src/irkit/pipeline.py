@@ -120,7 +120,7 @@ def _train_stage(params: TrafficRunParams, run: RunFolder, name: str, train_csv:
 def _score_inference(split: Any, loaded: Any, prompt: str, out_dir: Optional[Path], cache_dir: str,
                      workers: int) -> tuple[dict[str, Any], dict[str, Any]]:
     """Infer both galleries, merge in test_text.txt order, score; returns (metrics, submission)."""
-    from irkit.eval.protocols import evaluate_traffic_submission
+    from irkit.benchmarks.traffic import evaluate_traffic_submission
     from irkit.infer.merge import merge_results
     from irkit.infer.traffic import infer_traffic
 

@@ -89,3 +89,17 @@ def expect_file_count(benchmark: str, paths: Sequence[PathLike], count: int, wha
         raise InputError(f"{benchmark}: {len(paths)} prediction file(s) given; expected {count} ({what})",
                          field="predictions")
     return [Path(p) for p in paths]
+
+
+def read_gallery_ids(path: PathLike) -> list[str]:
+    """Gallery ids from a ``.json`` list or a text file with one id per line."""
+    from irkit.data.validate import read_text_lines
+
+    path = Path(path)
+    if path.suffix.lower() == ".json":
+        data = read_json_strict(path)
+        if not isinstance(data, list):
+            raise InputError(f"found a JSON {type(data).__name__}; expected a list of image ids", path=path)
+        return [str(x) for x in data]
+    lines = read_text_lines(path, "one gallery image id per line")
+    return [line.strip() for _, line in lines]

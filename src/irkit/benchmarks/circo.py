@@ -32,6 +32,7 @@ SHARED_CONCEPT_CAPTION = "shows {concept} but {caption}"
 class CIRCO(Benchmark):
     name = "circo"
     title = "CIRCO"
+    prediction_file_options = ("gallery_ids", "shared_concept")
     default_split = "val"
     annotation_marker = "annotations"
     takes_shared_concept = True

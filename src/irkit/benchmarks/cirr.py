@@ -53,6 +53,7 @@ class CIRR(Benchmark):
     default_split = "val"
     annotation_marker = "cirr/captions"
     removes_reference = True
+    has_subset_ranking = True
     selection_metric = metrics.CIRR_HEADLINE
     default_rerank_k = 50
     demo_caption_file = "cirr_train.csv"
@@ -129,7 +130,7 @@ class CIRR(Benchmark):
         """``(rankings, subset_rankings)``: the top-``k`` gallery ids with the reference removed,
         and the top-``subset_k`` of ``img_set.members`` minus the reference in their order within
         that same ranking (candidates beyond the top k follow by score, ties by gallery order)."""
-        top = self.search(split, query_embeddings, gallery_embeddings, k)
+        _, top = self.search(split, query_embeddings, gallery_embeddings, k)
         rankings = {q.query_id: [split.gallery[i] for i in row] for q, row in zip(split.queries, top)}
         return rankings, self.subset_rankings(split, query_embeddings, gallery_embeddings, top, subset_k)
 

@@ -51,6 +51,8 @@ class Benchmark:
     annotation_marker: ClassVar[str] = ""
     #: whether each query's reference is removed from its ranking
     removes_reference: ClassVar[bool] = False
+    #: whether queries also rank a small candidate subset (CIRR's Rs@K over ``img_set.members``)
+    has_subset_ranking: ClassVar[bool] = False
     #: whether ``shared_concept`` may enter the query text (a recorded option)
     takes_shared_concept: ClassVar[bool] = False
     #: metric that keeps the best checkpoint during training (higher is better)
@@ -61,6 +63,8 @@ class Benchmark:
     demo_caption_file: ClassVar[Optional[str]] = None
     #: demo datasets this benchmark's demo needs beside itself (e.g. CIRCO's training captions)
     demo_needs: ClassVar[tuple[str, ...]] = ()
+    #: options :meth:`score_prediction_files` takes beside the files (``irkit eval`` flags)
+    prediction_file_options: ClassVar[tuple[str, ...]] = ()
     recall_ks: ClassVar[tuple[int, ...]] = GENERIC_RECALL_KS
     map_ks: ClassVar[tuple[int, ...]] = GENERIC_MAP_KS
 
@@ -113,7 +117,7 @@ class Benchmark:
         return (f"{split.dataset}-{split.split}: generic; reference kept; "
                 "R@K and AP@K/min(|relevant|, K)")
 
-    def ranking_depth(self, split: CIRSplit) -> int:
+    def ranking_depth(self, split: Optional[CIRSplit] = None) -> int:
         """How deep rankings must be for the metrics (the largest K)."""
         return max(self.recall_ks + self.map_ks)
 
@@ -185,8 +189,8 @@ class Benchmark:
                              "expected one shared embedding space")
 
     def search(self, split: CIRSplit, query_embeddings: np.ndarray, gallery_embeddings: np.ndarray,
-               k: int) -> np.ndarray:
-        """[Q, k'] gallery indices under the protocol (ties by gallery order)."""
+               k: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(scores [Q, k'], gallery indices [Q, k'])`` under the protocol (ties by gallery order)."""
         self.check_embeddings(split, query_embeddings, gallery_embeddings)
         if len(set(split.gallery)) != len(split.gallery):
             raise InputError(f"{split.dataset}-{split.split} gallery lists an image twice; expected unique ids")
@@ -194,8 +198,7 @@ class Benchmark:
         if self.removes_reference:
             position = {image_id: i for i, image_id in enumerate(split.gallery)}
             exclude = np.array([position.get(q.reference, -1) for q in split.queries], dtype=np.int64)
-        _, indices = index.search(query_embeddings, gallery_embeddings, k, exclude=exclude)
-        return indices
+        return index.search(query_embeddings, gallery_embeddings, k, exclude=exclude)
 
     def rank(self, split: CIRSplit, query_embeddings: np.ndarray, gallery_embeddings: np.ndarray,
              k: int) -> dict[str, list[str]]:
@@ -205,7 +208,7 @@ class Benchmark:
             query_embeddings: [Q, D] L2-normalised, one row per ``split.queries`` entry.
             gallery_embeddings: [G, D] L2-normalised, one row per ``split.gallery`` entry.
         """
-        indices = self.search(split, query_embeddings, gallery_embeddings, k)
+        _, indices = self.search(split, query_embeddings, gallery_embeddings, k)
         return {q.query_id: [split.gallery[i] for i in row] for q, row in zip(split.queries, indices)}
 
     def rank_for_scoring(self, split: CIRSplit, query_embeddings: np.ndarray, gallery_embeddings: np.ndarray
@@ -319,5 +322,11 @@ def get_benchmark(name: str) -> Benchmark:
 
 
 def benchmark_of(split: Any) -> Benchmark:
-    """The spec of the benchmark a loaded split belongs to."""
-    return get_benchmark(split.dataset)
+    """The spec of the benchmark a loaded split belongs to; a dataset without a registered spec
+    (a loader alone) gets the generic protocol."""
+    _import_builtin_benchmarks()
+    if split.dataset in _BENCHMARKS:
+        return _BENCHMARKS[split.dataset]
+    generic = Benchmark()
+    generic.name = split.dataset  # type: ignore[misc]  (instance attribute: the generic protocol by name)
+    return generic

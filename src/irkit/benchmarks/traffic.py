@@ -28,6 +28,7 @@ class Traffic(Benchmark):
     name = "traffic"
     title = "traffic challenge"
     kind = "text-to-image"
+    prediction_file_options = ("ground_truth",)
     default_split = "test"
     annotation_marker = "train/train_label.txt"
 

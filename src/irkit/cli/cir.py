@@ -14,45 +14,20 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 from pathlib import Path
 from typing import Any
 
-from irkit.cli.common import add_encoding_arguments, add_model_arguments, cache_dir, load_model, parse_key_values
-
-DATASETS = ("cirr", "circo", "fashioniq")
-
-
-def _add_context_arguments(parser: argparse.ArgumentParser) -> None:
-    add_model_arguments(parser)
-    add_encoding_arguments(parser)
-
-
-def _add_data_arguments(parser: argparse.ArgumentParser, prefix: str = "", required: bool = True,
-                        default_split: str = "val") -> None:
-    dest = prefix.replace("-", "_")
-    parser.add_argument(f"--{prefix}dataset", choices=DATASETS, required=required, dest=f"{dest}dataset")
-    parser.add_argument(f"--{prefix}root", type=Path, required=required, dest=f"{dest}root",
-                        help="dataset root (the published layout)")
-    parser.add_argument(f"--{prefix}split", default=default_split, dest=f"{dest}split")
-    parser.add_argument(f"--{prefix}category", default=None, dest=f"{dest}category",
-                        help="FashionIQ: one category (default: dress, shirt and toptee)")
-    parser.add_argument(f"--{prefix}gallery-ids", type=Path, default=None, dest=f"{dest}gallery_ids",
-                        help="CIRCO: gallery ids file when the COCO image-info file is absent")
-
-
-def _add_method_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--method", required=True,
-                        help="any registered method: image-only, text-only, image-text-sum, searle, searle-oti, "
-                             "lincir, ... (an unknown name lists them)")
-    parser.add_argument("--method-checkpoint", default=None,
-                        help="the method's trained part: phi checkpoint (searle, lincir), OTI folder (searle-oti), ...")
-    parser.add_argument("--method-option", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra method option (repeatable), e.g. steps=50 for searle-oti")
-    parser.add_argument("--include-shared-concept", action="store_true",
-                        help="CIRCO: put shared_concept into the query text (recorded in the protocol)")
-
+from irkit.cli import cir_fusion
+from irkit.cli.cir_options import (
+    add_context_arguments,
+    add_data_arguments,
+    add_method_arguments,
+    build_method,
+    cir_context,
+    load_splits,
+    loader_options,
+)
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("cir", help="composed image retrieval: evaluate, submit, OTI, train phi",
@@ -60,21 +35,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     cir_subparsers = parser.add_subparsers(dest="cir_command", required=True)
 
     evaluate = cir_subparsers.add_parser("eval", help="score a method on an annotated split (prints JSON)")
-    _add_data_arguments(evaluate)
-    _add_method_arguments(evaluate)
-    _add_context_arguments(evaluate)
+    add_data_arguments(evaluate)
+    add_method_arguments(evaluate)
+    add_context_arguments(evaluate)
     evaluate.set_defaults(func=_run_eval)
 
     submit = cir_subparsers.add_parser("submit", help="write CIRR / CIRCO / FashionIQ test-server files")
-    _add_data_arguments(submit, default_split="test")
-    _add_method_arguments(submit)
-    _add_context_arguments(submit)
+    add_data_arguments(submit, default_split="test")
+    add_method_arguments(submit)
+    add_context_arguments(submit)
     submit.add_argument("--out", type=Path, required=True, help="output folder for the submission file(s)")
     submit.set_defaults(func=_run_submit)
 
     oti = cir_subparsers.add_parser("oti", help="SEARLE OTI pseudo tokens per image (resumable)")
-    _add_data_arguments(oti)
-    _add_context_arguments(oti)
+    add_data_arguments(oti)
+    add_context_arguments(oti)
     oti.add_argument("--images", choices=["references", "gallery", "all"], default="references")
     oti.add_argument("--out", type=Path, required=True, help="OTI folder (re-running resumes it)")
     oti.add_argument("--steps", type=int, default=350)
@@ -89,13 +64,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     train = cir_subparsers.add_parser("train-phi", help="train phi: SEARLE distillation or LinCIR (text only)")
     train.add_argument("--method", required=True, choices=["searle", "lincir"])
-    _add_context_arguments(train)
+    add_context_arguments(train)
     train.add_argument("--oti", type=Path, default=None, help="searle: OTI folder of the training images")
     train.add_argument("--captions", type=Path, default=None,
                        help="lincir: captions (.txt one per line, or a filepath/title caption CSV)")
     train.add_argument("--csv-separator", default="\t")
     train.add_argument("--caption-key", default="title")
-    _add_data_arguments(train, prefix="val-", required=False)
+    add_data_arguments(train, prefix="val-", required=False)
     train.add_argument("--val-metric", default=None,
                        help="metric that selects the best checkpoint (default: (R@5+Rs@1)/2 CIRR, mAP@10 CIRCO, "
                             "R@10 FashionIQ)")
@@ -121,13 +96,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     phrases.add_argument("--templates", type=Path, default=None)
     phrases.set_defaults(func=_run_phrases)
 
-    try:  # the fusion / re-ranking commands join the same group when present
-        cir_fusion = importlib.import_module("irkit.cli.cir_fusion")
-    except ModuleNotFoundError as e:
-        if e.name != "irkit.cli.cir_fusion":
-            raise
-    else:
-        cir_fusion.register(cir_subparsers)
+    cir_fusion.register(cir_subparsers)  # the fusion / re-ranking commands join the same group
 
 
 def _add_phrase_arguments(parser: argparse.ArgumentParser) -> None:
@@ -136,56 +105,20 @@ def _add_phrase_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--templates", type=Path, default=None, help="phrase template file")
 
 
-def _context(args: argparse.Namespace) -> Any:
-    from irkit.methods import CIRContext
-
-    return CIRContext(load_model(args), cache_dir=cache_dir(args), batch_size=args.batch_size,
-                      num_workers=args.num_workers)
-
-
-def _loader_options(args: argparse.Namespace, prefix: str = "") -> dict[str, Any]:
-    from irkit.eval.submissions import read_gallery_ids
-
-    options: dict[str, Any] = {}
-    category = getattr(args, f"{prefix}category")
-    gallery_ids = getattr(args, f"{prefix}gallery_ids")
-    if category is not None:
-        options["category"] = category
-    if gallery_ids is not None:
-        options["gallery_ids"] = read_gallery_ids(gallery_ids)
-    return options
-
-
-def _splits(args: argparse.Namespace, prefix: str = "") -> list[Any]:
-    from irkit.methods.textual_inversion import load_cir_splits
-
-    return load_cir_splits(getattr(args, f"{prefix}dataset"), getattr(args, f"{prefix}root"),
-                           getattr(args, f"{prefix}split"), **_loader_options(args, prefix))
-
-
-def _method(args: argparse.Namespace) -> Any:
-    from irkit.methods import create_method
-    from irkit.methods.textual_inversion import method_options
-
-    extra = parse_key_values(args.method_option, "--method-option", underscore_keys=True)
-    return create_method(args.method, **method_options(args.method, args.method_checkpoint,
-                                                       args.include_shared_concept, extra))
-
-
 def _run_eval(args: argparse.Namespace) -> int:
-    from irkit.methods.textual_inversion import evaluate_method
+    from irkit.cir.evaluate import evaluate_method
 
-    splits = _splits(args)
-    method = _method(args)
-    result = evaluate_method(method, _context(args), splits, include_shared_concept=args.include_shared_concept)
+    splits = load_splits(args)
+    method = build_method(args)
+    result = evaluate_method(method, cir_context(args), splits, include_shared_concept=args.include_shared_concept)
     print(json.dumps(result, indent=2))
     return 0
 
 
 def _run_submit(args: argparse.Namespace) -> int:
-    from irkit.methods.textual_inversion import write_method_submission
+    from irkit.cir.evaluate import write_method_submission
 
-    paths = write_method_submission(_method(args), _context(args), _splits(args), args.out)
+    paths = write_method_submission(build_method(args), cir_context(args), load_splits(args), args.out)
     print(json.dumps({"written": [str(p) for p in paths], "method": args.method}))
     return 0
 
@@ -201,34 +134,34 @@ def _run_oti(args: argparse.Namespace) -> int:
 
     config = OTIConfig(steps=args.steps, learning_rate=args.lr, weight_decay=args.wd, ema_decay=args.ema_decay,
                        top_k_concepts=args.top_k_concepts, batch_size=args.oti_batch_size, seed=args.seed)
-    store = oti_for_splits(_context(args), _splits(args), args.out, args.images, config, _phrase_bank(args))
+    store = oti_for_splits(cir_context(args), load_splits(args), args.out, args.images, config, _phrase_bank(args))
     print(json.dumps({"out": str(args.out), "images": len(store.ids), "token_width": int(store.tokens.shape[1])}))
     return 0
 
 
 def _run_train_phi(args: argparse.Namespace) -> int:
     from irkit.errors import InputError
-    from irkit.methods.textual_inversion import PhiTrainingConfig, make_phi_validator, open_phi_run
+    from irkit.cir.training import TrainingConfig, make_validator, open_run
 
     if args.method == "searle" and args.oti is None:
         raise InputError("searle phi training needs --oti (an OTI folder from `irkit cir oti`)", field="oti")
     if args.method == "lincir" and args.captions is None:
         raise InputError("lincir phi training needs --captions (a .txt or caption CSV)", field="captions")
-    config = PhiTrainingConfig(steps=args.steps, batch_size=args.train_batch_size, learning_rate=args.lr,
+    config = TrainingConfig(steps=args.steps, batch_size=args.train_batch_size, learning_rate=args.lr,
                                weight_decay=args.wd, dropout=args.dropout, validate_every=args.validate_every,
                                seed=args.seed)
-    ctx = _context(args)
+    ctx = cir_context(args)
     validator = None
     if args.val_dataset is not None:
         if args.val_root is None:
             raise InputError("--val-dataset needs --val-root", field="val-root")
-        validator = make_phi_validator(ctx, args.method, args.val_dataset, args.val_root, args.val_split,
-                                       args.include_shared_concept, args.val_metric, **_loader_options(args, "val_"))
+        validator = make_validator(ctx, args.method, args.val_dataset, args.val_root, args.val_split,
+                                       args.include_shared_concept, args.val_metric, **loader_options(args, "val_"))
     params = {"method": args.method, "model": args.model, "pretrained": args.pretrained,
               "checkpoint": args.checkpoint, "oti": args.oti, "captions": args.captions,
               "val_dataset": args.val_dataset, "val_root": args.val_root, "val_split": args.val_split,
               **config.to_params()}
-    run = open_phi_run(args.log_dir, args.name, params, args.resume)
+    run = open_run(args.log_dir, args.name, params, args.resume)
     try:
         if args.method == "searle":
             from irkit.methods.searle import OTITokens, train_phi_searle

@@ -22,20 +22,20 @@ import json
 from pathlib import Path
 from typing import Any
 
-from irkit.cli.cir import (
-    _add_context_arguments,
-    _add_data_arguments,
-    _add_method_arguments,
-    _context,
-    _method,
-    _splits,
+from irkit.cli.cir_options import (
+    add_context_arguments,
+    add_data_arguments,
+    add_method_arguments,
+    build_method,
+    cir_context,
+    load_splits,
 )
 
 
 def _add_training_arguments(parser: argparse.ArgumentParser, lr: float, wd: float, batch_size: int) -> None:
-    _add_data_arguments(parser, default_split="train")
-    _add_data_arguments(parser, prefix="val-", required=False)
-    _add_context_arguments(parser)
+    add_data_arguments(parser, default_split="train")
+    add_data_arguments(parser, prefix="val-", required=False)
+    add_context_arguments(parser)
     parser.add_argument("--val-metric", default=None,
                         help="metric selecting best.pt (default: (R@5+Rs@1)/2 CIRR, R@10 FashionIQ, mAP@10 CIRCO)")
     parser.add_argument("--include-shared-concept", action="store_true",
@@ -92,17 +92,17 @@ def register(cir_subparsers: argparse._SubParsersAction) -> None:
     reranker.set_defaults(func=_run_train, kind="reranker")
 
     stage1 = cir_subparsers.add_parser("stage1", help="write a stage-I top-K file with any registered method")
-    _add_data_arguments(stage1)
-    _add_method_arguments(stage1)
-    _add_context_arguments(stage1)
+    add_data_arguments(stage1)
+    add_method_arguments(stage1)
+    add_context_arguments(stage1)
     stage1.add_argument("--k", type=int, default=None, help="candidates per query (default 50 CIRR, 100 FashionIQ)")
     stage1.add_argument("--out", type=Path, required=True, help="top-K JSON file to write")
     stage1.set_defaults(func=_run_stage1)
 
     rerank = cir_subparsers.add_parser("rerank", help="stage II: re-rank stage-I candidates; print metrics "
                                        "(annotated splits) and/or write the re-ranked top-K file")
-    _add_data_arguments(rerank)
-    _add_context_arguments(rerank)
+    add_data_arguments(rerank)
+    add_context_arguments(rerank)
     rerank.add_argument("--reranker", type=Path, required=True, help="re-ranker checkpoint (train-reranker)")
     rerank.add_argument("--stage1", required=True, help="a top-K file (cir stage1) or a stage-I method name")
     rerank.add_argument("--stage1-checkpoint", default=None, help="checkpoint of the stage-I method")
@@ -118,9 +118,9 @@ def register(cir_subparsers: argparse._SubParsersAction) -> None:
 
 
 def _training_config(args: argparse.Namespace) -> Any:
-    from irkit.train.heads import HeadTrainingConfig
+    from irkit.cir.training import TrainingConfig
 
-    return HeadTrainingConfig(steps=args.steps, batch_size=args.train_batch_size, learning_rate=args.lr,
+    return TrainingConfig(steps=args.steps, batch_size=args.train_batch_size, learning_rate=args.lr,
                               weight_decay=args.wd, warmup=args.warmup, validate_every=args.validate_every,
                               seed=args.seed, include_shared_concept=args.include_shared_concept)
 
@@ -132,15 +132,15 @@ def _val_splits(args: argparse.Namespace) -> list[Any]:
         return []
     if args.val_root is None:
         raise InputError("--val-dataset needs --val-root", field="val-root")
-    return _splits(args, "val_")
+    return load_splits(args, "val_")
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from irkit.train.heads import open_run
+    from irkit.cir.training import open_run
 
     config = _training_config(args)
-    ctx = _context(args)
-    train_splits, val_splits = _splits(args), _val_splits(args)
+    ctx = cir_context(args)
+    train_splits, val_splits = load_splits(args), _val_splits(args)
     params = {"kind": args.kind, "model": args.model, "pretrained": args.pretrained, "checkpoint": args.checkpoint,
               "dataset": args.dataset, "root": args.root, "split": args.split, "val_dataset": args.val_dataset,
               "val_root": args.val_root, "val_split": args.val_split, "method": args.kind, **config.to_params(),
@@ -209,10 +209,10 @@ _TRAINERS = {"magiclens": _train_fusion, "combiner": _train_combiner, "reranker"
 
 
 def _run_stage1(args: argparse.Namespace) -> int:
-    from irkit.methods.rerank import default_k, save_topk_file, stage1_topk
+    from irkit.cir.topk import default_k, save_topk_file, stage1_topk
 
-    ctx, method = _context(args), _method(args)
-    parts = [stage1_topk(method, ctx, split, args.k or default_k(split.dataset)) for split in _splits(args)]
+    ctx, method = cir_context(args), build_method(args)
+    parts = [stage1_topk(method, ctx, split, args.k or default_k(split.dataset)) for split in load_splits(args)]
     save_topk_file(args.out, parts)
     print(json.dumps({"out": str(args.out), "method": args.method, "parts": len(parts),
                       "k": [p.k for p in parts], "queries": sum(len(p.query_ids) for p in parts)}))
@@ -220,14 +220,14 @@ def _run_stage1(args: argparse.Namespace) -> int:
 
 
 def _run_rerank(args: argparse.Namespace) -> int:
-    from irkit.methods import create_method
-    from irkit.methods.rerank import is_topk_path, save_topk_file
-    from irkit.methods.textual_inversion import evaluate_method
+    from irkit.cir.registry import create_method
+    from irkit.cir.topk import is_topk_path, save_topk_file
+    from irkit.cir.evaluate import evaluate_method
 
-    ctx, splits = _context(args), _splits(args)
+    ctx, splits = cir_context(args), load_splits(args)
     stage1: Any = args.stage1
     if not is_topk_path(args.stage1):
-        stage1 = _method(argparse.Namespace(method=args.stage1, method_checkpoint=args.stage1_checkpoint,
+        stage1 = build_method(argparse.Namespace(method=args.stage1, method_checkpoint=args.stage1_checkpoint,
                                             method_option=args.stage1_option,
                                             include_shared_concept=args.include_shared_concept))
     method = create_method("rerank", checkpoint=args.reranker, stage1=stage1, k=args.k,

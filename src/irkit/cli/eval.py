@@ -14,7 +14,8 @@ import argparse
 import json
 from typing import Any
 
-DATASETS = ("traffic", "fashioniq", "cirr", "circo")
+from irkit.benchmarks import list_benchmarks
+
 
 
 def _bool(value: str) -> bool:
@@ -30,7 +31,7 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "eval", help="score prediction files (CIRR, CIRCO, FashionIQ, traffic submission.json)",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("dataset", choices=DATASETS)
+    parser.add_argument("dataset", choices=list_benchmarks())
     parser.add_argument("--root", required=True, help="dataset root (the published layout)")
     parser.add_argument("--split", default=None,
                         help="split to score against (default: test for traffic, val otherwise)")
@@ -47,24 +48,28 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=run_eval)
 
 
-def run_eval(args: argparse.Namespace) -> int:
-    from irkit.eval.submissions import evaluate_prediction_files, read_gallery_ids
+#: Options of ``irkit eval`` that only some benchmarks take (their ``prediction_file_options``).
+BENCHMARK_OPTIONS = {"--ground-truth": "ground_truth", "--gallery-ids": "gallery_ids", "--shared-concept": "shared_concept"}
 
+
+def run_eval(args: argparse.Namespace) -> int:
+    from irkit.benchmarks import get_benchmark
+    from irkit.benchmarks.checks import read_gallery_ids
     from irkit.errors import InputError
 
-    for option, value, owner in (("--ground-truth", args.ground_truth, "traffic"),
-                                 ("--gallery-ids", args.gallery_ids, "circo"),
-                                 ("--shared-concept", args.shared_concept, "circo")):
-        if value is not None and args.dataset != owner:
-            raise InputError(f"{option} applies to {owner} only; got dataset {args.dataset!r}", field=option)
-    split = args.split or ("test" if args.dataset == "traffic" else "val")
-    kwargs: dict[str, Any] = {}
-    if args.dataset == "traffic":
-        kwargs["ground_truth"] = args.ground_truth
-    if args.dataset == "circo":
-        kwargs["shared_concept"] = args.shared_concept
-        if args.gallery_ids is not None:
-            kwargs["gallery_ids"] = read_gallery_ids(args.gallery_ids)
-    result = evaluate_prediction_files(args.dataset, args.root, split, args.predictions, **kwargs)
+    benchmark = get_benchmark(args.dataset)
+    options: dict[str, Any] = {}
+    for flag, key in BENCHMARK_OPTIONS.items():
+        value = getattr(args, key)
+        if value is None:
+            continue
+        if key not in benchmark.prediction_file_options:
+            takers = [n for n in list_benchmarks() if key in get_benchmark(n).prediction_file_options]
+            raise InputError(f"{flag} applies to {', '.join(takers)} only; got dataset {args.dataset!r}", field=flag)
+        options[key] = read_gallery_ids(value) if key == "gallery_ids" else value
+    for key in benchmark.prediction_file_options:
+        options.setdefault(key, None)
+    result = benchmark.score_prediction_files(args.root, args.split or benchmark.default_split, args.predictions,
+                                              **options)
     print(json.dumps(result, indent=2))
     return 0

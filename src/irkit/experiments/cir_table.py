@@ -63,6 +63,8 @@ log = logging.getLogger(__name__)
 TRAIN_CAPTION_FILES = ("fashioniq_train.csv", "cirr_train.csv")
 #: Training splits whose reference images SEARLE's OTI inverts (unlabelled images).
 OTI_SOURCE_SPLITS = (("cirr", "train"), ("fashioniq", "train"))
+#: The benchmark whose val split selects the best phi checkpoint (the published trainers use CIRR).
+PHI_VALIDATION_BENCHMARK = "cirr"
 PARAMS_FILE = "params.json"
 #: Parameters (``budgets.<key>`` for a budget) whose "off" value (False / 0) leaves rows out:
 #: switching one on in an existing folder only adds rows, so the folder is resumed.
@@ -287,25 +289,25 @@ class _Bench(BenchContext):
     """The CLIP model, context and validation splits every zero-shot stage shares."""
 
     def __init__(self, setup: CIRBenchSetup) -> None:
-        from irkit.methods.textual_inversion import SELECTION_METRIC
+        from irkit.benchmarks import get_benchmark
 
         super().__init__(setup)
-        self.phi_validator_metric = SELECTION_METRIC["cirr"]
+        self.phi_validator_metric = get_benchmark(PHI_VALIDATION_BENCHMARK).selection_metric
 
     def evaluate_everywhere(self, method: Any) -> dict[str, Any]:
         """One method on every val split (``{benchmark: evaluate_method result}``)."""
         return self.evaluate(lambda _: method)
 
     def method(self, name: str, checkpoint: Optional[Path | str] = None) -> Any:
-        from irkit.methods import create_method
-        from irkit.methods.textual_inversion import method_options
+        from irkit.cir.registry import create_method
+        from irkit.cir.registry import method_options
 
         return create_method(name, **method_options(name, checkpoint, self.include_shared_concept))
 
     def phi_validator(self, method: str) -> Any:
-        from irkit.methods.textual_inversion import make_phi_validator
+        from irkit.cir.training import make_validator
 
-        return make_phi_validator(self.ctx, method, "cirr", self.roots["cirr"],
+        return make_validator(self.ctx, method, PHI_VALIDATION_BENCHMARK, self.roots[PHI_VALIDATION_BENCHMARK],
                                   str(self.setup.budgets["phi_select_split"]), self.include_shared_concept)
 
 
@@ -328,10 +330,10 @@ def _train_phi(bench: _Bench, stage_dir: Path, method: str, steps: int, batch_si
                validate_every: int, train: Callable[[Any, Any, Any], Any], extra: Mapping[str, Any]) -> dict[str, Any]:
     """Train phi in ``stage_dir/phi`` (resumed when present), validated on CIRR
     ``phi_select_split``; returns the best checkpoint and where it was chosen."""
-    from irkit.methods.textual_inversion import PhiTrainingConfig
+    from irkit.cir.training import TrainingConfig
     from irkit.runs import RunFolder
 
-    config = PhiTrainingConfig(steps=int(steps), batch_size=int(batch_size), learning_rate=float(lr),
+    config = TrainingConfig(steps=int(steps), batch_size=int(batch_size), learning_rate=float(lr),
                                validate_every=int(validate_every), seed=bench.setup.seed)
     run_path = stage_dir / "phi"
     resume = "latest" if (run_path / "params.txt").is_file() else None
@@ -371,7 +373,8 @@ def oti_training_images(bench: _Bench, cap: int) -> tuple[list[str], list[Path]]
     """Up to ``cap`` reference images of the training splits (:data:`OTI_SOURCE_SPLITS`), the
     cap shared equally by the benchmarks and, within FashionIQ, by its categories (first
     references in annotation order). Ids are prefixed ``<benchmark>/``."""
-    from irkit.methods.textual_inversion import load_cir_splits, unique_references
+    from irkit.cir.evaluate import load_cir_splits
+    from irkit.methods.textual_inversion import unique_references
 
     ids: list[str] = []
     paths: list[Path] = []
@@ -389,7 +392,8 @@ def oti_training_images(bench: _Bench, cap: int) -> tuple[list[str], list[Path]]
 def searle_stage(bench: _Bench, stage_dir: Path) -> dict[str, Any]:
     """SEARLE: OTI on capped training references, phi distilled from the tokens, evaluated."""
     from irkit.methods.searle import OTIConfig, run_oti, train_phi_searle
-    from irkit.methods.textual_inversion import load_phrase_bank, raw_image_embeddings
+    from irkit.cir.context import raw_image_embeddings
+    from irkit.methods.textual_inversion import load_phrase_bank
 
     budgets = bench.setup.budgets
     ids, paths = oti_training_images(bench, int(budgets["oti_images"]))
@@ -413,7 +417,8 @@ def searle_stage(bench: _Bench, stage_dir: Path) -> dict[str, Any]:
 def searle_oti_stage(bench: _Bench, stage_dir: Path) -> dict[str, Any]:
     """SEARLE-OTI: OTI on every val reference (``searle_oti_steps`` steps), then evaluated."""
     from irkit.methods.searle import OTIConfig, oti_for_splits
-    from irkit.methods.textual_inversion import evaluate_method, load_phrase_bank
+    from irkit.cir.evaluate import evaluate_method
+    from irkit.methods.textual_inversion import load_phrase_bank
 
     budgets = bench.setup.budgets
     config = OTIConfig(steps=int(budgets["searle_oti_steps"]), batch_size=int(budgets["oti_batch_size"]),

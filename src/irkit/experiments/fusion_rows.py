@@ -168,9 +168,10 @@ def _absolute(setup: CIRBenchSetup, relative: str) -> Path:
 
 
 def _selection_value(result: Mapping[str, Any], dataset: str) -> float:
-    from irkit.methods.textual_inversion import SELECTION_METRIC, flatten_metrics
+    from irkit.benchmarks import get_benchmark
+    from irkit.cir.evaluate import flatten_metrics
 
-    return flatten_metrics(result)[SELECTION_METRIC[dataset]]
+    return flatten_metrics(result)[get_benchmark(dataset).selection_metric]
 
 
 def _prune_epoch_checkpoints(run_path: Path) -> None:
@@ -184,7 +185,7 @@ class _Bench(BenchContext):
     """The loaded backbone, context and splits shared by the stages of one call."""
 
     def __init__(self, setup: CIRBenchSetup, budget: FusionBudget) -> None:
-        from irkit.methods.textual_inversion import load_cir_splits
+        from irkit.cir.evaluate import load_cir_splits
 
         super().__init__(setup)  # reads include_shared_concept from setup.budgets, as resolve_budget does
         self.budget = budget
@@ -197,7 +198,7 @@ class _Bench(BenchContext):
 
     def head_method(self, stage: str, checkpoint: str) -> Any:
         """The registered method of head ``stage`` from its checkpoint (relative to ``out_dir``)."""
-        from irkit.methods import create_method
+        from irkit.cir.registry import create_method
 
         name, options, _ = HEADS[stage]
         return create_method(name, checkpoint=_absolute(self.setup, checkpoint),
@@ -208,7 +209,7 @@ def _train_runs(bench: _Bench, stage_dir: Path, kind: str, params: Mapping[str, 
                 trainer: Callable[[str, Any], Any]) -> dict[str, Any]:
     """Train one head per training benchmark in ``stage_dir/<benchmark>`` (resumed from its
     ``latest.pt`` when interrupted). ``trainer(benchmark, run)`` -> the loop's result."""
-    from irkit.train.heads import open_run
+    from irkit.cir.training import open_run
 
     checkpoints, training = {}, {}
     for dataset in TRAIN_DATASETS:
@@ -235,7 +236,7 @@ def _head_stage(bench: _Bench, stage: str) -> dict[str, Any]:
     from irkit.methods.fusion import train_fusion
     from irkit.models.combiner import CombinerConfig
     from irkit.models.fusion import FusionConfig
-    from irkit.train.heads import HeadTrainingConfig
+    from irkit.cir.training import TrainingConfig
 
     budget, dim = bench.budget, bench.loaded.embed_dim
     method_name = HEADS[stage][0]
@@ -246,7 +247,7 @@ def _head_stage(bench: _Bench, stage: str) -> dict[str, Any]:
         model_config = FusionConfig(embed_dim=dim, depth=budget.fusion_depth, num_heads=budget.fusion_heads,
                                     projector=stage == "fusion-projector")
         steps, lr, weight_decay = budget.fusion_steps, budget.fusion_lr, budget.head_weight_decay
-    config = HeadTrainingConfig(steps=steps, batch_size=budget.head_batch_size, learning_rate=lr,
+    config = TrainingConfig(steps=steps, batch_size=budget.head_batch_size, learning_rate=lr,
                                 weight_decay=weight_decay, validate_every=budget.validate_every,
                                 seed=bench.setup.seed)
 
@@ -266,9 +267,10 @@ def _head_stage(bench: _Bench, stage: str) -> dict[str, Any]:
 
 
 def _protocol_depth() -> int:
-    from irkit.eval.protocols import RANKING_DEPTH
+    from irkit.benchmarks import get_benchmark
+    from irkit.experiments.setup import BENCHMARKS
 
-    return max(RANKING_DEPTH.values())
+    return max(get_benchmark(d).ranking_depth() for d in BENCHMARKS)
 
 
 def _stage1_depth(budget: FusionBudget) -> int:
@@ -286,7 +288,7 @@ def _default_val_k(budget: FusionBudget) -> int:
 def _head_topk(bench: _Bench, heads: Mapping[str, Mapping[str, Any]], head: str, trained_on: str,
                splits: Sequence[Any], depth: int) -> list[Any]:
     """Top-``depth`` parts of ``splits`` ranked by head stage ``head`` trained on ``trained_on``."""
-    from irkit.methods.rerank import stage1_topk
+    from irkit.cir.topk import stage1_topk
 
     method = bench.head_method(head, heads[head]["checkpoints"][trained_on])
     return [stage1_topk(method, bench.ctx, split, depth) for split in splits]
@@ -294,7 +296,7 @@ def _head_topk(bench: _Bench, heads: Mapping[str, Mapping[str, Any]], head: str,
 
 def _stage1_stage(bench: _Bench, heads: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     """Choose stage I per training benchmark and write the top-K file of every val split."""
-    from irkit.methods.rerank import save_topk_file
+    from irkit.cir.topk import save_topk_file
 
     def compute(stage_dir: Path) -> dict[str, Any]:
         choice, selection = {}, {}
@@ -320,7 +322,7 @@ def _stage1_train_stage(bench: _Bench, heads: Mapping[str, Mapping[str, Any]],
     """The chosen stage-I head's top-N of every training split, N = the larger of
     ``hard_negative_pool`` and the val stage-I depth: hard-negative pools (its first
     ``hard_negative_pool``) and the training-split choice of the score-fusion weight."""
-    from irkit.methods.rerank import save_topk_file
+    from irkit.cir.topk import save_topk_file
 
     depth = max(bench.budget.hard_negative_pool, _stage1_depth(bench.budget))
 
@@ -336,7 +338,7 @@ def _stage1_train_stage(bench: _Bench, heads: Mapping[str, Mapping[str, Any]],
 
 def _stage_parts(bench: _Bench, stage_result: Mapping[str, Any], splits: Sequence[Any]) -> list[Any]:
     """The top-K parts of ``splits`` in the file a stage-I stage (``stage1`` / ``stage1-train``) wrote."""
-    from irkit.methods.rerank import load_topk_parts
+    from irkit.cir.topk import load_topk_parts
 
     return load_topk_parts(_absolute(bench.setup, stage_result["topk_file"]), splits)
 
@@ -347,12 +349,12 @@ def _reranker_stage(bench: _Bench, stage1: Mapping[str, Any],
     hard negatives from ``stage1_train`` as well (stage ``reranker-hn``)."""
     from irkit.methods.rerank import train_reranker
     from irkit.models.reranker import RerankerConfig
-    from irkit.train.heads import HeadTrainingConfig
+    from irkit.cir.training import TrainingConfig
 
     budget, dim = bench.budget, bench.loaded.embed_dim
     model_config = RerankerConfig(embed_dim=dim, token_dim=dim, depth=budget.reranker_depth,
                                   num_heads=budget.reranker_heads)
-    config = HeadTrainingConfig(steps=budget.reranker_steps, batch_size=budget.reranker_batch_size,
+    config = TrainingConfig(steps=budget.reranker_steps, batch_size=budget.reranker_batch_size,
                                 learning_rate=budget.reranker_lr, weight_decay=budget.head_weight_decay,
                                 validate_every=budget.reranker_validate_every, seed=bench.setup.seed)
     val_k = budget.reranker_val_k or _default_val_k(budget)
@@ -407,14 +409,13 @@ def _score_reranked(bench: _Bench, dataset: str, splits: Sequence[Any], parts: S
                     method: Any) -> tuple[dict[str, Any], list[Any], dict[str, Any]]:
     """``(results, re-ranked parts, rank changes)`` of re-ranking ``parts`` of ``splits`` with
     ``method``, scored as the table scores (re-ranked top-K, then stage-I ranks K+1..)."""
-    from irkit.eval import protocols
-    from irkit.methods.textual_inversion import combine_split_results
+    from irkit.cir.protocol import combine_split_results, evaluate_rankings
 
     split_results, reranked_parts, changes = [], [], {}
     for split, part in zip(splits, parts):
         reranked = method.rerank(bench.ctx, split)
         reranked_parts.append(reranked.topk)
-        split_results.append(protocols.evaluate_rankings(
+        split_results.append(evaluate_rankings(
             split, rankings_with_tail(reranked.topk, part), subset_rankings=reranked.subset_rankings,
             shared_concept=bench.shared_concept(dataset)))
         changes["/".join(filter(None, (dataset, split.category)))] = rank_change_counts(split, part, reranked.topk)
@@ -427,8 +428,9 @@ def _rerank_stage(bench: _Bench, stage1: Mapping[str, Any], reranker: Mapping[st
     alone re-sorts (published); with it, ``stage2 + w * stage1`` where w is chosen per training
     benchmark on its *training* split (:func:`irkit.methods.rerank.choose_stage1_weight`, by
     the benchmark's selection metric), so the val numbers play no part in the choice."""
-    from irkit.methods import create_method
-    from irkit.methods.rerank import choose_stage1_weight, save_topk_file
+    from irkit.cir.registry import create_method
+    from irkit.cir.topk import save_topk_file
+    from irkit.methods.rerank import choose_stage1_weight
 
     def reranker_method(dataset: str, parts: Sequence[Any], weight: float) -> Any:
         return create_method("rerank", checkpoint=_absolute(bench.setup, reranker["checkpoints"][dataset]),

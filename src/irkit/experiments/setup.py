@@ -114,8 +114,9 @@ class BenchContext:
     :data:`BENCHMARKS`, shared by every stage of one table run."""
 
     def __init__(self, setup: CIRBenchSetup) -> None:
-        from irkit.methods import CIRContext
-        from irkit.methods.textual_inversion import cir_dataset_root, load_cir_splits
+        from irkit.cir.context import CIRContext
+        from irkit.cir.evaluate import load_cir_splits
+        from irkit.cir.review import cir_dataset_root
         from irkit.models import create_model
 
         self.setup = setup
@@ -128,12 +129,14 @@ class BenchContext:
 
     def shared_concept(self, dataset: str) -> Optional[bool]:
         """The CIRCO template option as the protocol records it (None for other benchmarks)."""
-        return self.include_shared_concept if dataset == "circo" else None
+        from irkit.benchmarks import get_benchmark
+
+        return get_benchmark(dataset).shared_concept(self.include_shared_concept)
 
     def evaluate(self, method_for: Callable[[str], Any]) -> dict[str, Any]:
         """``{benchmark: evaluate_method result}`` on every val split, ``method_for(benchmark)``
         giving the method that answers that benchmark."""
-        from irkit.methods.textual_inversion import evaluate_method
+        from irkit.cir.evaluate import evaluate_method
 
         return {d: evaluate_method(method_for(d), self.ctx, splits, self.shared_concept(d))
                 for d, splits in self.val_splits.items()}

@@ -11,7 +11,8 @@ the confidence interval of the mean per-query difference (and a two-sided bootst
   CIRR R@1 and CIRCO mAP@10?
 * re-ranking: does stage I + II beat stage I alone on CIRR R@1 (and FashionIQ R@10)?
 
-Per-query values come from the rankings themselves (:func:`per_query_values`), recomputed
+Per-query values come from the rankings themselves (:func:`irkit.cir.protocol.per_query_values`,
+the benchmark's own per-query rule), recomputed
 with the library's methods for the zero-shot rows and read from the saved top-K files for
 stage I and the re-ranked rows. Values are fractions (a query's R@k is 0 or 1).
 """
@@ -24,6 +25,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from irkit.cir.protocol import per_query_values, rank_split
 from irkit.data.records import CIRSplit
 from irkit.errors import InputError
 
@@ -63,30 +65,6 @@ def paired_bootstrap(a: Sequence[float], b: Sequence[float], resamples: int = 10
             "low": float(low), "high": float(high), "p_value": p_value, "queries": int(a.size)}
 
 
-def per_query_values(split: CIRSplit, rankings: Mapping[str, Sequence[str]], metric: str) -> np.ndarray:
-    """[Q] per-query ``R@k`` (0/1: the target in the top k) or ``mAP@k`` (standard AP@k over the
-    query's relevant images), in ``split.queries`` order. CIRR drops each query's reference
-    from its ranking first, as its protocol does."""
-    from irkit import metrics
-    from irkit.eval.protocols import _relevant, removes_reference
-
-    name, _, k_text = metric.partition("@")
-    if name not in ("R", "mAP") or not k_text.isdigit():
-        raise InputError(f"metric {metric!r}; expected R@k or mAP@k", field="metric")
-    k = int(k_text)
-    drop_reference = removes_reference(split)
-    values = []
-    for query in split.queries:
-        if query.query_id not in rankings:
-            raise InputError(f"no ranking for query {query.query_id!r}", field="rankings")
-        ranked = [i for i in rankings[query.query_id] if not (drop_reference and i == query.reference)]
-        if name == "R":
-            values.append(metrics.recall_at_k(ranked, {query.target}, k, query.query_id))
-        else:
-            values.append(metrics.standard_ap_at_k(ranked, set(_relevant(query)), k, query.query_id))
-    return np.asarray(values, np.float64)
-
-
 def split_values(splits: Sequence[CIRSplit], rankings_per_split: Sequence[Mapping[str, Sequence[str]]],
                  metric: str) -> np.ndarray:
     """Per-query values over several splits of one benchmark, concatenated.
@@ -103,15 +81,12 @@ def split_values(splits: Sequence[CIRSplit], rankings_per_split: Sequence[Mappin
 
 def embedding_rankings(method: Any, ctx: Any, split: CIRSplit, depth: int = 50) -> dict[str, list[str]]:
     """Top-``depth`` rankings of an embedding method under the split's protocol."""
-    from irkit.eval import protocols
-
-    return protocols.rank_split(split, method.query_embeddings(ctx, split), method.gallery_embeddings(ctx, split),
-                                depth)
+    return rank_split(split, method.query_embeddings(ctx, split), method.gallery_embeddings(ctx, split), depth)
 
 
 def topk_rankings(path: Path, splits: Sequence[CIRSplit]) -> list[dict[str, list[str]]]:
     """The rankings of ``splits`` in a saved top-K file (stage I or re-ranked)."""
-    from irkit.methods.rerank import load_topk_parts
+    from irkit.cir.topk import load_topk_parts
 
     return [part.rankings() for part in load_topk_parts(path, splits)]
 

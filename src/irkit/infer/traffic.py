@@ -209,7 +209,7 @@ def first_relevant_statistics(query_embeddings: np.ndarray, gallery_embeddings: 
     Only relevant images inside this gallery count; queries with none there are counted in
     ``queries_without_relevant_in_gallery`` and left out of the ranks.
     """
-    from irkit.eval.protocols import traffic_rank_statistics
+    from irkit.benchmarks.traffic import traffic_rank_statistics
 
     position = {name: i for i, name in enumerate(gallery)}
     rows, relevant = [], []

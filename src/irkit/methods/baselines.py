@@ -5,10 +5,12 @@ from __future__ import annotations
 import numpy as np
 
 from irkit.data.records import CIRSplit
-from irkit.methods.base import CIRContext, CIRMethod, l2_normalize, query_text, register_method
+from irkit.benchmarks import benchmark_of
+from irkit.cir.context import CIRContext, l2_normalize
+from irkit.cir.registry import EmbeddingMethod, register_method
 
 
-class _BaselineMethod(CIRMethod):
+class _BaselineMethod(EmbeddingMethod):
     def __init__(self, include_shared_concept: bool = False) -> None:
         self.include_shared_concept = include_shared_concept
 
@@ -16,7 +18,8 @@ class _BaselineMethod(CIRMethod):
         return ctx.image_embeddings(split, [q.reference for q in split.queries])
 
     def _text_embeddings(self, ctx: CIRContext, split: CIRSplit) -> np.ndarray:
-        texts = [query_text(q, split.dataset, self.include_shared_concept) for q in split.queries]
+        benchmark = benchmark_of(split)
+        texts = [benchmark.query_text(q, self.include_shared_concept) for q in split.queries]
         return ctx.text_embeddings(texts)
 
 

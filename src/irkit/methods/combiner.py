@@ -17,17 +17,13 @@ import torch
 
 from irkit.data.records import CIRSplit
 from irkit.errors import InputError
-from irkit.methods.base import CIRContext, l2_normalize, register_method
+from irkit.cir.context import CIRContext, l2_normalize
+from irkit.cir.registry import EmbeddingMethod, register_method
 from irkit.models.combiner import Combiner, CombinerConfig
 from irkit.runs import RunFolder
-from irkit.train.features import in_batch_contrastive_loss
-from irkit.train.heads import (
-    HeadTrainingConfig,
-    TrainedHeadMethod,
-    batched,
-    make_validator,
-    train_on_triplets,
-)
+from irkit.cir.features import in_batch_contrastive_loss
+from irkit.cir.training import TrainingConfig, Validator, train_on_triplets
+from irkit.methods.heads import TrainedHeadMethod, batched
 from irkit.train.loop import TrainResult
 
 KIND = "combiner"
@@ -40,7 +36,7 @@ def combiner_loss(model: Combiner, batch: dict[str, torch.Tensor]) -> torch.Tens
 
 
 @register_method("combiner")
-class CombinerMethod(TrainedHeadMethod):
+class CombinerMethod(TrainedHeadMethod, EmbeddingMethod):
     """Query = Combiner(reference image features, text features); gallery = image embeddings."""
 
     kind = KIND
@@ -59,7 +55,7 @@ class CombinerMethod(TrainedHeadMethod):
 
 
 def train_combiner(ctx: CIRContext, train_splits: Sequence[CIRSplit], run: RunFolder,
-                   config: HeadTrainingConfig, model_config: Optional[CombinerConfig] = None,
+                   config: TrainingConfig, model_config: Optional[CombinerConfig] = None,
                    val_splits: Sequence[CIRSplit] = (), metric: Optional[str] = None,
                    resume: Optional[str] = None) -> TrainResult:
     """Train a Combiner (default sizes: P = 4d, H = 8d, i.e. the published 2560/5120 at d 640)."""
@@ -69,7 +65,7 @@ def train_combiner(ctx: CIRContext, train_splits: Sequence[CIRSplit], run: RunFo
                          f"backbone's {ctx.loaded.embed_dim}", field="clip_feature_dim")
     validator = None
     if val_splits:
-        validator = make_validator(ctx, val_splits, lambda m: CombinerMethod(
+        validator = Validator(ctx, val_splits, lambda m: CombinerMethod(
             model=m, include_shared_concept=config.include_shared_concept), config.include_shared_concept, metric)
     return train_on_triplets(ctx, train_splits, run, config, lambda: Combiner(model_config), combiner_loss, KIND,
                              model_config.to_dict(), validator=validator, resume=resume)

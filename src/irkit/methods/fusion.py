@@ -19,17 +19,13 @@ import torch
 
 from irkit.data.records import CIRSplit
 from irkit.errors import InputError
-from irkit.methods.base import CIRContext, register_method
+from irkit.cir.context import CIRContext
+from irkit.cir.registry import EmbeddingMethod, register_method
 from irkit.models.fusion import FusionConfig, MagicLensFusion
 from irkit.runs import RunFolder
-from irkit.train.features import in_batch_contrastive_loss
-from irkit.train.heads import (
-    HeadTrainingConfig,
-    TrainedHeadMethod,
-    batched,
-    make_validator,
-    train_on_triplets,
-)
+from irkit.cir.features import in_batch_contrastive_loss
+from irkit.cir.training import TrainingConfig, Validator, train_on_triplets
+from irkit.methods.heads import TrainedHeadMethod, batched
 from irkit.train.loop import TrainResult
 
 KIND = "magiclens"
@@ -46,7 +42,7 @@ def fusion_loss(model: MagicLensFusion, batch: dict[str, torch.Tensor]) -> tuple
 
 
 @register_method("magiclens")
-class MagicLensMethod(TrainedHeadMethod):
+class MagicLensMethod(TrainedHeadMethod, EmbeddingMethod):
     """Query = fusion(reference image, text); gallery = fusion(image, empty text).
 
     ``projector``: None evaluates the checkpoint as trained; False switches a trained vision
@@ -81,7 +77,7 @@ class MagicLensMethod(TrainedHeadMethod):
 
 
 def train_fusion(ctx: CIRContext, train_splits: Sequence[CIRSplit], run: RunFolder,
-                 config: HeadTrainingConfig, model_config: Optional[FusionConfig] = None,
+                 config: TrainingConfig, model_config: Optional[FusionConfig] = None,
                  val_splits: Sequence[CIRSplit] = (), metric: Optional[str] = None,
                  resume: Optional[str] = None) -> TrainResult:
     """Train a MagicLens fusion head (with the projector when ``model_config.projector``).
@@ -96,7 +92,7 @@ def train_fusion(ctx: CIRContext, train_splits: Sequence[CIRSplit], run: RunFold
                          f"{ctx.loaded.embed_dim}", field="embed_dim")
     validator = None
     if val_splits:
-        validator = make_validator(ctx, val_splits, lambda m: MagicLensMethod(
+        validator = Validator(ctx, val_splits, lambda m: MagicLensMethod(
             model=m, include_shared_concept=config.include_shared_concept), config.include_shared_concept, metric)
     return train_on_triplets(ctx, train_splits, run, config, lambda: MagicLensFusion(model_config), fusion_loss, KIND,
                              model_config.to_dict(), validator=validator, resume=resume)

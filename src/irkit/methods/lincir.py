@@ -25,17 +25,11 @@ import torch
 import torch.nn.functional as F
 
 from irkit.errors import InputError
-from irkit.methods.base import register_method
-from irkit.methods.textual_inversion import (
-    PhiMethod,
-    PhiTrainingConfig,
-    PhiValidator,
-    frozen,
-    index_batches,
-    model_device,
-    new_phi,
-    train_phi,
-)
+from irkit.cir.registry import register_method
+from irkit.cir.context import frozen, model_device
+from irkit.cir.training import TrainingConfig, Validator, train_with_validation
+from irkit.methods.textual_inversion import PhiMethod, new_phi
+from irkit.train.loop import index_batches
 from irkit.models.pseudo_token import (
     PLACEHOLDER,
     embed_dim,
@@ -144,8 +138,8 @@ def read_captions(path: Path | str, sep: str = "\t", caption_key: str = "title")
     return captions
 
 
-def train_phi_lincir(loaded: Any, captions: Sequence[str], run: Any, config: PhiTrainingConfig = PhiTrainingConfig(),
-                     validator: Optional[PhiValidator] = None, resume: Optional[str] = None, nlp: Any = None,
+def train_phi_lincir(loaded: Any, captions: Sequence[str], run: Any, config: TrainingConfig = TrainingConfig(batch_size=256),
+                     validator: Optional[Validator] = None, resume: Optional[str] = None, nlp: Any = None,
                      noise_scale: float = 1.0) -> Any:
     """Train phi by LinCIR's self-masking projection on ``captions`` (text only).
 
@@ -182,8 +176,8 @@ def train_phi_lincir(loaded: Any, captions: Sequence[str], run: Any, config: Phi
     extra = {"method": "lincir", "model_name": loaded.model_name, "weights_id": loaded.weights_id,
              "input_dim": d, "output_dim": w, "captions": len(cleaned), "noise_scale": noise_scale}
     with frozen(model):
-        return train_phi(phi, loss_fn, lambda epoch: index_batches(len(cleaned), config.batch_size, config.seed, epoch),
-                         config, run, validator, resume, extra)
+        return train_with_validation(phi, loss_fn, lambda epoch: index_batches(len(cleaned), config.batch_size, config.seed, epoch),
+                                     run, config, validator, resume=resume, extra_state=extra)
 
 
 @register_method("lincir")

@@ -35,192 +35,20 @@ from typing import Any, Mapping, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from irkit.benchmarks import benchmark_of
+from irkit.cir.context import CIRContext
+from irkit.cir.features import image_tokens_for, in_batch_contrastive_loss
+from irkit.cir.registry import CIRMethod, RankingMethod, create_method, method_options, register_method
+from irkit.cir.topk import TopK, default_k, find_part, is_topk_path, load_topk_file, stage1_topk
+from irkit.cir.training import TrainingConfig, Validator, train_on_triplets
 from irkit.data.records import CIRSplit
 from irkit.errors import InputError
-from irkit.io import atomic_write_json, read_json
-from irkit.methods.base import CIRContext, CIRMethod, register_method
+from irkit.methods.heads import TrainedHeadMethod
 from irkit.models.reranker import CrossEncoderReranker, RerankerConfig
 from irkit.runs import RunFolder
-from irkit.train.features import image_tokens_for, in_batch_contrastive_loss
-from irkit.train.heads import HeadTrainingConfig, TrainedHeadMethod, train_on_triplets
 from irkit.train.loop import TrainResult
 
 KIND = "reranker"
-TOPK_FORMAT = "irkit-topk"
-TOPK_VERSION = 1
-#: Published candidate-set sizes (methods.md §G); CIRCO / other datasets: 50 (mAP@50 needs 50).
-DEFAULT_K = {"cirr": 50, "fashioniq": 100, "circo": 50}
-FALLBACK_K = 50
-
-
-def default_k(dataset: str) -> int:
-    """K of the published re-ranker for ``dataset`` (50 CIRR, 100 FashionIQ), else 50."""
-    return DEFAULT_K.get(dataset, FALLBACK_K)
-
-
-# --------------------------------------------------------------------------- top-K files
-
-
-@dataclass
-class TopK:
-    """Ranked candidates of every query of one split: ``ids[q]`` best first, ``scores[q]`` aligned."""
-
-    dataset: str
-    split: str
-    category: Optional[str]
-    k: int
-    query_ids: list[str]
-    ids: list[list[str]]
-    scores: list[list[float]]
-    stage: str = "stage1"
-
-    def key(self) -> tuple[str, str, Optional[str]]:
-        return self.dataset, self.split, self.category
-
-    def rankings(self) -> dict[str, list[str]]:
-        """``{query_id: ids}``."""
-        return dict(zip(self.query_ids, self.ids))
-
-    def check_split(self, split: CIRSplit, source: Optional[Path | str] = None) -> None:
-        """Raise :class:`InputError` unless this part lists exactly ``split``'s queries and
-        only ids of its gallery."""
-        if self.key() != (split.dataset, split.split, split.category):
-            raise InputError(f"top-K part is for {self.key()}; expected {(split.dataset, split.split, split.category)}",
-                             path=source)
-        expected = [q.query_id for q in split.queries]
-        if self.query_ids != expected:
-            missing = sorted(set(expected) - set(self.query_ids))
-            extra = sorted(set(self.query_ids) - set(expected))
-            detail = (f"missing {missing[:3]}" if missing else "") + (f" unexpected {extra[:3]}" if extra else "")
-            raise InputError(f"top-K queries do not match {split.dataset}-{split.split} "
-                             f"({detail or 'different order'});"
-                             " expected one entry per query in split order", path=source, field="queries")
-        gallery = set(split.gallery)
-        for query_id, ids in zip(self.query_ids, self.ids):
-            outside = [i for i in ids if i not in gallery]
-            if outside:
-                raise InputError(f"candidate {outside[0]!r} is not in the {split.dataset}-{split.split} gallery",
-                                 path=source, field=query_id)
-
-
-def save_topk_file(path: Path | str, parts: Sequence[TopK]) -> Path:
-    """Write top-K parts as one JSON file, atomically (no partial file on failure)."""
-    if not parts:
-        raise InputError("no top-K parts to save", path=path)
-    stages = sorted({p.stage for p in parts})
-    data = {
-        "format": TOPK_FORMAT, "version": TOPK_VERSION, "stage": stages[0] if len(stages) == 1 else stages,
-        "parts": [{
-            "dataset": p.dataset, "split": p.split, "category": p.category, "k": p.k, "stage": p.stage,
-            "queries": [{"query_id": q, "ids": list(ids), "scores": [float(s) for s in scores]}
-                        for q, ids, scores in zip(p.query_ids, p.ids, p.scores)],
-        } for p in parts],
-    }
-    for i, raw in enumerate(data["parts"]):  # the checks load_topk_file applies, before writing
-        _parse_part(raw, i, Path(path), data["stage"] if isinstance(data["stage"], str) else "stage1")
-    atomic_write_json(path, data)
-    return Path(path)
-
-
-def _expect(condition: bool, message: str, path: Path, field_name: str) -> None:
-    if not condition:
-        raise InputError(message, path=path, field=field_name)
-
-
-def _parse_part(raw: Any, index: int, path: Path, default_stage: str) -> TopK:
-    where = f"parts[{index}]"
-    _expect(isinstance(raw, dict), f"found {type(raw).__name__}; expected an object", path, where)
-    for key in ("dataset", "split", "k", "queries"):
-        _expect(key in raw, f"missing '{key}'; expected dataset, split, category, k, queries", path, where)
-    _expect(isinstance(raw["dataset"], str) and isinstance(raw["split"], str),
-            "dataset and split must be strings", path, where)
-    category = raw.get("category")
-    _expect(category is None or isinstance(category, str), "category must be a string or null", path,
-            f"{where}.category")
-    k = raw["k"]
-    _expect(isinstance(k, int) and not isinstance(k, bool) and k > 0, f"k is {k!r}; expected a positive integer",
-            path, f"{where}.k")
-    _expect(isinstance(raw["queries"], list), "queries must be a list", path, f"{where}.queries")
-    query_ids, ids, scores = [], [], []
-    for j, entry in enumerate(raw["queries"]):
-        q_where = f"{where}.queries[{j}]"
-        _expect(isinstance(entry, dict) and {"query_id", "ids", "scores"} <= set(entry),
-                "expected an object with query_id, ids, scores", path, q_where)
-        _expect(isinstance(entry["query_id"], str), "query_id must be a string", path, f"{q_where}.query_id")
-        ranked, values = entry["ids"], entry["scores"]
-        _expect(isinstance(ranked, list) and all(isinstance(x, str) for x in ranked),
-                "ids must be a list of image id strings", path, f"{q_where}.ids")
-        _expect(len(set(ranked)) == len(ranked), "ids repeat an image; expected unique candidates", path,
-                f"{q_where}.ids")
-        _expect(len(ranked) <= k, f"{len(ranked)} ids; expected at most k={k}", path, f"{q_where}.ids")
-        _expect(isinstance(values, list) and len(values) == len(ranked)
-                and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values),
-                "scores must be finite numbers, one per id", path, f"{q_where}.scores")
-        query_ids.append(entry["query_id"])
-        ids.append(ranked)
-        scores.append([float(v) for v in values])
-    _expect(len(set(query_ids)) == len(query_ids), "a query_id appears twice", path, f"{where}.queries")
-    return TopK(raw["dataset"], raw["split"], category, k, query_ids, ids, scores,
-                stage=str(raw.get("stage", default_stage)))
-
-
-def load_topk_file(path: Path | str) -> list[TopK]:
-    """Read a top-K file; malformed content raises :class:`InputError` naming the field."""
-    path = Path(path)
-    data = read_json(path)
-    _expect(isinstance(data, dict) and data.get("format") == TOPK_FORMAT,
-            f"not an irkit top-K file; expected an object with \"format\": \"{TOPK_FORMAT}\"", path, "format")
-    _expect(data.get("version") == TOPK_VERSION, f"version {data.get('version')!r}; expected {TOPK_VERSION}",
-            path, "version")
-    _expect(isinstance(data.get("parts"), list) and data["parts"], "expected a non-empty 'parts' list", path, "parts")
-    stage = data.get("stage") if isinstance(data.get("stage"), str) else "stage1"
-    parts = [_parse_part(raw, i, path, stage) for i, raw in enumerate(data["parts"])]
-    keys = [p.key() for p in parts]
-    _expect(len(set(keys)) == len(keys), "two parts for the same dataset/split/category", path, "parts")
-    return parts
-
-
-def find_part(parts: Sequence[TopK], split: CIRSplit, source: Optional[Path | str] = None) -> TopK:
-    """The part of ``parts`` for ``split`` (checked against it)."""
-    for part in parts:
-        if part.key() == (split.dataset, split.split, split.category):
-            part.check_split(split, source)
-            return part
-    raise InputError(f"no top-K part for {split.dataset}-{split.split}"
-                     + (f"/{split.category}" if split.category else "")
-                     + f"; the file has {[p.key() for p in parts]}", path=source)
-
-
-def load_topk_parts(path: Path | str, splits: Sequence[CIRSplit]) -> list[TopK]:
-    """The parts of ``splits``, in order, from the top-K file ``path`` (each checked)."""
-    parts = load_topk_file(path)
-    return [find_part(parts, split, path) for split in splits]
-
-
-# --------------------------------------------------------------------------- stage I
-
-
-def _reference_exclusions(split: CIRSplit) -> Optional[np.ndarray]:
-    from irkit.eval.protocols import removes_reference
-
-    if not removes_reference(split):
-        return None
-    position = {image_id: i for i, image_id in enumerate(split.gallery)}
-    return np.array([position.get(q.reference, -1) for q in split.queries], dtype=np.int64)
-
-
-def stage1_topk(method: CIRMethod, ctx: CIRContext, split: CIRSplit, k: int) -> TopK:
-    """Stage I: rank ``split`` with ``method``'s embeddings and keep each query's top ``k``
-    (the reference removed where the protocol removes it; ties by gallery order)."""
-    from irkit import index
-
-    if k <= 0:
-        raise InputError(f"k is {k}; expected a positive number of candidates", field="k")
-    scores, indices = index.search(method.query_embeddings(ctx, split), method.gallery_embeddings(ctx, split), k,
-                                   exclude=_reference_exclusions(split))
-    return TopK(split.dataset, split.split, split.category, int(k), [q.query_id for q in split.queries],
-                [[split.gallery[i] for i in row] for row in indices], [[float(s) for s in row] for row in scores],
-                stage=f"stage1:{method.name}")
 
 
 # --------------------------------------------------------------------------- stage II
@@ -298,7 +126,7 @@ def score_candidates(model: CrossEncoderReranker, ctx: CIRContext, split: CIRSpl
     k = stage1.k if k is None else int(k)
     if not 0 < k <= stage1.k:
         raise InputError(f"k={k} candidates requested; expected 1..{stage1.k} (the stage-I top-K size)", field="k")
-    with_subsets = split.dataset == "cirr" and all(q.subset for q in split.queries)
+    with_subsets = benchmark_of(split).has_subset_ranking and all(q.subset for q in split.queries)
     per_query: list[list[str]] = []  # per query: its top-k candidates, then (CIRR) other subset members
     num_top: list[int] = []
     for query, candidates in zip(split.queries, stage1.ids):
@@ -377,11 +205,6 @@ def rerank_split(model: CrossEncoderReranker, ctx: CIRContext, split: CIRSplit, 
 Stage1 = Union[str, Path, CIRMethod, Sequence[TopK]]
 
 
-def is_topk_path(stage1: Union[str, Path]) -> bool:
-    """Whether a stage-I description names a top-K file (``*.json`` or an existing file)."""
-    return str(stage1).endswith(".json") or Path(stage1).is_file()
-
-
 class Stage1Source:
     """Where stage-I candidates come from: a top-K file, in-memory top-K parts, a method
     instance, or a registered method name (built with ``checkpoint`` / ``options``)."""
@@ -400,9 +223,6 @@ class Stage1Source:
             self.path = Path(stage1)
             self.parts = load_topk_file(stage1)
         elif isinstance(stage1, (str, Path)):
-            from irkit.methods.base import create_method
-            from irkit.methods.textual_inversion import method_options
-
             name = str(stage1)
             if name == "rerank":
                 raise InputError("stage I cannot be 'rerank' itself; give a retrieval method or a top-K file",
@@ -436,7 +256,7 @@ def stage1_parts(stage1: Stage1, ctx: CIRContext, splits: Sequence[CIRSplit], k:
 
 
 @register_method("rerank")
-class RerankMethod(TrainedHeadMethod):
+class RerankMethod(TrainedHeadMethod, RankingMethod):
     """Stage I (a method name, a top-K file, or top-K parts) then the stage-II cross-encoder.
 
     A ranking method: it has no query embeddings; :meth:`rank_split` gives the rankings
@@ -472,10 +292,8 @@ class RerankMethod(TrainedHeadMethod):
 
     def rank_split(self, ctx: CIRContext,
                    split: CIRSplit) -> tuple[dict[str, list[str]], Optional[dict[str, list[str]]]]:
-        """``(rankings, subset_rankings or None)`` for :func:`irkit.eval.protocols.evaluate_rankings`."""
-        from irkit.eval.protocols import GENERIC_MAP_KS, RANKING_DEPTH
-
-        depth = RANKING_DEPTH.get(split.dataset, max(GENERIC_MAP_KS))
+        """``(rankings, subset_rankings or None)``, scored by the benchmark's protocol."""
+        depth = benchmark_of(split).ranking_depth(split)
         stage1 = self.stage1.topk(ctx, split)
         k = self.k or stage1.k
         if k < depth and any(len(ids) > k for ids in stage1.ids):
@@ -484,10 +302,6 @@ class RerankMethod(TrainedHeadMethod):
                              f"(published K: 50 CIRR, 100 FashionIQ)", field="k")
         result = self.rerank(ctx, split)
         return result.topk.rankings(), result.subset_rankings
-
-    def query_embeddings(self, ctx: CIRContext, split: CIRSplit) -> np.ndarray:
-        raise InputError("'rerank' re-sorts candidate lists and has no query embeddings; score it through "
-                         "rank_split (irkit.methods.textual_inversion.evaluate_method does)", field="method")
 
 
 #: Stage-I weights :func:`choose_stage1_weight` tries (0: stage II alone, the published rule).
@@ -508,28 +322,14 @@ def choose_stage1_weight(score: Any, weights: Sequence[float] = STAGE1_WEIGHTS) 
     return best, values
 
 
-class RerankValidator:
+def rerank_validator(ctx: CIRContext, splits: Sequence[CIRSplit], stage1_parts: Sequence[TopK],
+                     include_shared_concept: bool = False, metric: Optional[str] = None,
+                     k: Optional[int] = None) -> Validator:
     """``model -> metrics`` of re-ranking fixed stage-I top-K parts of the validation split(s)."""
-
-    def __init__(self, ctx: CIRContext, splits: Sequence[CIRSplit], stage1_parts: Sequence[TopK],
-                 include_shared_concept: bool = False, metric: Optional[str] = None, k: Optional[int] = None) -> None:
-        from irkit.methods.textual_inversion import SELECTION_METRIC
-
-        if not splits:
-            raise InputError("no validation split given")
-        self.ctx, self.splits, self.parts, self.k = ctx, list(splits), list(stage1_parts), k
-        self.include_shared_concept = include_shared_concept
-        self.metric = metric or SELECTION_METRIC.get(self.splits[0].dataset, "R@1")
-
-    def __call__(self, model: torch.nn.Module) -> dict[str, float]:
-        from irkit.methods.textual_inversion import evaluate_method, flatten_metrics
-
-        method = RerankMethod(model=model, stage1=self.parts, k=self.k,
-                              include_shared_concept=self.include_shared_concept)
-        metrics = flatten_metrics(evaluate_method(method, self.ctx, self.splits, self.include_shared_concept))
-        if self.metric not in metrics:
-            raise InputError(f"validation metric {self.metric!r} is not among {sorted(metrics)}", field="val-metric")
-        return metrics
+    parts = list(stage1_parts)
+    return Validator(ctx, splits, lambda model: RerankMethod(model=model, stage1=parts, k=k,
+                                                             include_shared_concept=include_shared_concept),
+                     include_shared_concept=include_shared_concept, metric=metric)
 
 
 def reranker_loss(model: CrossEncoderReranker, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -552,7 +352,7 @@ def reranker_loss(model: CrossEncoderReranker, batch: dict[str, torch.Tensor]) -
     return in_batch_contrastive_loss(logits, batch["target_index"], extra)
 
 
-def train_reranker(ctx: CIRContext, train_splits: Sequence[CIRSplit], run: RunFolder, config: HeadTrainingConfig,
+def train_reranker(ctx: CIRContext, train_splits: Sequence[CIRSplit], run: RunFolder, config: TrainingConfig,
                    model_config: Optional[RerankerConfig] = None, val_splits: Sequence[CIRSplit] = (),
                    val_stage1: Sequence[TopK] = (), metric: Optional[str] = None, k: Optional[int] = None,
                    resume: Optional[str] = None, train_stage1: Sequence[TopK] = (), hard_negatives: int = 0,
@@ -581,7 +381,7 @@ def train_reranker(ctx: CIRContext, train_splits: Sequence[CIRSplit], run: RunFo
         if not val_stage1:
             raise InputError("re-ranker validation needs the stage-I top-K of the validation split(s)",
                              field="val_stage1")
-        validator = RerankValidator(ctx, val_splits, val_stage1, config.include_shared_concept, metric, k)
+        validator = rerank_validator(ctx, val_splits, val_stage1, config.include_shared_concept, metric, k)
     return train_on_triplets(ctx, train_splits, run, config, lambda: CrossEncoderReranker(model_config),
                              reranker_loss, KIND, model_config.to_dict(), validator=validator, resume=resume,
                              with_tokens=True, negatives=train_stage1 if hard_negatives else (),

@@ -31,26 +31,23 @@ from tqdm.auto import tqdm
 from irkit.data.records import CIRSplit
 from irkit.errors import InputError
 from irkit.io import atomic_path, atomic_write_json, stable_hash
-from irkit.methods.base import CIRContext, register_method
+from irkit.cir.context import CIRContext
+from irkit.cir.registry import register_method
+from irkit.cir.context import frozen, model_device, raw_image_embeddings
+from irkit.cir.training import TrainingConfig, Validator, train_with_validation
 from irkit.methods.textual_inversion import (
     EncodedPhrases,
     PhiMethod,
-    PhiTrainingConfig,
-    PhiValidator,
     PhraseBank,
     PseudoTokenMethod,
     cosine_distance_loss,
-    frozen,
-    index_batches,
     load_phrase_bank,
-    model_device,
     new_phi,
     phrase_regulariser,
-    raw_image_embeddings,
     symmetric_contrastive_loss,
-    train_phi,
     unique_references,
 )
+from irkit.train.loop import index_batches
 from irkit.models.pseudo_token import embed_dim, encode_with_pseudo_tokens, placeholder_token_id, \
     token_width, tokenize_prompts
 
@@ -275,8 +272,8 @@ def oti_for_splits(ctx: CIRContext, splits: Sequence[CIRSplit], out_dir: Path | 
 # --------------------------------------------------------------------------- phi distillation
 
 
-def train_phi_searle(loaded: Any, oti: OTITokens, run: Any, config: PhiTrainingConfig = PhiTrainingConfig(),
-                     phrases: Optional[PhraseBank] = None, validator: Optional[PhiValidator] = None,
+def train_phi_searle(loaded: Any, oti: OTITokens, run: Any, config: TrainingConfig = TrainingConfig(batch_size=256),
+                     phrases: Optional[PhraseBank] = None, validator: Optional[Validator] = None,
                      resume: Optional[str] = None, temperature: float = 0.25, lambda_distil: float = 1.0,
                      lambda_reg: float = 0.75, top_k_concepts: int = 15) -> Any:
     """Distil phi from OTI tokens (SEARLE): phi(f) ~ OTI token of f, plus the phrase regulariser.
@@ -317,8 +314,8 @@ def train_phi_searle(loaded: Any, oti: OTITokens, run: Any, config: PhiTrainingC
         extra = {"method": "searle", "model_name": loaded.model_name, "weights_id": loaded.weights_id,
                  "input_dim": d, "output_dim": w, "oti_images": len(oti.ids), "temperature": temperature,
                  "lambda_distil": lambda_distil, "lambda_reg": lambda_reg}
-        return train_phi(phi, loss_fn, lambda epoch: index_batches(len(oti.ids), config.batch_size, config.seed, epoch),
-                         config, run, validator, resume, extra)
+        return train_with_validation(phi, loss_fn, lambda epoch: index_batches(len(oti.ids), config.batch_size, config.seed, epoch),
+                                     run, config, validator, resume=resume, extra_state=extra)
 
 
 # --------------------------------------------------------------------------- methods

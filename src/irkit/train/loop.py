@@ -300,3 +300,17 @@ def load_trained_state(path: str | Path) -> dict[str, Any]:
                          "(written by irkit.train.loop.train)", path=path)
     return state
 
+
+def index_batches(num_items: int, batch_size: int, seed: int, epoch: int) -> list[torch.Tensor]:
+    """One epoch of shuffled index batches, a function of (seed, epoch) only (exact resume).
+
+    The last partial batch is dropped when there is at least one full batch (as the
+    published trainers' ``drop_last=True``); a set smaller than a batch is one batch.
+    """
+    if num_items <= 0:
+        raise InputError("no training items; expected at least one")
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    order = torch.randperm(num_items, generator=generator)
+    if num_items < batch_size:
+        return [order]
+    return [order[i:i + batch_size] for i in range(0, num_items - batch_size + 1, batch_size)]

@@ -1,12 +1,12 @@
 """Frozen CLIP features of CIR splits, and triplet batches for training heads on them.
 
-The heads of methods.md §D-G (MagicLens fusion, vision projector, Combiner, re-ranker) are
+The heads of docs/methods.md §D-G (MagicLens fusion, vision projector, Combiner, re-ranker) are
 trained and evaluated on *frozen* CLIP features:
 
 * image embeddings, unnormalised (MagicLens and CLIP4Cir feed ``encode_image`` outputs),
-  from :func:`irkit.methods.textual_inversion.split_raw_image_embeddings`, which goes
-  through :func:`irkit.embeddings.encode_image_files`' on-disk cache;
-* text embeddings, unnormalised, of each query's text (:func:`irkit.methods.base.query_text`);
+  from :meth:`irkit.cir.context.CIRContext.raw_image_embeddings`, which goes through
+  :func:`irkit.embeddings.encode_image_files`' on-disk cache;
+* text embeddings, unnormalised, of each query's text (the benchmark's ``query_text``);
 * optionally the images' patch tokens [N, P, D] (the re-ranker's candidates), cached on
   disk with the same key material and files as the embedding cache
   (:func:`encode_image_tokens`).
@@ -32,7 +32,8 @@ from tqdm.auto import tqdm
 from irkit.data.records import CIRSplit
 from irkit.errors import InputError
 from irkit.io import stable_hash
-from irkit.methods.base import CIRContext, query_text
+from irkit.benchmarks import benchmark_of
+from irkit.cir.context import CIRContext, encode_token_ids
 
 #: In-process memo of encoded features (validation re-encodes the same split many times).
 _MEMO: "OrderedDict[str, Any]" = OrderedDict()
@@ -61,8 +62,6 @@ def _model_key(loaded: Any) -> dict[str, Any]:
 
 def raw_text_embeddings(loaded: Any, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
     """[N, D] float32 UNnormalised text embeddings (each distinct text encoded once)."""
-    from irkit.methods.textual_inversion import encode_token_ids
-
     texts = list(texts)
     unique = list(dict.fromkeys(texts))
 
@@ -78,12 +77,11 @@ def raw_text_embeddings(loaded: Any, texts: Sequence[str], batch_size: int = 256
 
 def raw_image_embeddings(ctx: CIRContext, split: CIRSplit, image_ids: Sequence[str]) -> np.ndarray:
     """[N, D] float32 UNnormalised image embeddings of ``image_ids`` (disk cache + memo)."""
-    from irkit.embeddings import _check_files
-    from irkit.methods.textual_inversion import split_raw_image_embeddings
+    from irkit.embeddings import file_fingerprints
 
-    fingerprints = _check_files([split.image_path(i) for i in image_ids])  # path, size, mtime
+    fingerprints = file_fingerprints([split.image_path(i) for i in image_ids])  # path, size, mtime
     return _memoised({"kind": "raw_image", **_model_key(ctx.loaded), "files": fingerprints},
-                     lambda: split_raw_image_embeddings(ctx, split, list(image_ids)))
+                     lambda: ctx.raw_image_embeddings(split, list(image_ids)))
 
 
 def patch_tokens(model: torch.nn.Module, pixels: torch.Tensor) -> torch.Tensor:
@@ -135,19 +133,19 @@ def encode_image_tokens(loaded: Any, paths: Sequence[os.PathLike | str], batch_s
     if batch_size <= 0:
         raise InputError(f"batch size must be positive, got {batch_size}", field="batch_size")
     paths = [Path(p) for p in paths]
-    fingerprints = embeddings._check_files(paths)
+    fingerprints = embeddings.file_fingerprints(paths)
     material = dict(embeddings.image_cache_material(loaded, fingerprints), kind="image_patch_tokens",
                     token_space="visual.proj")
     key = stable_hash(material)
 
     def compute() -> np.ndarray:
         if cache_dir is not None:
-            cached = embeddings._load_cache(Path(cache_dir), key, material)
+            cached = embeddings.load_cached_array(Path(cache_dir), key, material)
             if cached is not None:
                 return cached
         tokens = _encode_tokens_uncached(loaded, paths, batch_size, num_workers)
         if cache_dir is not None:
-            embeddings._save_cache(Path(cache_dir), key, material, tokens)
+            embeddings.save_cached_array(Path(cache_dir), key, material, tokens)
         return tokens
 
     return _memoised({"kind": "tokens", "key": key}, compute)
@@ -191,7 +189,7 @@ def _encode_tokens_uncached(loaded: Any, paths: Sequence[Path], batch_size: int,
     dataset = embeddings.ImageFileDataset(paths, loaded.preprocess)
     workers = max(0, min(num_workers, -(-len(paths) // batch_size)))
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-                                         collate_fn=embeddings._collate)
+                                         collate_fn=embeddings.collate_decoded)
     out: Optional[np.ndarray] = None
     with embeddings.torch_threads(), torch.inference_mode(), \
             tqdm(total=len(paths), desc="patch tokens", unit="img", disable=len(paths) < 2 * batch_size) as bar:
@@ -260,8 +258,9 @@ class CIRFeatures:
 
 
 def split_query_texts(split: CIRSplit, include_shared_concept: bool = False) -> list[str]:
-    """The query text of every query (MagicLens templates, :func:`irkit.methods.base.query_text`)."""
-    return [query_text(q, split.dataset, include_shared_concept) for q in split.queries]
+    """The query text of every query (the benchmark's template-free ``query_text``)."""
+    benchmark = benchmark_of(split)
+    return [benchmark.query_text(q, include_shared_concept) for q in split.queries]
 
 
 def build_features(ctx: CIRContext, split: CIRSplit, *, include_shared_concept: bool = False,
@@ -272,7 +271,7 @@ def build_features(ctx: CIRContext, split: CIRSplit, *, include_shared_concept: 
 
     ``require_targets`` keeps only queries with a target and fails when none has one
     (training). With ``with_tokens`` the patch tokens of every encoded image are added.
-    ``negatives``: a stage-I top-K of this split (:class:`irkit.methods.rerank.TopK`); its
+    ``negatives``: a stage-I top-K of this split (:class:`irkit.cir.topk.TopK`); its
     first ``negative_pool`` candidates per query (default all), less the target, are encoded
     too and listed in ``negative_index`` (re-ranker training on hard negatives).
     """
@@ -420,7 +419,7 @@ class TripletBatches:
         return 1 if n < self.batch_size else n // self.batch_size
 
     def __call__(self, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
-        from irkit.methods.textual_inversion import index_batches
+        from irkit.train.loop import index_batches
 
         f = self.features
         for rows in index_batches(f.num_queries, self.batch_size, self.seed, epoch):

@@ -1,0 +1,138 @@
+"""What every CIR method needs: the backbone, the embedding cache and its encoders.
+
+:class:`CIRContext` wraps a ``irkit.models.LoadedModel`` with the on-disk embedding cache
+(:mod:`irkit.embeddings`): L2-normalised image embeddings for retrieval, UNnormalised ones for
+phi / the trained heads, text embeddings. Shapes: N items, d = the joint embedding width.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Optional, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from irkit.data.records import CIRSplit
+from irkit.errors import InputError
+from irkit.io import stable_hash
+
+
+def l2_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """``x`` with unit L2 norm along ``axis`` (float32; zero rows stay zero)."""
+    norm = np.linalg.norm(x, axis=axis, keepdims=True)
+    return (x / np.maximum(norm, 1e-12)).astype(np.float32)
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@contextlib.contextmanager
+def frozen(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Temporarily set ``requires_grad=False`` on every parameter of the CLIP model
+    (pseudo tokens / phi get gradients through it; its own weights never do)."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    model.requires_grad_(False)
+    try:
+        yield model
+    finally:
+        for parameter, flag in flags:
+            parameter.requires_grad_(flag)
+
+
+def encode_token_ids(model: torch.nn.Module, token_ids: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """Plain text features [N, d] (unnormalised, float32, CPU) of token ids [N, L], no grad."""
+    out = []
+    device = model_device(model)
+    with torch.no_grad():
+        for start in range(0, token_ids.shape[0], batch_size):
+            out.append(model.encode_text(token_ids[start:start + batch_size].to(device)).float().cpu())
+    return torch.cat(out) if out else torch.zeros(0, 0)
+
+
+#: In-process memo of unnormalised embeddings (phi validation re-reads the same references).
+_RAW_MEMO: dict[str, np.ndarray] = {}
+_RAW_MEMO_SIZE = 8
+
+
+def _as_list(items: list) -> list:
+    return items
+
+
+def raw_image_embeddings(loaded: Any, paths: Sequence[Path | str], batch_size: int = 64, num_workers: int = 2,
+                         cache_dir: Optional[Path | str] = None) -> np.ndarray:
+    """[N, d] float32 UNnormalised image embeddings (phi's input) of image files, in order.
+
+    Uses :func:`irkit.embeddings.encode_image_files` (cached on disk) when it offers
+    ``normalize=False``; otherwise decodes with its :class:`~irkit.embeddings.ImageFileDataset`
+    and runs the image tower here (memoised in-process, keyed by model, weights, transform
+    and the files' path/size/mtime).
+    """
+    import inspect
+
+    from irkit import embeddings
+
+    if "normalize" in inspect.signature(embeddings.encode_image_files).parameters:
+        return embeddings.encode_image_files(loaded, paths, batch_size=batch_size, num_workers=num_workers,
+                                             cache_dir=cache_dir, normalize=False)
+    paths = [Path(p) for p in paths]
+    fingerprints = []
+    for path in paths:
+        if not path.is_file():
+            raise InputError("image file not found", path=path)
+        stat = path.stat()
+        fingerprints.append((str(path.resolve()), stat.st_size, stat.st_mtime_ns))
+    key = stable_hash({"model": loaded.model_name, "weights": loaded.weights_id, "precision": loaded.precision,
+                       "transform": loaded.transform_name, "size": loaded.image_size, "files": fingerprints})
+    if key in _RAW_MEMO:
+        return _RAW_MEMO[key].copy()
+    out = np.zeros((len(paths), loaded.embed_dim), dtype=np.float32)
+    dataset = embeddings.ImageFileDataset(paths, loaded.preprocess)
+    workers = max(0, min(num_workers, -(-len(paths) // max(batch_size, 1))))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers,
+                                         collate_fn=_as_list)
+    with torch.no_grad():
+        for items in tqdm(loader, desc="images (unnormalised)", unit="batch", disable=len(paths) < 4 * batch_size):
+            failed = [(i, err) for i, _, err in items if err is not None]
+            if failed:
+                raise InputError(f"cannot decode image ({failed[0][1]}); expected a readable image file",
+                                 path=paths[failed[0][0]])
+            pixels = torch.stack([t for _, t, _ in items]).to(loaded.device, loaded.input_dtype)
+            out[[i for i, _, _ in items]] = loaded.model.encode_image(pixels).float().cpu().numpy()
+    if len(_RAW_MEMO) >= _RAW_MEMO_SIZE:
+        _RAW_MEMO.pop(next(iter(_RAW_MEMO)))
+    _RAW_MEMO[key] = out.copy()
+    return out
+
+
+@dataclass
+class CIRContext:
+    """What every method needs: the backbone (a ``irkit.models.LoadedModel``) and the cache."""
+
+    loaded: Any  # irkit.models.LoadedModel (kept untyped to avoid importing the factory here)
+    cache_dir: Optional[Path] = None
+    batch_size: int = 64
+    num_workers: int = 2
+
+    def image_embeddings(self, split: CIRSplit, image_ids: Sequence[str]) -> np.ndarray:
+        """[N, d] float32 L2-normalised image embeddings of ``image_ids`` (cached on disk)."""
+        from irkit.embeddings import encode_image_files
+
+        paths = [split.image_path(i) for i in image_ids]
+        return encode_image_files(
+            self.loaded, paths, batch_size=self.batch_size, num_workers=self.num_workers,
+            cache_dir=self.cache_dir,
+        )
+
+    def raw_image_embeddings(self, split: CIRSplit, image_ids: Sequence[str]) -> np.ndarray:
+        """[N, d] float32 UNnormalised image embeddings of ``image_ids`` of ``split``."""
+        return raw_image_embeddings(self.loaded, [split.image_path(i) for i in image_ids], self.batch_size,
+                                    self.num_workers, self.cache_dir)
+
+    def text_embeddings(self, texts: Sequence[str]) -> np.ndarray:
+        """[N, d] float32 L2-normalised text embeddings."""
+        return self.loaded.encode_texts(list(texts))

@@ -1,0 +1,76 @@
+"""Options and wiring shared by every ``irkit cir`` command: data, method and backbone."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from irkit.benchmarks import list_benchmarks
+from irkit.cli.common import add_encoding_arguments, add_model_arguments, cache_dir, load_model, parse_key_values
+
+
+def add_context_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_arguments(parser)
+    add_encoding_arguments(parser)
+
+
+def add_data_arguments(parser: argparse.ArgumentParser, prefix: str = "", required: bool = True,
+                        default_split: str = "val") -> None:
+    dest = prefix.replace("-", "_")
+    parser.add_argument(f"--{prefix}dataset", choices=list_benchmarks("cir"), required=required, dest=f"{dest}dataset")
+    parser.add_argument(f"--{prefix}root", type=Path, required=required, dest=f"{dest}root",
+                        help="dataset root (the published layout)")
+    parser.add_argument(f"--{prefix}split", default=default_split, dest=f"{dest}split")
+    parser.add_argument(f"--{prefix}category", default=None, dest=f"{dest}category",
+                        help="FashionIQ: one category (default: dress, shirt and toptee)")
+    parser.add_argument(f"--{prefix}gallery-ids", type=Path, default=None, dest=f"{dest}gallery_ids",
+                        help="CIRCO: gallery ids file when the COCO image-info file is absent")
+
+
+def add_method_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--method", required=True,
+                        help="any registered method: image-only, text-only, image-text-sum, searle, searle-oti, "
+                             "lincir, ... (an unknown name lists them)")
+    parser.add_argument("--method-checkpoint", default=None,
+                        help="the method's trained part: phi checkpoint (searle, lincir), OTI folder (searle-oti), ...")
+    parser.add_argument("--method-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra method option (repeatable), e.g. steps=50 for searle-oti")
+    parser.add_argument("--include-shared-concept", action="store_true",
+                        help="CIRCO: put shared_concept into the query text (recorded in the protocol)")
+
+
+def cir_context(args: argparse.Namespace) -> Any:
+    from irkit.cir.context import CIRContext
+
+    return CIRContext(load_model(args), cache_dir=cache_dir(args), batch_size=args.batch_size,
+                      num_workers=args.num_workers)
+
+
+def loader_options(args: argparse.Namespace, prefix: str = "") -> dict[str, Any]:
+    from irkit.benchmarks.checks import read_gallery_ids
+
+    options: dict[str, Any] = {}
+    category = getattr(args, f"{prefix}category")
+    gallery_ids = getattr(args, f"{prefix}gallery_ids")
+    if category is not None:
+        options["category"] = category
+    if gallery_ids is not None:
+        options["gallery_ids"] = read_gallery_ids(gallery_ids)
+    return options
+
+
+def load_splits(args: argparse.Namespace, prefix: str = "") -> list[Any]:
+    from irkit.cir.evaluate import load_cir_splits
+
+    return load_cir_splits(getattr(args, f"{prefix}dataset"), getattr(args, f"{prefix}root"),
+                           getattr(args, f"{prefix}split"), **loader_options(args, prefix))
+
+
+def build_method(args: argparse.Namespace) -> Any:
+    from irkit.cir.registry import create_method
+    from irkit.cir.registry import method_options
+
+    extra = parse_key_values(args.method_option, "--method-option", underscore_keys=True)
+    return create_method(args.method, **method_options(args.method, args.method_checkpoint,
+                                                       args.include_shared_concept, extra))
