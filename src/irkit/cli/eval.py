@@ -4,6 +4,7 @@
     irkit eval circo --root R --split val --predictions sub.json [--gallery-ids ids.txt]
     irkit eval fashioniq --root R --split val --predictions preds.json
     irkit eval traffic --root R --predictions submission.json [--ground-truth GT]
+    irkit eval genecis --root R --predictions preds.json   ({task: {template index: [positions]}})
 
 Prints ONE JSON object of metrics (named by protocol) to stdout.
 """
@@ -14,7 +15,7 @@ import argparse
 import json
 from typing import Any
 
-DATASETS = ("traffic", "fashioniq", "cirr", "circo")
+DATASETS = ("traffic", "fashioniq", "cirr", "circo", "genecis")
 
 
 def _bool(value: str) -> bool:
@@ -65,6 +66,11 @@ def run_eval(args: argparse.Namespace) -> int:
         kwargs["shared_concept"] = args.shared_concept
         if args.gallery_ids is not None:
             kwargs["gallery_ids"] = read_gallery_ids(args.gallery_ids)
-    result = evaluate_prediction_files(args.dataset, args.root, split, args.predictions, **kwargs)
+    if args.dataset == "genecis":  # scored by its benchmark spec (irkit.benchmarks.genecis)
+        from irkit.benchmarks import get_benchmark
+
+        result = get_benchmark("genecis").score_prediction_files(args.root, split, args.predictions)
+    else:
+        result = evaluate_prediction_files(args.dataset, args.root, split, args.predictions, **kwargs)
     print(json.dumps(result, indent=2))
     return 0
