@@ -370,3 +370,28 @@ def traffic_metrics(
     result.update(map_metrics(rankings, relevant, (k,), "standard", prefix="standard_mAP", scale=1.0))
     result.update(recall_metrics(rankings, relevant, TRAFFIC_RECALL_KS, scale=1.0))
     return result
+
+
+# --------------------------------------------------------------------------- GeneCIS
+
+GENECIS_KS = (1, 2, 3)
+#: GeneCIS rankings are lists of candidate positions (strings): "0" = the target, "1".."n" = gallery order.
+GENECIS_TARGET = "0"
+GENECIS_TIE_RULE = ("ties count against the target: a candidate scoring equal to the target ranks ahead of it "
+                    "(a gallery copy of the target is a separate candidate, so it ties and ranks ahead)")
+
+
+def genecis_order(scores: Sequence[float]) -> list[int]:
+    """Candidate positions best first from one template's scores [n+1] (position 0 = the target):
+    by score descending, a tie with the target ranked ahead of it, other ties by position."""
+    values = np.asarray(scores, dtype=np.float64)
+    if values.ndim != 1 or values.size == 0 or not np.all(np.isfinite(values)):
+        raise InputError(f"candidate scores of shape {values.shape}; expected a non-empty vector of finite numbers")
+    positions = np.arange(values.size)
+    return [int(p) for p in np.lexsort((positions, positions == 0, -values))]
+
+
+def genecis_recall(rankings: Mapping[str, Sequence[str]], ks: Sequence[int] = GENECIS_KS) -> dict[str, float]:
+    """GeneCIS R@k (percent): share of templates whose target (position ``"0"``) is in the top k of
+    its ranking of candidate positions."""
+    return recall_metrics(rankings, {q: {GENECIS_TARGET} for q in rankings}, ks)

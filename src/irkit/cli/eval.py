@@ -4,6 +4,7 @@
     irkit eval circo --root R --split val --predictions sub.json [--gallery-ids ids.txt]
     irkit eval fashioniq --root R --split val --predictions preds.json
     irkit eval traffic --root R --predictions submission.json [--ground-truth GT]
+    irkit eval genecis --root R --predictions predictions.json
 
 Prints ONE JSON object of metrics (named by protocol) to stdout.
 """

@@ -53,6 +53,7 @@ class CIRQuery:
     subset: Optional[tuple[str, ...]] = None  # CIRR img_set members (6 names)
     shared_concept: Optional[str] = None   # CIRCO
     category: Optional[str] = None         # FashionIQ dress|shirt|toptee
+    candidates: Optional[tuple[str, ...]] = None  # per-query candidates (GeneCIS: target, *gallery; may repeat)
 
 
 @dataclass

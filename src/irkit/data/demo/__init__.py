@@ -1,9 +1,9 @@
-"""Deterministic demo data: offline stand-ins for the traffic challenge, FashionIQ, CIRR and CIRCO.
+"""Deterministic demo data: offline stand-ins for the traffic challenge, FashionIQ, CIRR, CIRCO and GeneCIS.
 
 ``generate_demo(out, seed, scale)`` writes, under ``out``:
 
-* ``traffic/``, ``fashioniq/``, ``cirr/``, ``circo/`` in the exact published layouts
-  (``specs/formats.md`` §1-4), so the same loaders read demo and real data. ``traffic/test/``
+* ``traffic/``, ``fashioniq/``, ``cirr/``, ``circo/``, ``genecis/`` in the exact published layouts
+  (``specs/formats.md`` §1-4, §7), so the same loaders read demo and real data. ``traffic/test/``
   additionally holds ``test_ground_truth.txt`` (``text$img1$img2...``, one line per query).
 * irkit-only metadata at each dataset root (not part of the published layouts):
   ``irkit_attributes.jsonl`` (one JSON object per image: its generating attributes, full
@@ -47,6 +47,7 @@ from irkit.data.demo.config import (
     get_scale,
 )
 from irkit.data.demo.fashioniq import generate_fashioniq
+from irkit.data.demo.genecis import generate_genecis
 from irkit.data.demo.jobs import JobRunner, default_workers
 from irkit.data.demo.traffic import generate_traffic
 from irkit.errors import InputError
@@ -59,6 +60,7 @@ ALL: tuple[str, ...] = DATASETS
 MANIFEST_NAME = "demo_manifest.json"
 _GENERATORS: dict[str, Callable[..., DatasetResult]] = {
     "traffic": generate_traffic, "fashioniq": generate_fashioniq, "cirr": generate_cirr, "circo": generate_circo,
+    "genecis": generate_genecis,
 }
 #: Manifest fields that must match for a folder to be extended (anything that changes bytes).
 _IDENTITY_FIELDS = ("seed", "scale", "generator_version", "difficulty")

@@ -13,7 +13,7 @@ from typing import Any
 from irkit.errors import InputError
 
 #: Datasets the generator can write, in generation order.
-DATASETS: tuple[str, ...] = ("traffic", "fashioniq", "cirr", "circo")
+DATASETS: tuple[str, ...] = ("traffic", "fashioniq", "cirr", "circo", "genecis")
 #: Bumped whenever a change to the generator changes its output for the same seed/scale.
 GENERATOR_VERSION = 5
 
@@ -87,13 +87,19 @@ class DemoScale:
     circo_gallery: int = 0
     circo_queries: dict[str, int] = field(default_factory=dict)      # val|test -> queries
     circo_max_ground_truths: int = 14
+    # GeneCIS: templates per task, gallery images per template, COCO-style scenes (object tasks)
+    # and Visual-Genome-style images of two vehicles each (attribute tasks)
+    genecis_templates: int = 0
+    genecis_gallery: int = 14
+    genecis_coco_images: int = 0
+    genecis_vg_images: int = 0
 
     def image_count(self) -> int:
         """Total number of images this scale renders (all datasets)."""
         return (self.traffic_train_vehicles + self.traffic_train_persons + self.traffic_val_vehicles
                 + self.traffic_val_persons + self.traffic_test_vehicles + self.traffic_test_persons
                 + 3 * sum(self.fashioniq_images.values()) + 6 * sum(self.cirr_sets.values())
-                + self.circo_gallery)
+                + self.circo_gallery + self.genecis_coco_images + self.genecis_vg_images)
 
 
 SCALES: dict[str, DemoScale] = {
@@ -107,6 +113,7 @@ SCALES: dict[str, DemoScale] = {
         fashioniq_queries={"train": 8, "val": 8, "test": 5},
         cirr_sets={"train": 3, "val": 5, "test1": 3}, cirr_queries_per_set=2, cirr_train_buckets=2,
         circo_gallery=48, circo_queries={"val": 8, "test": 8}, circo_max_ground_truths=5,
+        genecis_templates=12, genecis_gallery=8, genecis_coco_images=32, genecis_vg_images=20,
     ),
     # A few hundred images per dataset: quick experiments.
     "small": DemoScale(
@@ -118,6 +125,7 @@ SCALES: dict[str, DemoScale] = {
         fashioniq_queries={"train": 80, "val": 60, "test": 25},
         cirr_sets={"train": 40, "val": 50, "test1": 25}, cirr_queries_per_set=3, cirr_train_buckets=10,
         circo_gallery=400, circo_queries={"val": 40, "test": 80}, circo_max_ground_truths=10,
+        genecis_templates=60, genecis_gallery=14, genecis_coco_images=160, genecis_vg_images=80,
     ),
     # >= 3,000 gallery images per dataset: meaningful metrics.
     "full": DemoScale(
@@ -129,6 +137,7 @@ SCALES: dict[str, DemoScale] = {
         fashioniq_queries={"train": 600, "val": 500, "test": 250},
         cirr_sets={"train": 500, "val": 500, "test1": 250}, cirr_queries_per_set=3, cirr_train_buckets=100,
         circo_gallery=3000, circo_queries={"val": 220, "test": 800}, circo_max_ground_truths=14,
+        genecis_templates=500, genecis_gallery=14, genecis_coco_images=1500, genecis_vg_images=750,
     ),
 }
 
