@@ -166,7 +166,7 @@ class GeneCIS(Benchmark):
         return scores
 
     def search(self, split: CIRSplit, query_embeddings: np.ndarray, gallery_embeddings: np.ndarray,
-               k: int) -> np.ndarray:
+               k: int) -> tuple[np.ndarray, np.ndarray]:
         raise InputError("GeneCIS ranks each template's own candidates, not the whole gallery; use rank()",
                          field="dataset")
 
@@ -176,6 +176,22 @@ class GeneCIS(Benchmark):
         descending; a tie with the target ranks ahead of it, other ties by position."""
         scores = self.candidate_scores(split, query_embeddings, gallery_embeddings)
         return {q.query_id: [str(p) for p in metrics.genecis_order(s)[:k]] for q, s in zip(split.queries, scores)}
+
+    def candidate_ids(self, split: CIRSplit, query: CIRQuery) -> Sequence[str]:
+        return [str(p) for p in range(len(candidates_of(query)))]
+
+    def candidate_image(self, query: CIRQuery, candidate: str) -> str:
+        return candidates_of(query)[int(candidate)]
+
+    def top_candidates(self, split: CIRSplit, query_embeddings: np.ndarray, gallery_embeddings: np.ndarray,
+                       k: int) -> tuple[list[list[str]], list[list[float]]]:
+        """Per template, its top-``k`` candidate positions (strings) and their scores."""
+        ids, values = [], []
+        for scores in self.candidate_scores(split, query_embeddings, gallery_embeddings):
+            order = metrics.genecis_order(scores)[:k]
+            ids.append([str(p) for p in order])
+            values.append([float(scores[p]) for p in order])
+        return ids, values
 
     def rank_for_scoring(self, split, query_embeddings, gallery_embeddings):
         depth = max(len(candidates_of(q)) for q in split.queries)

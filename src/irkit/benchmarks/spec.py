@@ -125,6 +125,21 @@ class Benchmark:
         """The query's relevant gallery ids (all ground truths, else the target)."""
         return tuple(query.ground_truths) if query.ground_truths else (query.target,)
 
+    def candidate_ids(self, split: CIRSplit, query: CIRQuery) -> Optional[Sequence[str]]:
+        """The ids a query's ranking may hold when they are not gallery ids (None: the gallery)."""
+        return None
+
+    def candidate_image(self, query: CIRQuery, candidate: str) -> str:
+        """The gallery image id of a ranked candidate of ``query`` (the id itself by default)."""
+        return candidate
+
+    def top_candidates(self, split: CIRSplit, query_embeddings: np.ndarray, gallery_embeddings: np.ndarray,
+                       k: int) -> tuple[list[list[str]], list[list[float]]]:
+        """Per query, its top-``k`` ranked candidates and their scores (stage I of re-ranking)."""
+        scores, indices = self.search(split, query_embeddings, gallery_embeddings, k)
+        return ([[split.gallery[i] for i in row] for row in indices],
+                [[float(v) for v in row] for row in scores])
+
     def rankable(self, split: CIRSplit, query: CIRQuery, gallery_set: Collection[str]) -> int:
         """How many gallery items one query's ranking can hold under the protocol."""
         if self.removes_reference and query.reference in gallery_set:

@@ -71,12 +71,14 @@ class TopK:
             raise InputError(f"top-K queries do not match {split.dataset}-{split.split} "
                              f"({detail or 'different order'});"
                              " expected one entry per query in split order", path=source, field="queries")
+        benchmark = benchmark_of(split)
         gallery = set(split.gallery)
-        for query_id, ids in zip(self.query_ids, self.ids):
-            outside = [i for i in ids if i not in gallery]
+        for query, ids in zip(split.queries, self.ids):
+            allowed = benchmark.candidate_ids(split, query)
+            outside = [i for i in ids if i not in (gallery if allowed is None else set(allowed))]
             if outside:
-                raise InputError(f"candidate {outside[0]!r} is not in the {split.dataset}-{split.split} gallery",
-                                 path=source, field=query_id)
+                raise InputError(f"candidate {outside[0]!r} is not a candidate of {split.dataset}-{split.split} "
+                                 f"query {query.query_id!r}", path=source, field=query.query_id)
 
 
 def save_topk_file(path: Path | str, parts: Sequence[TopK]) -> Path:
@@ -178,10 +180,9 @@ def stage1_topk(method: EmbeddingMethod, ctx: CIRContext, split: CIRSplit, k: in
     (the reference removed where the protocol removes it; ties by gallery order)."""
     if k <= 0:
         raise InputError(f"k is {k}; expected a positive number of candidates", field="k")
-    scores, indices = benchmark_of(split).search(split, method.query_embeddings(ctx, split),
-                                                 method.gallery_embeddings(ctx, split), k)
-    return TopK(split.dataset, split.split, split.category, int(k), [q.query_id for q in split.queries],
-                [[split.gallery[i] for i in row] for row in indices], [[float(s) for s in row] for row in scores],
+    ids, scores = benchmark_of(split).top_candidates(split, method.query_embeddings(ctx, split),
+                                                     method.gallery_embeddings(ctx, split), k)
+    return TopK(split.dataset, split.split, split.category, int(k), [q.query_id for q in split.queries], ids, scores,
                 stage=f"stage1:{method.name}")
 
 

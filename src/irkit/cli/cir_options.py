@@ -22,8 +22,8 @@ def add_data_arguments(parser: argparse.ArgumentParser, prefix: str = "", requir
     parser.add_argument(f"--{prefix}root", type=Path, required=required, dest=f"{dest}root",
                         help="dataset root (the published layout)")
     parser.add_argument(f"--{prefix}split", default=default_split, dest=f"{dest}split")
-    parser.add_argument(f"--{prefix}category", default=None, dest=f"{dest}category",
-                        help="FashionIQ: one category (default: dress, shirt and toptee)")
+    parser.add_argument(f"--{prefix}category", f"--{prefix}task", default=None, dest=f"{dest}category",
+                        help="one part of the benchmark: a FashionIQ category or a GeneCIS task (default: all)")
     parser.add_argument(f"--{prefix}gallery-ids", type=Path, default=None, dest=f"{dest}gallery_ids",
                         help="CIRCO: gallery ids file when the COCO image-info file is absent")
 
@@ -48,13 +48,14 @@ def cir_context(args: argparse.Namespace) -> Any:
 
 
 def loader_options(args: argparse.Namespace, prefix: str = "") -> dict[str, Any]:
+    from irkit.benchmarks import get_benchmark
     from irkit.benchmarks.checks import read_gallery_ids
 
     options: dict[str, Any] = {}
-    category = getattr(args, f"{prefix}category")
+    part = getattr(args, f"{prefix}category")
     gallery_ids = getattr(args, f"{prefix}gallery_ids")
-    if category is not None:
-        options["category"] = category
+    if part is not None:
+        options[get_benchmark(getattr(args, f"{prefix}dataset")).part_option] = part
     if gallery_ids is not None:
         options["gallery_ids"] = read_gallery_ids(gallery_ids)
     return options

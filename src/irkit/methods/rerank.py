@@ -135,10 +135,12 @@ def score_candidates(model: CrossEncoderReranker, ctx: CIRContext, split: CIRSpl
         if with_subsets:
             pool += [m for m in dict.fromkeys(query.subset) if m != query.reference and m not in pool]
         per_query.append(pool)
+    benchmark = benchmark_of(split)
+    image_pools = [[benchmark.candidate_image(query, c) for c in pool] for query, pool in zip(split.queries, per_query)]
     image_row = {image_id: i for i, image_id in enumerate(features.image_ids)}
-    needed = sorted({c for pool in per_query for c in pool}, key=image_row.__getitem__)
+    needed = sorted({c for pool in image_pools for c in pool}, key=image_row.__getitem__)
     tokens, token_row = image_tokens_for(ctx, split, features.image_ids, needed)
-    flat = _score_pairs(model, features, tokens, token_row, needed, per_query, chunk_size)
+    flat = _score_pairs(model, features, tokens, token_row, needed, image_pools, chunk_size)
     bounds = np.cumsum([0] + [len(pool) for pool in per_query])
     return CandidateScores(k, per_query, num_top, [list(scores[:top]) for scores, top in zip(stage1.scores, num_top)],
                            [flat[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:])], with_subsets)
