@@ -46,6 +46,18 @@ def test_table_has_every_row_and_fractions(table_run):
     assert "Notes:" in markdown
 
 
+def test_table_equals_the_table_from_before_the_restructuring(table_run):
+    """The tiny table gives the metrics it gave before the CIR engine was restructured
+    (tests/goldens/pre_restructure.json, written by the code at db01abf)."""
+    _, kwargs, _ = table_run
+    before = json.loads((Path(__file__).parent / "goldens" / "pre_restructure.json").read_text())["cir_table"]
+    table = _read_table(kwargs["out_dir"])
+    assert set(table) == set(before)
+    for method, row in before.items():
+        for column, value in row.items():
+            assert table[method][column] == value, (method, column)
+
+
 def test_table_equals_independent_library_evaluation(table_run):
     """The table's numbers equal what `irkit cir eval`'s library calls give on their own, with
     the stage's checkpoints; CIRR image-only R@1 is also recomputed by hand from embeddings."""

@@ -48,6 +48,20 @@ def _val(setup, dataset):
     return load_cir_splits(dataset, setup.data_root / dataset, "val")
 
 
+def test_rows_equal_the_rows_from_before_the_restructuring(run):
+    """The tiny fusion / re-ranking rows give the metrics they gave before the CIR engine was
+    restructured (tests/goldens/pre_restructure.json, written by the code at db01abf)."""
+    import json
+    from pathlib import Path
+
+    _, rows, _ = run
+    before = json.loads((Path(__file__).parent / "goldens" / "pre_restructure.json").read_text())["fusion_rows"]
+    assert [r["method"] for r in rows] == list(before) or {r["method"] for r in rows} == set(before)
+    for row in rows:
+        for column in TABLE_COLUMNS:
+            assert row[column] == pytest.approx(before[row["method"]][column], abs=1e-12), (row["method"], column)
+
+
 def test_rows_shape(run):
     _, rows, _ = run
     assert [r["method"] for r in rows][:3] == [label for _, _, label in fr.HEADS.values()]
@@ -221,7 +235,9 @@ def test_rankings_with_tail_by_hand():
     stage1 = TopK("cirr", "val", None, 4, ["q1", "q2"], [["a", "b", "c", "d"], ["e", "f", "g", "h"]],
                   [[4.0, 3.0, 2.0, 1.0]] * 2)
     reranked = TopK("cirr", "val", None, 2, ["q1", "q2"], [["b", "a"], ["e", "f"]], [[9.0, 1.0]] * 2)
-    assert fr.rankings_with_tail(reranked, stage1) == {"q1": ["b", "a", "c", "d"], "q2": ["e", "f", "g", "h"]}
+    from irkit.methods.rerank import rankings_with_tail
+
+    assert rankings_with_tail(reranked, stage1) == {"q1": ["b", "a", "c", "d"], "q2": ["e", "f", "g", "h"]}
 
 
 def test_budget_overrides_and_bad_budget(tmp_path):

@@ -142,6 +142,7 @@ def _run_oti(args: argparse.Namespace) -> int:
 def _run_train_phi(args: argparse.Namespace) -> int:
     from irkit.errors import InputError
     from irkit.cir.training import TrainingConfig, make_validator, open_run
+    from irkit.workflows.cir import describe_result, train_phi
 
     if args.method == "searle" and args.oti is None:
         raise InputError("searle phi training needs --oti (an OTI folder from `irkit cir oti`)", field="oti")
@@ -163,22 +164,23 @@ def _run_train_phi(args: argparse.Namespace) -> int:
               **config.to_params()}
     run = open_run(args.log_dir, args.name, params, args.resume)
     try:
+        oti = captions = bank = None
         if args.method == "searle":
-            from irkit.methods.searle import OTITokens, train_phi_searle
+            from irkit.methods.searle import OTITokens
 
-            result = train_phi_searle(ctx.loaded, OTITokens.load(args.oti), run, config, _phrase_bank(args),
-                                      validator, args.resume, temperature=args.temperature,
-                                      lambda_reg=args.lambda_reg)
+            oti, bank = OTITokens.load(args.oti), _phrase_bank(args)
         else:
-            from irkit.methods.lincir import read_captions, train_phi_lincir
+            from irkit.methods.lincir import read_captions
 
             captions = read_captions(args.captions, sep=args.csv_separator, caption_key=args.caption_key)
-            result = train_phi_lincir(ctx.loaded, captions, run, config, validator, args.resume)
+        result = train_phi(args.method, ctx.loaded, run, config, oti=oti, captions=captions,
+                           phrase_bank=bank, validator=validator, resume=args.resume,
+                           temperature=args.temperature, lambda_reg=args.lambda_reg)
     finally:
         run.close()
-    print(json.dumps({"run_dir": str(run.path), "best_checkpoint": str(result.best_checkpoint or ""),
-                      "best_value": result.best_value, "best_step": result.best_step,
-                      "latest_checkpoint": str(result.latest_checkpoint or "")}))
+    described = describe_result(run, result)
+    described.pop("steps")
+    print(json.dumps(described))
     return 0
 
 

@@ -112,6 +112,10 @@ def register(cir_subparsers: argparse._SubParsersAction) -> None:
     rerank.add_argument("--stage1-weight", type=float, default=0.0,
                         help="sort by stage-II + W x stage-I score (irkit score fusion; default 0: stage II alone, "
                              "as published). Choose W on a training split, not on the split you report")
+    rerank.add_argument("--stage1-tail", action="store_true",
+                        help="with K below the protocol's depth (50), score the re-ranked top K followed by the "
+                             "stage-I candidates after rank K in their stage-I order (how the README table scores "
+                             "its K=20 rows; irkit option)")
     rerank.add_argument("--out", type=Path, default=None, help="write the re-ranked top-K file here")
     rerank.add_argument("--no-eval", action="store_true", help="only write --out, even on an annotated split")
     rerank.set_defaults(func=_run_rerank)
@@ -135,58 +139,25 @@ def _val_splits(args: argparse.Namespace) -> list[Any]:
     return load_splits(args, "val_")
 
 
-def _run_train(args: argparse.Namespace) -> int:
-    from irkit.cir.training import open_run
-
-    config = _training_config(args)
-    ctx = cir_context(args)
-    train_splits, val_splits = load_splits(args), _val_splits(args)
-    params = {"kind": args.kind, "model": args.model, "pretrained": args.pretrained, "checkpoint": args.checkpoint,
-              "dataset": args.dataset, "root": args.root, "split": args.split, "val_dataset": args.val_dataset,
-              "val_root": args.val_root, "val_split": args.val_split, "method": args.kind, **config.to_params(),
-              **{k: v for k, v in vars(args).items() if k in ("depth", "heads", "projector", "projection_dim",
-                                                               "hidden_dim", "val_stage1", "k", "hard_negatives",
-                                                               "train_stage1", "negative_pool")}}
-    run = open_run(args.log_dir, args.name, params, args.resume)
-    try:
-        result = _TRAINERS[args.kind](args, ctx, train_splits, val_splits, run, config)
-    finally:
-        run.close()
-    print(json.dumps({"run_dir": str(run.path), "best_checkpoint": str(result.best_checkpoint or ""),
-                      "best_value": result.best_value, "best_step": result.best_step,
-                      "latest_checkpoint": str(result.latest_checkpoint or ""), "steps": result.step}))
-    return 0
+def _head_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The model-config options of the head ``args.kind`` (:func:`irkit.workflows.cir.head_model_config`)."""
+    if args.kind == "magiclens":
+        return {"depth": args.depth, "num_heads": args.heads, "projector": args.projector,
+                "projector_trainable": not args.projector_frozen, "projector_zero_init": not args.projector_random_init}
+    if args.kind == "combiner":
+        return {"projection_dim": args.projection_dim, "hidden_dim": args.hidden_dim,
+                "published": args.published_sizes}
+    return {"depth": args.depth, "num_heads": args.heads}
 
 
-def _train_fusion(args: argparse.Namespace, ctx: Any, train_splits: list[Any], val_splits: list[Any],
-                  run: Any, config: Any) -> Any:
-    from irkit.methods.fusion import train_fusion
-    from irkit.models.fusion import FusionConfig
-
-    model_config = FusionConfig(embed_dim=ctx.loaded.embed_dim, depth=args.depth, num_heads=args.heads,
-                                projector=args.projector, projector_trainable=not args.projector_frozen,
-                                projector_zero_init=not args.projector_random_init)
-    return train_fusion(ctx, train_splits, run, config, model_config, val_splits, args.val_metric, args.resume)
-
-
-def _train_combiner(args: argparse.Namespace, ctx: Any, train_splits: list[Any], val_splits: list[Any],
-                    run: Any, config: Any) -> Any:
-    from irkit.methods.combiner import train_combiner
-    from irkit.models.combiner import CombinerConfig
-
-    model_config = CombinerConfig.scaled(ctx.loaded.embed_dim, args.projection_dim, args.hidden_dim,
-                                         published=args.published_sizes)
-    return train_combiner(ctx, train_splits, run, config, model_config, val_splits, args.val_metric, args.resume)
-
-
-def _train_reranker(args: argparse.Namespace, ctx: Any, train_splits: list[Any], val_splits: list[Any],
-                    run: Any, config: Any) -> Any:
+def _reranker_candidates(args: argparse.Namespace, ctx: Any, train_splits: list[Any],
+                         val_splits: list[Any]) -> dict[str, Any]:
+    """Stage-I candidates the re-ranker trains against (validation; hard negatives)."""
     from irkit.errors import InputError
-    from irkit.methods.rerank import stage1_parts, train_reranker
-    from irkit.models.reranker import RerankerConfig
+    from irkit.methods.rerank import stage1_parts
 
-    model_config = RerankerConfig(embed_dim=ctx.loaded.embed_dim, token_dim=ctx.loaded.embed_dim, depth=args.depth,
-                                  num_heads=args.heads)
+    if args.kind != "reranker":
+        return {}
     val_stage1 = []
     if val_splits:
         val_stage1 = stage1_parts(args.val_stage1, ctx, val_splits, k=args.k,
@@ -200,44 +171,52 @@ def _train_reranker(args: argparse.Namespace, ctx: Any, train_splits: list[Any],
         train_stage1 = stage1_parts(args.train_stage1, ctx, train_splits, k=args.negative_pool,
                                     checkpoint=args.train_stage1_checkpoint,
                                     include_shared_concept=args.include_shared_concept)
-    return train_reranker(ctx, train_splits, run, config, model_config, val_splits, val_stage1, args.val_metric,
-                          args.k, args.resume, train_stage1=train_stage1, hard_negatives=args.hard_negatives,
-                          negative_pool=args.negative_pool)
+    return {"val_stage1": val_stage1, "k": args.k, "train_stage1": train_stage1,
+            "hard_negatives": args.hard_negatives, "negative_pool": args.negative_pool}
 
 
-_TRAINERS = {"magiclens": _train_fusion, "combiner": _train_combiner, "reranker": _train_reranker}
+def _run_train(args: argparse.Namespace) -> int:
+    from irkit.cir.training import open_run
+    from irkit.workflows.cir import describe_result, head_model_config, train_head
+
+    config = _training_config(args)
+    ctx = cir_context(args)
+    train_splits, val_splits = load_splits(args), _val_splits(args)
+    params = {"kind": args.kind, "model": args.model, "pretrained": args.pretrained, "checkpoint": args.checkpoint,
+              "dataset": args.dataset, "root": args.root, "split": args.split, "val_dataset": args.val_dataset,
+              "val_root": args.val_root, "val_split": args.val_split, "method": args.kind, **config.to_params(),
+              **{k: v for k, v in vars(args).items() if k in ("depth", "heads", "projector", "projection_dim",
+                                                               "hidden_dim", "val_stage1", "k", "hard_negatives",
+                                                               "train_stage1", "negative_pool")}}
+    model_config = head_model_config(args.kind, ctx.loaded.embed_dim, **_head_options(args))
+    candidates = _reranker_candidates(args, ctx, train_splits, val_splits)
+    run = open_run(args.log_dir, args.name, params, args.resume)
+    try:
+        result = train_head(args.kind, ctx, train_splits, run, config, model_config, val_splits, args.val_metric,
+                            args.resume, **candidates)
+    finally:
+        run.close()
+    print(json.dumps(describe_result(run, result)))
+    return 0
 
 
 def _run_stage1(args: argparse.Namespace) -> int:
-    from irkit.cir.topk import default_k, save_topk_file, stage1_topk
+    from irkit.workflows.cir import write_stage1_file
 
-    ctx, method = cir_context(args), build_method(args)
-    parts = [stage1_topk(method, ctx, split, args.k or default_k(split.dataset)) for split in load_splits(args)]
-    save_topk_file(args.out, parts)
+    parts = write_stage1_file(build_method(args), cir_context(args), load_splits(args), args.out, args.k)
     print(json.dumps({"out": str(args.out), "method": args.method, "parts": len(parts),
                       "k": [p.k for p in parts], "queries": sum(len(p.query_ids) for p in parts)}))
     return 0
 
 
 def _run_rerank(args: argparse.Namespace) -> int:
-    from irkit.cir.registry import create_method
-    from irkit.cir.topk import is_topk_path, save_topk_file
-    from irkit.cir.evaluate import evaluate_method
+    from irkit.cli.common import parse_key_values
+    from irkit.workflows.cir import rerank
 
-    ctx, splits = cir_context(args), load_splits(args)
-    stage1: Any = args.stage1
-    if not is_topk_path(args.stage1):
-        stage1 = build_method(argparse.Namespace(method=args.stage1, method_checkpoint=args.stage1_checkpoint,
-                                            method_option=args.stage1_option,
-                                            include_shared_concept=args.include_shared_concept))
-    method = create_method("rerank", checkpoint=args.reranker, stage1=stage1, k=args.k,
-                           include_shared_concept=args.include_shared_concept, stage1_weight=args.stage1_weight)
-    output: dict[str, Any] = {"method": "rerank", "stage1": args.stage1}
-    annotated = all(q.target is not None for split in splits for q in split.queries)
-    if annotated and not args.no_eval:  # scored first: a failure writes nothing
-        output["metrics"] = evaluate_method(method, ctx, splits, args.include_shared_concept)
-    if args.out is not None:
-        save_topk_file(args.out, [method.rerank(ctx, split).topk for split in splits])
-        output["out"] = str(args.out)
+    output = rerank(cir_context(args), load_splits(args), args.reranker, args.stage1, k=args.k,
+                    include_shared_concept=args.include_shared_concept, stage1_weight=args.stage1_weight,
+                    stage1_tail=args.stage1_tail, out=args.out, evaluate=not args.no_eval,
+                    stage1_checkpoint=args.stage1_checkpoint,
+                    stage1_options=parse_key_values(args.stage1_option, "--stage1-option", underscore_keys=True))
     print(json.dumps(output, indent=2))
     return 0

@@ -353,7 +353,8 @@ def _train_phi(bench: _Bench, stage_dir: Path, method: str, steps: int, batch_si
 
 def lincir_stage(bench: _Bench, stage_dir: Path) -> dict[str, Any]:
     """LinCIR: phi from the demo training captions (text only), then evaluated."""
-    from irkit.methods.lincir import read_captions, train_phi_lincir
+    from irkit.methods.lincir import read_captions
+    from irkit.workflows.cir import train_phi
 
     budgets = bench.setup.budgets
     captions: list[str] = []
@@ -361,8 +362,8 @@ def lincir_stage(bench: _Bench, stage_dir: Path) -> dict[str, Any]:
         captions += read_captions(Path(bench.setup.data_root) / "captions" / name)
     phi = _train_phi(bench, stage_dir, "lincir", budgets["lincir_steps"], budgets["lincir_batch_size"],
                      budgets["lincir_lr"], budgets["lincir_validate_every"],
-                     lambda config, run, validator: train_phi_lincir(bench.loaded, captions, run, config, validator,
-                                                                     "latest"),
+                     lambda config, run, validator: train_phi("lincir", bench.loaded, run, config, captions=captions,
+                                                              validator=validator, resume="latest"),
                      {"captions": list(TRAIN_CAPTION_FILES), "num_captions": len(captions)})
     phi["num_captions"] = len(captions)
     method = bench.method("lincir", stage_dir / phi["best_checkpoint"])
@@ -391,7 +392,8 @@ def oti_training_images(bench: _Bench, cap: int) -> tuple[list[str], list[Path]]
 
 def searle_stage(bench: _Bench, stage_dir: Path) -> dict[str, Any]:
     """SEARLE: OTI on capped training references, phi distilled from the tokens, evaluated."""
-    from irkit.methods.searle import OTIConfig, run_oti, train_phi_searle
+    from irkit.methods.searle import OTIConfig, run_oti
+    from irkit.workflows.cir import train_phi
     from irkit.cir.context import raw_image_embeddings
     from irkit.methods.textual_inversion import load_phrase_bank
 
@@ -406,8 +408,8 @@ def searle_stage(bench: _Bench, stage_dir: Path) -> dict[str, Any]:
     tokens = run_oti(bench.loaded, ids, features, stage_dir / "oti", oti_config, bank)
     phi = _train_phi(bench, stage_dir, "searle", budgets["searle_steps"], budgets["searle_batch_size"],
                      budgets["searle_lr"], budgets["searle_validate_every"],
-                     lambda config, run, validator: train_phi_searle(bench.loaded, tokens, run, config, bank,
-                                                                     validator, "latest"),
+                     lambda config, run, validator: train_phi("searle", bench.loaded, run, config, oti=tokens,
+                                                              phrase_bank=bank, validator=validator, resume="latest"),
                      {"oti_images": len(ids), "oti_steps": oti_config.steps})
     phi.update(oti_images=len(ids), oti_steps=oti_config.steps)
     method = bench.method("searle", stage_dir / phi["best_checkpoint"])

@@ -232,9 +232,8 @@ def _train_runs(bench: _Bench, stage_dir: Path, kind: str, params: Mapping[str, 
 
 
 def _head_stage(bench: _Bench, stage: str) -> dict[str, Any]:
-    from irkit.methods.combiner import train_combiner
-    from irkit.methods.fusion import train_fusion
     from irkit.models.combiner import CombinerConfig
+    from irkit.workflows.cir import train_head
     from irkit.models.fusion import FusionConfig
     from irkit.cir.training import TrainingConfig
 
@@ -252,9 +251,8 @@ def _head_stage(bench: _Bench, stage: str) -> dict[str, Any]:
                                 seed=bench.setup.seed)
 
     def trainer(dataset: str, run: Any) -> Any:
-        train = train_combiner if stage == "combiner" else train_fusion
-        return train(bench.ctx, bench.train_splits[dataset], run, config, model_config,
-                     val_splits=bench.val_splits[dataset], resume="latest")
+        return train_head(method_name, bench.ctx, bench.train_splits[dataset], run, config, model_config,
+                          val_splits=bench.val_splits[dataset], resume="latest")
 
     def compute(stage_dir: Path) -> dict[str, Any]:
         trained = _train_runs(bench, stage_dir, method_name, {**config.to_params(), **model_config.to_dict()},
@@ -347,8 +345,8 @@ def _reranker_stage(bench: _Bench, stage1: Mapping[str, Any],
                     stage1_train: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
     """Train the cross-encoder per benchmark: in-batch negatives (stage ``reranker``), or with
     hard negatives from ``stage1_train`` as well (stage ``reranker-hn``)."""
-    from irkit.methods.rerank import train_reranker
     from irkit.models.reranker import RerankerConfig
+    from irkit.workflows.cir import train_head
     from irkit.cir.training import TrainingConfig
 
     budget, dim = bench.budget, bench.loaded.embed_dim
@@ -363,11 +361,10 @@ def _reranker_stage(bench: _Bench, stage1: Mapping[str, Any],
 
     def trainer(dataset: str, run: Any) -> Any:
         train, val = bench.train_splits[dataset], bench.val_splits[dataset]
-        return train_reranker(bench.ctx, train, run, config, model_config,
-                              val_splits=val, val_stage1=_stage_parts(bench, stage1, val), k=val_k, resume="latest",
-                              train_stage1=_stage_parts(bench, stage1_train, train) if stage1_train else (),
-                              hard_negatives=negatives["hard_negatives"],
-                              negative_pool=negatives["hard_negative_pool"])
+        return train_head("reranker", bench.ctx, train, run, config, model_config,
+                          val_splits=val, val_stage1=_stage_parts(bench, stage1, val), k=val_k, resume="latest",
+                          train_stage1=_stage_parts(bench, stage1_train, train) if stage1_train else (),
+                          hard_negatives=negatives["hard_negatives"], negative_pool=negatives["hard_negative_pool"])
 
     def compute(stage_dir: Path) -> dict[str, Any]:
         trained = _train_runs(bench, stage_dir, "reranker",
@@ -376,13 +373,6 @@ def _reranker_stage(bench: _Bench, stage1: Mapping[str, Any],
                 **trained}
 
     return _stage(bench.setup, "reranker-hn" if stage1_train else "reranker", compute)
-
-
-def rankings_with_tail(reranked: Any, stage1: Any) -> dict[str, list[str]]:
-    """Scored rankings of a re-ranked part: its top-K, then the stage-I candidates after rank K
-    in their stage-I order (``reranked`` holds exactly the stage-I top-K, re-sorted)."""
-    return {query_id: list(ids) + list(before[reranked.k:])
-            for query_id, ids, before in zip(reranked.query_ids, reranked.ids, stage1.ids)}
 
 
 def rank_change_counts(split: Any, stage1: Any, reranked: Any) -> dict[str, int]:
@@ -410,6 +400,7 @@ def _score_reranked(bench: _Bench, dataset: str, splits: Sequence[Any], parts: S
     """``(results, re-ranked parts, rank changes)`` of re-ranking ``parts`` of ``splits`` with
     ``method``, scored as the table scores (re-ranked top-K, then stage-I ranks K+1..)."""
     from irkit.cir.protocol import combine_split_results, evaluate_rankings
+    from irkit.methods.rerank import rankings_with_tail
 
     split_results, reranked_parts, changes = [], [], {}
     for split, part in zip(splits, parts):
@@ -549,4 +540,4 @@ def stage_results(setup: CIRBenchSetup) -> dict[str, dict[str, Any]]:
 
 
 __all__: Sequence[str] = ("FusionBudget", "DEFAULT_BUDGETS", "resolve_budget", "fusion_rows",
-                          "rankings_with_tail", "rank_change_counts", "stage_results")
+                          "rank_change_counts", "stage_results")

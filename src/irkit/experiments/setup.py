@@ -116,14 +116,14 @@ class BenchContext:
     def __init__(self, setup: CIRBenchSetup) -> None:
         from irkit.cir.context import CIRContext
         from irkit.cir.evaluate import load_cir_splits
-        from irkit.cir.review import cir_dataset_root
+        from irkit.benchmarks import get_benchmark
         from irkit.models import create_model
 
         self.setup = setup
         self.loaded = create_model(setup.model, pretrained=setup.pretrained, checkpoint=setup.clip_checkpoint,
                                    seed=setup.seed)
         self.ctx = CIRContext(self.loaded, cache_dir=setup.cache_dir, batch_size=64, num_workers=setup.workers)
-        self.roots = {d: cir_dataset_root(setup.data_root, d) for d in BENCHMARKS}
+        self.roots = {d: get_benchmark(d).dataset_root(setup.data_root) for d in BENCHMARKS}
         self.val_splits = {d: load_cir_splits(d, self.roots[d], "val") for d in BENCHMARKS}
         self.include_shared_concept = bool(setup.budgets.get("include_shared_concept", False))
 

@@ -271,9 +271,11 @@ class RerankMethod(TrainedHeadMethod, RankingMethod):
     def __init__(self, checkpoint: Optional[Path | str] = None, model: Optional[CrossEncoderReranker] = None,
                  stage1: Stage1 = "image-text-sum", stage1_checkpoint: Optional[Path | str] = None,
                  stage1_options: Optional[Mapping[str, Any]] = None, k: Optional[int] = None,
-                 include_shared_concept: bool = False, batch_size: int = 512, stage1_weight: float = 0.0) -> None:
+                 include_shared_concept: bool = False, batch_size: int = 512, stage1_weight: float = 0.0,
+                 stage1_tail: bool = False) -> None:
         super().__init__(checkpoint, model, include_shared_concept, batch_size)
         self.k = k
+        self.stage1_tail = bool(stage1_tail)
         self.stage1 = Stage1Source(stage1, stage1_checkpoint, stage1_options, include_shared_concept, k)
         self.stage1_weight = float(stage1_weight)
         self._scores: dict[tuple[Any, ...], CandidateScores] = {}
@@ -298,12 +300,22 @@ class RerankMethod(TrainedHeadMethod, RankingMethod):
         depth = benchmark_of(split).ranking_depth(split)
         stage1 = self.stage1.topk(ctx, split)
         k = self.k or stage1.k
-        if k < depth and any(len(ids) > k for ids in stage1.ids):
+        if k < depth and any(len(ids) > k for ids in stage1.ids) and not self.stage1_tail:
             raise InputError(f"re-ranking keeps K={k} candidates per query, but the {split.dataset} protocol scores "
                              f"rankings down to rank {depth}; re-rank K >= {depth} candidates to evaluate "
-                             f"(published K: 50 CIRR, 100 FashionIQ)", field="k")
+                             f"(published K: 50 CIRR, 100 FashionIQ), or append the stage-I candidates after "
+                             f"rank K (stage1_tail=True, --stage1-tail)", field="k")
         result = self.rerank(ctx, split)
+        if self.stage1_tail:
+            return rankings_with_tail(result.topk, stage1), result.subset_rankings
         return result.topk.rankings(), result.subset_rankings
+
+
+def rankings_with_tail(reranked: TopK, stage1: TopK) -> dict[str, list[str]]:
+    """Scored rankings of a re-ranked part: its top-K, then the stage-I candidates after rank K
+    in their stage-I order (``reranked`` holds exactly the stage-I top-K, re-sorted)."""
+    return {query_id: list(ids) + list(before[reranked.k:])
+            for query_id, ids, before in zip(reranked.query_ids, reranked.ids, stage1.ids)}
 
 
 #: Stage-I weights :func:`choose_stage1_weight` tries (0: stage II alone, the published rule).

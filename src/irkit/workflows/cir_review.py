@@ -18,11 +18,6 @@ from irkit.io import atomic_write_json
 from irkit.runs import RunFolder
 
 
-def cir_dataset_root(data_root: Path | str, dataset: str) -> Path:
-    """``<data_root>/<dataset>`` (a demo root) when it exists, else ``data_root`` itself."""
-    return get_benchmark(dataset).dataset_root(data_root)
-
-
 def ensure_cir_demo(data_root: Path | str, dataset: str, scale: str = "tiny",
                     seed: int = 0) -> tuple[Path, Optional[Path]]:
     """``(dataset root, LinCIR caption file or None)``; generates the demo data (the dataset
@@ -70,7 +65,8 @@ def review_cir_method(ctx: CIRContext, dataset: str, root: Path | str, method: s
     splits = load_cir_splits(dataset, root, split, **loader_options)
     phi_run = None
     if method == "lincir" and method_checkpoint is None and lincir_captions is not None and lincir_steps > 0:
-        from irkit.methods.lincir import read_captions, train_phi_lincir
+        from irkit.methods.lincir import read_captions
+        from irkit.workflows.cir import train_phi
 
         if run_dir is None:
             raise InputError("training phi needs a run_dir to keep its run folder", field="run_dir")
@@ -78,7 +74,8 @@ def review_cir_method(ctx: CIRContext, dataset: str, root: Path | str, method: s
         validator = make_validator(ctx, "lincir", dataset, root, split, include_shared_concept, **loader_options)
         run = RunFolder.create(run_dir, "phi", {"method": "lincir", "captions": lincir_captions, **config.to_params()})
         try:
-            result = train_phi_lincir(ctx.loaded, read_captions(lincir_captions), run, config, validator)
+            result = train_phi("lincir", ctx.loaded, run, config, captions=read_captions(lincir_captions),
+                               validator=validator)
         finally:
             run.close()
         method_checkpoint, phi_run = result.best_checkpoint, run.path
