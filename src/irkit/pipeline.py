@@ -16,7 +16,7 @@ training on the augmented captions. With ``augment=False`` the same two-stage sc
 on the raw captions, so the ablation compares equal compute.
 
 Inference prompt: ``prompt="auto"`` (default) chooses suffix / strip / none on the labelled
-val split (``irkit.infer.traffic.select_prompt``) for the trained weights and, separately, for
+val split (``irkit.traffic.inference.select_prompt``) for the trained weights and, separately, for
 the weights before training; the other variants are scored on test as the prompt ablation.
 """
 
@@ -34,7 +34,7 @@ from irkit.io import atomic_write_json
 from irkit.runs import RunFolder
 
 PROMPT_VARIANTS = ("suffix", "strip", "none")
-#: ``prompt="auto"``: the variant is chosen on the labelled val split (infer.traffic.select_prompt).
+#: ``prompt="auto"``: the variant is chosen on the labelled val split (traffic.inference.select_prompt).
 PROMPT_AUTO = "auto"
 
 
@@ -121,8 +121,8 @@ def _score_inference(split: Any, loaded: Any, prompt: str, out_dir: Optional[Pat
                      workers: int) -> tuple[dict[str, Any], dict[str, Any]]:
     """Infer both galleries, merge in test_text.txt order, score; returns (metrics, submission)."""
     from irkit.eval.protocols import evaluate_traffic_submission
-    from irkit.infer.merge import merge_results
-    from irkit.infer.traffic import infer_traffic
+    from irkit.traffic.inference import infer_traffic
+    from irkit.traffic.merge import merge_results
 
     inference = infer_traffic(split, loaded, prompt=prompt, out_dir=out_dir, cache_dir=cache_dir,
                               num_workers=workers)
@@ -143,7 +143,7 @@ def resolve_prompt(params: TrafficRunParams, loaded: Any, root: Path, run: RunFo
     ``"auto"`` the variant with the best official mAP@10 on the labelled val split."""
     if params.prompt != PROMPT_AUTO:
         return params.prompt, None
-    from irkit.infer.traffic import select_prompt_on_val
+    from irkit.traffic.inference import select_prompt_on_val
 
     selection = select_prompt_on_val(root, loaded, cache_dir=params.cache_dir, num_workers=params.workers)
     run.log("prompt chosen on val (%d queries): %s; official mAP@10 per variant: %s", selection.num_queries,
@@ -206,10 +206,10 @@ def reproduce(params: TrafficRunParams, run_dir: Path | str) -> PipelineResult:
     """The full pipeline (module docstring) into ``run_dir``; returns metrics and paths."""
     from irkit.data.traffic import load_traffic, read_label_file, write_label_file
     from irkit.models import create_model
-    from irkit.preprocess.attributes import count_attributes, load_car_attribute, write_car_attribute
-    from irkit.preprocess.augment import (augment_labels_detailed, default_truth_path, fill_accuracy,
-                                          read_attribute_truth)
-    from irkit.preprocess.csvbuild import build_training_csv
+    from irkit.traffic.attributes import count_attributes, load_car_attribute, write_car_attribute
+    from irkit.traffic.augment import (augment_labels_detailed, default_truth_path, fill_accuracy,
+                                       read_attribute_truth)
+    from irkit.traffic.training_csv import build_training_csv
 
     check_prompt(params.prompt)
     run = _open_run(run_dir, params, "reproduce")
@@ -385,7 +385,7 @@ def traffic_result_grid(run_dir: Path | str, data_root: Path | str, num_queries:
 
     split = load_traffic(traffic_root(data_root), "test")
     submission = json.loads((Path(run_dir) / "submission.json").read_text())["results"]
-    from irkit.infer.traffic import count_vehicle_queries
+    from irkit.traffic.inference import count_vehicle_queries
 
     person_first = count_vehicle_queries(split.queries)
     vehicles, persons = submission[:person_first], submission[person_first:]
