@@ -350,7 +350,7 @@ def test_select_prompt_scores_each_variant_and_picks_the_best(monkeypatch, tmp_p
 
 
 def test_auto_prompt_without_val_labels_is_a_clear_error(tmp_path: Path) -> None:
-    from irkit.pipeline import TrafficRunParams, resolve_prompt
+    from irkit.traffic.stages import TrafficRunParams, resolve_prompt
 
     class Run:
         def log(self, *args):

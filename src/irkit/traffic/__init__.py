@@ -5,4 +5,8 @@
 * :mod:`~irkit.traffic.training_csv` — open_clip training CSV (+ separator sidecar) from labels
 * :mod:`~irkit.traffic.inference` — per-gallery top-10 retrieval, prompt variants and their val selection
 * :mod:`~irkit.traffic.merge` — per-gallery results -> ``submission.json``
+* :mod:`~irkit.traffic.stages` — the pipeline's stages (data, captions, training, inference, merge, score)
+* :mod:`~irkit.traffic.pipeline` — every stage in order in one call (reproduce, quick review)
+* :mod:`~irkit.traffic.report` — tables and figures the notebooks show after each stage
+* :mod:`~irkit.traffic.best_result` — the best reproduce run copied for review
 """
