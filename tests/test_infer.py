@@ -11,8 +11,7 @@ import pytest
 
 from irkit.cli import main as cli_main
 from irkit.errors import InputError
-from irkit.infer.merge import merge_results
-from irkit.infer.traffic import (
+from irkit.traffic.inference import (
     PROMPT_SUFFIX,
     count_vehicle_queries,
     first_relevant_statistics,
@@ -21,6 +20,7 @@ from irkit.infer.traffic import (
     query_kind,
     rank_gallery,
 )
+from irkit.traffic.merge import merge_results
 
 VEHICLE_QUERIES = ["This is a white Audi.", "A black Golden Dragon Bus.", "An orange SUV.",
                    "This is an orange Land Rover SUV."]
@@ -212,7 +212,7 @@ def demo_traffic(tmp_path_factory) -> Path:
 def test_infer_and_merge_on_demo_data(demo_traffic: Path, tmp_path: Path) -> None:
     from irkit.data.traffic import load_traffic
     from irkit.embeddings import encode_image_files
-    from irkit.infer.traffic import infer_traffic
+    from irkit.traffic.inference import infer_traffic
     from irkit.models import create_model
 
     root = demo_traffic
@@ -299,7 +299,7 @@ VAL_LABELS = [
 
 
 def test_labelled_queries_group_by_kind_and_attr() -> None:
-    from irkit.infer.traffic import labelled_queries
+    from irkit.traffic.inference import labelled_queries
 
     queries = labelled_queries(VAL_LABELS)
     assert [(q.kind, q.text, q.relevant) for q in queries] == [
@@ -317,7 +317,7 @@ def test_select_prompt_scores_each_variant_and_picks_the_best(monkeypatch, tmp_p
     persons are never suffixed -> 1 each; mean = (7/12 + 1/3 + 2) / 4 = 35/48.
     'strip' and 'none' rank every query perfectly (1.0): the tie goes to the earlier variant."""
     import irkit.embeddings
-    from irkit.infer.traffic import select_prompt
+    from irkit.traffic.inference import select_prompt
 
     image_class = {"a1.jpg": 0, "a2.jpg": 0, "b1.jpg": 1, "p1.jpg": 2, "p2.jpg": 2, "p3.jpg": 3}
 
@@ -350,7 +350,7 @@ def test_select_prompt_scores_each_variant_and_picks_the_best(monkeypatch, tmp_p
 
 
 def test_auto_prompt_without_val_labels_is_a_clear_error(tmp_path: Path) -> None:
-    from irkit.pipeline import TrafficRunParams, resolve_prompt
+    from irkit.traffic.stages import TrafficRunParams, resolve_prompt
 
     class Run:
         def log(self, *args):

@@ -4,6 +4,7 @@ independently of the code that wrote them (submission schema/order from the raw 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -59,6 +60,31 @@ def _check_metrics_in_range(metrics: dict) -> None:
     assert metrics["standard_mAP@10"] <= metrics["official_mAP@10"] + 1e-9  # min(#rel,10) >= hits
 
 
+STAGE_CALL = re.compile(r"^\w+ = (\w+)\(", re.MULTILINE)
+
+
+def _stage_calls(notebook: nbformat.NotebookNode) -> list[str]:
+    """Per code cell besides the parameters, the one function it assigns the result of (a stage)."""
+    calls = []
+    for cell in notebook.cells:
+        tags = cell.metadata.get("tags", [])
+        if cell.cell_type == "code" and "parameters" not in tags and "injected-parameters" not in tags:
+            found = [name for name in STAGE_CALL.findall(cell.source) if name != "TrafficRunParams"]
+            assert len(found) == 1, cell.source
+            calls.append(found[0])
+    return calls
+
+
+def _images_per_stage(notebook: nbformat.NotebookNode) -> dict[str, int]:
+    """Stage call -> number of PNG outputs of its cell (cells without pictures left out)."""
+    counts = {}
+    for cell in notebook.cells:
+        images = [o for o in cell.get("outputs", []) if "image/png" in o.get("data", {})]
+        if images:
+            counts[STAGE_CALL.search(cell.source).group(1)] = len(images)
+    return counts
+
+
 @pytest.mark.slow
 def test_reproduce_then_quick_review_notebooks(tiny_demo: Path, tmp_path: Path) -> None:
     out = _batch_run("reproduce.ipynb", tmp_path, "repro", data_root=str(tiny_demo), scale="tiny", epochs=2,
@@ -83,10 +109,12 @@ def test_reproduce_then_quick_review_notebooks(tiny_demo: Path, tmp_path: Path) 
         for item in ("out.log", "params.txt", "checkpoints", "tensorboard"):
             assert (run_dir / stage / item).exists(), (stage, item)
     assert (run_dir / "train" / "results.jsonl").is_file()
-    # the executed notebook is saved into the run folder, with its two pictures
+    # the executed notebook is saved into the run folder, one cell per stage; three stages draw
+    # a picture: the filled labels (b), the training curves (c) and the sample answers (d)
     executed = nbformat.read(run_dir / "reproduce.ipynb", as_version=4)
-    images = [o for c in executed.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
-    assert len(images) == 2
+    assert _images_per_stage(executed) == {"prepare_captions": 1, "train_model": 1, "infer_galleries": 1}
+    assert _stage_calls(executed) == ["open_run", "prepare_data", "prepare_captions", "train_model",
+                                      "infer_galleries", "merge_submissions", "score_reproduction"]
 
     checkpoint = metrics["training"]["final_checkpoint"]
     review = _batch_run("quick-review.ipynb", tmp_path, "review", data_root=str(tiny_demo), scale="tiny",
@@ -97,6 +125,19 @@ def test_reproduce_then_quick_review_notebooks(tiny_demo: Path, tmp_path: Path) 
     # same weights, same data, same prompt -> the same answers as the reproduce run
     assert json.loads((review_dir / "submission.json").read_text()) == \
         json.loads((run_dir / "submission.json").read_text())
+    reviewed = nbformat.read(review_dir / "quick-review.ipynb", as_version=4)
+    assert _images_per_stage(reviewed) == {"infer_galleries": 1}
+    assert _stage_calls(reviewed) == ["open_run", "load_test_data", "infer_galleries", "merge_submissions",
+                                      "score_quick_review"]
+
+    # the one-call pipeline runs the same stages: the same metrics and answers as the notebook
+    from irkit.traffic.pipeline import quick_review
+    from irkit.traffic.stages import TrafficRunParams
+
+    result = quick_review(TrafficRunParams(data_root=str(tiny_demo), scale="tiny", checkpoint=checkpoint, workers=0,
+                                           cache_dir=str(tmp_path / "cache")), tmp_path / "review-call")
+    assert json.loads((result.run_dir / "metrics.json").read_text()) == review["metrics"]
+    assert json.loads(result.submission_path.read_text()) == json.loads((review_dir / "submission.json").read_text())
 
 
 def test_existing_run_folder_is_refused(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from irkit.cli import main as cli_main
 from irkit.data.records import TrafficLabel
 from irkit.data.traffic import read_label_file
 from irkit.errors import InputError
-from irkit.preprocess.attributes import (
+from irkit.traffic.attributes import (
     VehicleAttributes,
     VehicleVocab,
     count_attributes,
@@ -22,14 +22,14 @@ from irkit.preprocess.attributes import (
     parse_vehicle_attr,
     split_labels,
 )
-from irkit.preprocess.augment import (
+from irkit.traffic.augment import (
     augment_labels,
     augment_labels_detailed,
     candidate_attributes,
     caption_prefix,
     select_best,
 )
-from irkit.preprocess.csvbuild import build_training_csv, read_csv_sidecar
+from irkit.traffic.training_csv import build_training_csv, read_csv_sidecar
 
 PERSON_ATTR = ",".join(["0", "1", "0"] * 7)  # 21 flags
 

@@ -31,6 +31,14 @@ def default_run_name(model: str, lr: float, batch_size: int, **extra: Any) -> st
     return "-".join(parts)
 
 
+def new_run_dir(log_dir: Path | str = "log", run_name: Optional[str] = None, kind: str = "run") -> Path:
+    """A run folder path that does not exist yet: ``<log_dir>/<run_name>``, default ``<date-time>-<kind>``."""
+    path = Path(log_dir) / (run_name or f"{time.strftime('%Y_%m_%d-%H_%M_%S')}-{kind}")
+    if path.exists():
+        raise InputError("run folder already exists; choose another run_name", path=path)
+    return path
+
+
 def format_params(params: Mapping[str, Any]) -> str:
     """``name: value`` lines sorted by name, as open_clip_train's params.txt."""
     return "".join(f"{name}: {params[name]}\n" for name in sorted(params))

@@ -1,4 +1,4 @@
-"""Pictures for notebooks: retrieval grids (hits marked) and training curves.
+"""Pictures for notebooks: retrieval grids (hits marked), captioned images and training curves.
 
 Functions return the matplotlib Figure (and never call ``plt.show``) so notebooks display
 them and scripts can save them.
@@ -74,19 +74,41 @@ def retrieval_grid(
     return fig
 
 
+def curve_panels(panels: Mapping[str, Mapping[str, Sequence[tuple[float, float]]]],
+                 xlabels: Optional[Mapping[str, str]] = None):
+    """One panel per title, each a line plot of named ``(x, value)`` series (x label: ``xlabels[title]``,
+    default "step"); series of under 20 points are drawn with markers, so one epoch still shows."""
+    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(6 * max(1, len(panels)), 3.2), squeeze=False)
+    for ax, (title, series) in zip(axes[0], panels.items()):
+        for name, points in series.items():
+            if points:
+                steps, values = zip(*points)
+                ax.plot(steps, values, label=name, marker="o" if len(points) < 20 else None)
+        ax.set_xlabel((xlabels or {}).get(title, "step"))
+        ax.set_ylabel("value")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        if series:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def training_curves(series: Mapping[str, Sequence[tuple[int, float]]], title: str = "training loss"):
     """Line plot of named ``(step, value)`` series (e.g. read from TensorBoard event files)."""
-    fig, ax = plt.subplots(figsize=(6, 3.2))
-    for name, points in series.items():
-        if points:
-            steps, values = zip(*points)
-            ax.plot(steps, values, label=name)
-    ax.set_xlabel("step")
-    ax.set_ylabel("value")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    if series:
-        ax.legend(fontsize=8)
+    return curve_panels({title: series})
+
+
+def captioned_images(paths: Sequence[Path], captions: Sequence[str], ncols: int = 4, wrap: int = 34):
+    """Grid of images, each above its caption (every line wrapped at ``wrap`` characters)."""
+    nrows = max(1, -(-len(paths) // ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.6 * ncols, 2.9 * nrows), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        if i >= len(paths):
+            ax.axis("off")
+            continue
+        _show_image(ax, paths[i])
+        ax.set_xlabel("\n".join(textwrap.fill(line, wrap) for line in captions[i].splitlines()), fontsize=7)
     fig.tight_layout()
     return fig
 

@@ -85,7 +85,7 @@ def _grid(args: argparse.Namespace) -> int:
 
 
 def _best(args: argparse.Namespace) -> int:
-    from irkit.pipeline import export_best_result
+    from irkit.traffic.best_result import export_best_result
 
     run_dir = export_best_result(args.folders, args.out, args.metric)
     print(json.dumps({"best_run": str(run_dir), "out": str(args.out)}))

@@ -43,8 +43,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _run_traffic(args: argparse.Namespace) -> int:
     from irkit.data.traffic import load_traffic
-    from irkit.infer.merge import merge_results
-    from irkit.infer.traffic import RESULT_FILES, infer_traffic, select_prompt_on_val
+    from irkit.traffic.inference import RESULT_FILES, infer_traffic, select_prompt_on_val
+    from irkit.traffic.merge import merge_results
 
     split = load_traffic(args.root, args.split)
     loaded = load_model(args)
@@ -68,7 +68,7 @@ def _run_traffic(args: argparse.Namespace) -> int:
 
 
 def _run_merge(args: argparse.Namespace) -> int:
-    from irkit.infer.merge import merge_results
+    from irkit.traffic.merge import merge_results
 
     submission = merge_results(args.vehicle, args.person, args.test_text, args.out)
     print(json.dumps({"submission": str(args.out), "queries": len(submission["results"])}))

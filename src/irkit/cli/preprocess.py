@@ -64,7 +64,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _run_attributes(args: argparse.Namespace) -> int:
     from irkit.data.traffic import read_label_file, write_label_file
-    from irkit.preprocess.attributes import count_attributes, default_vocab, split_labels, write_car_attribute
+    from irkit.traffic.attributes import count_attributes, default_vocab, split_labels, write_car_attribute
 
     labels = [label for path in args.labels for label in read_label_file(path)]
     vocab = default_vocab()
@@ -88,8 +88,8 @@ def _run_attributes(args: argparse.Namespace) -> int:
 
 def _run_augment(args: argparse.Namespace) -> int:
     from irkit.data.traffic import read_label_file, write_label_file
-    from irkit.preprocess.attributes import default_vocab, load_car_attribute
-    from irkit.preprocess.augment import augment_labels_detailed, default_truth_path, fill_accuracy, read_attribute_truth
+    from irkit.traffic.attributes import default_vocab, load_car_attribute
+    from irkit.traffic.augment import augment_labels_detailed, default_truth_path, fill_accuracy, read_attribute_truth
 
     labels = read_label_file(args.labels, images_dir=args.images)
     vocab = load_car_attribute(args.vocab) if args.vocab is not None else default_vocab()
@@ -110,7 +110,7 @@ def _run_augment(args: argparse.Namespace) -> int:
 
 def _run_csv(args: argparse.Namespace) -> int:
     from irkit.data.traffic import read_label_file
-    from irkit.preprocess.csvbuild import build_training_csv, csv_sidecar_path
+    from irkit.traffic.training_csv import build_training_csv, csv_sidecar_path
 
     labels = read_label_file(args.labels)
     out = build_training_csv(labels, args.images, args.out, caption=args.caption, sep=args.sep, source=args.labels)

@@ -28,8 +28,8 @@ from tqdm import tqdm
 
 from irkit.data.records import TrafficLabel
 from irkit.errors import InputError
-from irkit.preprocess.attributes import VehicleAttributes, VehicleVocab, parse_vehicle_attr
-from irkit.preprocess.csvbuild import label_image_paths
+from irkit.traffic.attributes import VehicleAttributes, VehicleVocab, parse_vehicle_attr
+from irkit.traffic.training_csv import label_image_paths
 
 SLOTS = ("color", "brand", "type")
 TextEncoder = Callable[[list[str]], np.ndarray]

@@ -17,7 +17,7 @@ In ``suffix`` and ``strip`` the trailing "." of person queries is dropped too, a
 published script drops it from every line.
 
 :func:`select_prompt` picks the variant on the labelled val split (``prompt="auto"`` in the
-pipeline): which phrasing suits a model depends on what its text tower was trained on (the
+traffic stages): which phrasing suits a model depends on what its text tower was trained on (the
 published suffix helps a web-pretrained CLIP; a model trained from scratch on the labels never
 saw that phrase), so it is chosen on held-out labels, never on the test ground truth.
 """
@@ -176,6 +176,11 @@ class TrafficInference:
     prompt: str
     weights_id: str
     outputs: dict[str, Path] = field(default_factory=dict)
+
+    def submission(self) -> dict[str, Any]:
+        """``{"results": vehicle answers + person answers}``: test_text.txt order, since the
+        vehicle queries lead that file (:func:`count_vehicle_queries` checks it)."""
+        return {"results": self.vehicle.to_json()["results"] + self.person.to_json()["results"]}
 
     def summary(self) -> dict[str, Any]:
         return {
