@@ -95,6 +95,12 @@ def test_reproduce_then_quick_review_notebooks(tiny_demo: Path, tmp_path: Path) 
     _check_submission(run_dir, tiny_demo)
     for block in ("trained", "before_training"):
         _check_metrics_in_range(metrics[block])
+    # the same numbers as before the traffic task moved into irkit.traffic (tests/goldens/README.md)
+    before = json.loads((REPO / "tests" / "goldens" / "pre_restructure.json").read_text())["reproduce"]
+    for block in ("trained", "before_training"):
+        assert {k: metrics[block][k] for k in before[block]} == before[block], block
+    assert {p: {k: m[k] for k in before["prompt_ablation"][p]} for p, m in metrics["prompt_ablation"].items()} \
+        == before["prompt_ablation"]
     assert set(metrics["prompt_ablation"]) == {"suffix", "strip", "none"}
     # prompt "auto" (the default): the headline variant is the best one on the labelled val split
     selection = metrics["prompt_selection"]["trained"]

@@ -187,7 +187,7 @@ def rerank_split(model: CrossEncoderReranker, ctx: CIRContext, split: CIRSplit, 
         model: the trained cross-encoder (eval mode is set here).
         split: the split ``stage1`` was computed on.
         stage1: its top-K part (checked against ``split``).
-        features: :class:`~irkit.train.features.CIRFeatures` of ``split`` with the gallery.
+        features: :class:`~irkit.cir.features.CIRFeatures` of ``split`` with the gallery.
         k: candidates to re-rank per query (default ``stage1.k``; at most ``stage1.k``).
         chunk_size: candidates whose memory is computed together, and pairs per forward pass.
         stage1_weight: 0 (published) re-sorts by the stage-II score alone; w > 0 by

@@ -5,7 +5,7 @@ each [B, D]) are stacked into two tokens [B, 2, D], passed through a 4-layer pre
 transformer (FFN 4D, ReLU), pooled by attention with one learnable query token and
 L2-normalised -> [B, D]. Targets go through the same model with an empty instruction.
 Query texts follow MagicLens's templates (FashionIQ ``" and ".join(captions)``, CIRCO
-``find {shared_concept} but {caption}``) through :func:`irkit.methods.base.query_text`.
+``find {shared_concept} but {caption}``) through the benchmark's ``query_text`` (:mod:`irkit.benchmarks`).
 
 The layer structure follows the released MagicLens inference code: pre-LN self-attention
 and FFN with residuals, no position or modality embeddings, and a pooling layer whose

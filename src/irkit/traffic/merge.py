@@ -2,7 +2,7 @@
 
 ``submission.json = {"results": vehicle_results + person_results}``, one entry per line of
 ``test_text.txt`` in that file's order. Both inputs are validated like a submission
-(:func:`irkit.eval.submissions.read_traffic_submission`: each entry a ``text`` and 10
+(:func:`irkit.benchmarks.traffic.read_traffic_submission`: each entry a ``text`` and 10
 unique ``image_names``); every query line must be answered exactly once (a text that
 repeats in ``test_text.txt`` must be answered as often as it repeats), and the vehicle
 answers must cover the leading lines (swapped inputs are caught). The output is written

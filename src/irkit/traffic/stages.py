@@ -430,7 +430,7 @@ def evaluate_answers(run: TrafficRun, answers: GalleryAnswers, submissions: Subm
                      ) -> dict[str, CheckpointEvaluation]:
     """Official / standard mAP@10 and R@K of every submission against the test ground truth,
     plus each variant's first-relevant rank statistics; keyed by weights name."""
-    from irkit.eval.protocols import evaluate_traffic_submission
+    from irkit.benchmarks.traffic import evaluate_traffic_submission
 
     test = answers.test
     evaluations = {}
