@@ -1,4 +1,4 @@
-"""Embedding collections in clip-retrieval's layout (formats.md section 6).
+"""Embedding collections in clip-retrieval's layout (docs/formats.md section 6).
 
 ```
 <folder>/img_emb/img_emb_<i>.npy          [n_i, D] float16/float32, L2-normalised rows

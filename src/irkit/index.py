@@ -1,7 +1,7 @@
 """Exact top-k search over L2-normalised embeddings (FAISS inner product), deterministic ties.
 
 FAISS's flat index gives exact inner products but does not promise an order among equal
-scores. irkit's protocols require ties broken by gallery order (metrics.md, "Generic"), so
+scores. irkit's protocols require ties broken by gallery order (docs/metrics.md, "Generic"), so
 every query's candidate list is re-sorted by (-score, gallery index); where ties could
 straddle the k-th place, that query is re-ranked exactly over its full row.
 """

@@ -1,4 +1,4 @@
-"""Retrieval metrics on ranked id lists, exactly as ``specs/metrics.md`` defines them.
+"""Retrieval metrics on ranked id lists, exactly as ``docs/metrics.md`` defines them.
 
 Everything here is a pure function of rankings (best first) and relevance. Ranked lists
 must hold unique ids: a repeated prediction would count a hit twice, so it is an

@@ -1,4 +1,4 @@
-"""Run folders in open_clip_train's layout, for every irkit trainer (formats.md §5).
+"""Run folders in open_clip_train's layout, for every irkit trainer (docs/formats.md §5).
 
 ``log/<run-name>/{out.log, params.txt, checkpoints/epoch_<n>.pt, results.jsonl, tensorboard/}``.
 open_clip_train writes this layout for CLIP training itself; irkit's other trainers (phi,

@@ -4,7 +4,7 @@ Every transform maps a PIL image to a float tensor ``[3, S, S]`` (S = the model'
 size), normalised with the model's mean/std. They are built from one small config,
 :class:`TransformConfig`, so a cache key can name exactly what produced an embedding.
 
-Names (methods.md A.3 and B):
+Names (docs/methods.md A.3 and B):
 
 - ``square``: letterbox. The longest side is scaled to S (aspect kept) and the image is
   centred on an S x S canvas of ``fill`` (black). This is exactly open_clip's inference

@@ -1,4 +1,4 @@
-"""``irkit cir`` sub-commands for trained fusion and two-stage re-ranking (methods.md §D-G).
+"""``irkit cir`` sub-commands for trained fusion and two-stage re-ranking (docs/methods.md §D-G).
 
     irkit cir train-fusion   --dataset cirr --root R --val-dataset cirr --val-root R [--projector]
     irkit cir train-combiner --dataset fashioniq --root R --val-dataset fashioniq --val-root R
@@ -59,7 +59,7 @@ def register(cir_subparsers: argparse._SubParsersAction) -> None:
     _add_training_arguments(fusion, lr=1e-4, wd=0.01, batch_size=64)
     fusion.add_argument("--depth", type=int, default=4, help="transformer layers (MagicLens: 4)")
     fusion.add_argument("--heads", type=int, default=8, help="attention heads (MagicLens base 8, large 16)")
-    fusion.add_argument("--projector", action="store_true", help="add the vision projector (methods.md §E)")
+    fusion.add_argument("--projector", action="store_true", help="add the vision projector (docs/methods.md §E)")
     fusion.add_argument("--projector-frozen", action="store_true",
                         help="keep the projector at its random init (the published, untrained set-up)")
     fusion.add_argument("--projector-random-init", action="store_true",

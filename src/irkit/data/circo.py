@@ -1,4 +1,4 @@
-"""CIRCO composed-image-retrieval loader (``specs/formats.md`` §4).
+"""CIRCO composed-image-retrieval loader (``docs/formats.md`` §4).
 
 Layout::
 

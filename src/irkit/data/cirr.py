@@ -1,4 +1,4 @@
-"""CIRR composed-image-retrieval loader (``specs/formats.md`` §3).
+"""CIRR composed-image-retrieval loader (``docs/formats.md`` §3).
 
 Layout::
 

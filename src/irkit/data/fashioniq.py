@@ -1,4 +1,4 @@
-"""FashionIQ composed-image-retrieval loader (``specs/formats.md`` §2).
+"""FashionIQ composed-image-retrieval loader (``docs/formats.md`` §2).
 
 Layout::
 

@@ -1,4 +1,4 @@
-"""GeneCIS loader (``specs/formats.md`` §7): four tasks, each template ranked over its own gallery.
+"""GeneCIS loader (``docs/formats.md`` §7): four tasks, each template ranked over its own gallery.
 
 Layout::
 

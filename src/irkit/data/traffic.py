@@ -1,6 +1,6 @@
 """Traffic text-to-image retrieval challenge (CVPR 2023 foundation-model track 2) loader.
 
-Layout (see ``specs/formats.md`` §1)::
+Layout (see ``docs/formats.md`` §1)::
 
     <root>/train/train_label.txt   img$attr$text[$aug]   one line per image
     <root>/train/train_images/<img>

@@ -1,4 +1,4 @@
-"""Trained fusion, Combiner and two-stage re-ranking rows of the CIR table (methods.md §D-G).
+"""Trained fusion, Combiner and two-stage re-ranking rows of the CIR table (docs/methods.md §D-G).
 
 :func:`fusion_rows` trains heads on *frozen, cached* CLIP features of the training triplets
 of FashionIQ and CIRR (one head per training benchmark) and scores them on the validation

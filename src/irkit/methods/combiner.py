@@ -1,4 +1,4 @@
-"""CLIP4Cir Combiner as an irkit method (methods.md §F).
+"""CLIP4Cir Combiner as an irkit method (docs/methods.md §F).
 
 * :func:`train_combiner` trains :class:`~irkit.models.combiner.Combiner` on frozen, cached
   CLIP features of training triplets: ``logits = 100 * combine(ref, text) . normalise(target)^T``

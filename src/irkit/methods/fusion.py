@@ -1,4 +1,4 @@
-"""MagicLens-style fusion (methods.md §D) with the optional vision projector (§E).
+"""MagicLens-style fusion (docs/methods.md §D) with the optional vision projector (§E).
 
 * :func:`train_fusion` trains :class:`~irkit.models.fusion.MagicLensFusion` on a benchmark's
   training triplets (CIRR / FashionIQ / demo data) over frozen, cached CLIP features with an

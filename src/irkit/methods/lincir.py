@@ -1,4 +1,4 @@
-"""LinCIR (navervision/lincir, methods.md §C): phi trained from text alone by self-masking projection.
+"""LinCIR (navervision/lincir, docs/methods.md §C): phi trained from text alone by self-masking projection.
 
 For a caption with text embedding e (projected, unnormalised): the keywords — maximal runs
 of tokens whose spaCy POS is NOUN, PROPN, ADJ or DET — are each replaced by ``$``

@@ -1,4 +1,4 @@
-"""Two-stage candidate re-ranking (methods.md §G).
+"""Two-stage candidate re-ranking (docs/methods.md §G).
 
 Stage I: any registered irkit method ranks the gallery; its top-K candidates per query
 (ranked ids and scores) go into a **top-K file** (:func:`save_topk_file` /
@@ -376,7 +376,7 @@ def train_reranker(ctx: CIRContext, train_splits: Sequence[CIRSplit], run: RunFo
     Validation re-ranks ``val_stage1`` (top-K parts of ``val_splits``, e.g. from
     :func:`stage1_topk`) and keeps ``best.pt`` by the benchmark's selection metric.
 
-    Negatives: the published recipe (methods.md §G) is CE over the in-batch targets only.
+    Negatives: the published recipe (docs/methods.md §G) is CE over the in-batch targets only.
     ``hard_negatives`` = N > 0 (an irkit option, not in the published trainer) adds, per
     query, N candidates drawn from its stage-I top-``negative_pool`` of ``train_stage1``
     (one top-K part per training split, e.g. :func:`stage1_topk` on the training split):

@@ -1,4 +1,4 @@
-"""SEARLE (miccunifi/SEARLE, methods.md §B): OTI, phi distillation, and the two CIR methods.
+"""SEARLE (miccunifi/SEARLE, docs/methods.md §B): OTI, phi distillation, and the two CIR methods.
 
 * :func:`run_oti` — Optimisation-based Textual Inversion: one pseudo token per image,
   optimised so that ``E(template with $)`` matches the image embedding, regularised by

@@ -1,6 +1,6 @@
 """Shared parts of the textual-inversion methods (SEARLE, SEARLE-OTI, LinCIR).
 
-* concept vocabulary and regularisation phrases (plain text files, methods.md §B);
+* concept vocabulary and regularisation phrases (plain text files, docs/methods.md §B);
 * losses: cosine distance, the symmetric contrastive (NT-Xent) distillation loss, the
   phrase regulariser;
 * the inference prompt ``a photo of $ that {caption}`` (the captions each benchmark puts in it:

@@ -1,4 +1,4 @@
-"""CLIP4Cir Combiner (methods.md §F), with the published structure and parameter names.
+"""CLIP4Cir Combiner (docs/methods.md §F), with the published structure and parameter names.
 
 Image and text branches ``Linear(d, P) + ReLU + Dropout(0.5)``; their concatenation
 (text first, as published) [2P] feeds ``Linear(2P, H) + ReLU + Dropout(0.5) -> Linear(H, d)``

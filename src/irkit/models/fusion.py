@@ -1,4 +1,4 @@
-"""MagicLens-style fusion of an image embedding and a text embedding (methods.md §D).
+"""MagicLens-style fusion of an image embedding and a text embedding (docs/methods.md §D).
 
 Query = (image, instruction): the CLIP image embedding and text embedding (unnormalised,
 each [B, D]) are stacked into two tokens [B, 2, D], passed through a 4-layer pre-LN
@@ -11,7 +11,7 @@ The layer structure follows the released MagicLens inference code: pre-LN self-a
 and FFN with residuals, no position or modality embeddings, and a pooling layer whose
 attention is 4D wide with a per-dimension query scale, logits capped at 50 and a LayerNorm
 on the pooled token. Optionally a :class:`~irkit.models.projector.VisionProjector`
-(methods.md §E) maps image embeddings first, for queries and targets alike; it lives in
+(docs/methods.md §E) maps image embeddings first, for queries and targets alike; it lives in
 the same module, so it is saved in the same checkpoint.
 """
 
@@ -40,7 +40,7 @@ class FusionConfig(HeadConfig):
     num_heads: int = 8
     mlp_ratio: float = 4.0
     dropout: float = 0.0
-    projector: bool = False          # include the vision projector (methods.md §E)
+    projector: bool = False          # include the vision projector (docs/methods.md §E)
     projector_depth: int = 4
     projector_ratio: int = 16
     projector_zero_init: bool = True  # False: the published random initialisation

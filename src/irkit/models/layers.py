@@ -1,7 +1,7 @@
 """Reusable layers for the small heads irkit trains on frozen CLIP features.
 
 In the spirit of ``timm.layers``: each layer is a plain ``nn.Module`` with explicit sizes,
-so the fusion model (MagicLens, methods.md §D), the vision projector (§E) and the
+so the fusion model (MagicLens, docs/methods.md §D), the vision projector (§E) and the
 re-ranking cross-encoder (§G) are assembled from the same parts.
 
 Shapes: ``B`` batch, ``T`` query tokens, ``S`` key/value tokens, ``D`` model width.
@@ -59,7 +59,7 @@ class Mlp(nn.Module):
 
 
 class ResidualMlpBlock(nn.Module):
-    """``x + fc2(act(fc1(x)))``: one block of the vision projector (methods.md §E).
+    """``x + fc2(act(fc1(x)))``: one block of the vision projector (docs/methods.md §E).
 
     ``zero_init`` starts the block as the identity (fc2 weights and bias zero), so a freshly
     added projector does not move the embeddings until it is trained.
@@ -145,7 +145,7 @@ class TransformerBlock(nn.Module):
 
     ``x = x + attn(LN(x))``; with ``cross_attention``: ``x = x + xattn(LN(x), LN(context))``;
     then ``x = x + Mlp(LN(x))`` with hidden width ``mlp_ratio * dim``. MagicLens's layer is
-    the self-attention-only form with a ReLU FFN of 4D (methods.md §D).
+    the self-attention-only form with a ReLU FFN of 4D (docs/methods.md §D).
     """
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, act: str = "relu",

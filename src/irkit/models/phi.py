@@ -1,4 +1,4 @@
-"""phi: the textual-inversion network of SEARLE and LinCIR (methods.md §B, §C).
+"""phi: the textual-inversion network of SEARLE and LinCIR (docs/methods.md §B, §C).
 
 Linear(d, 4d) -> GELU -> Dropout(0.5) -> Linear(4d, 4d) -> GELU -> Dropout(0.5) -> Linear(4d, w)
 

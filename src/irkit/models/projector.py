@@ -1,4 +1,4 @@
-"""Vision projector: a residual MLP on image embeddings (methods.md §E).
+"""Vision projector: a residual MLP on image embeddings (docs/methods.md §E).
 
 4 blocks of ``x + Dense(16D, D)(GELU(Dense(D, 16D)(x)))`` on the image embedding only, applied
 to query (reference) and gallery image embeddings alike. The published fork re-initialised

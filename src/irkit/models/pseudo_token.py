@@ -6,7 +6,7 @@ of the text tower's token width w) before the positional embedding, causal trans
 final LayerNorm, pooling and text projection run exactly as in open_clip 3.3.0's
 ``CLIP.encode_text`` / ``TextTransformer.forward``.
 
-Two injection modes (methods.md §B, §C):
+Two injection modes (docs/methods.md §B, §C):
 
 * ``"first"`` — only the first ``$`` of each prompt is replaced (SEARLE);
 * ``"all"``   — every ``$`` is replaced by the same token (LinCIR).

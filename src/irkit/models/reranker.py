@@ -1,4 +1,4 @@
-"""Stage-II cross-encoder for candidate re-ranking (methods.md §G).
+"""Stage-II cross-encoder for candidate re-ranking (docs/methods.md §G).
 
 Scores a (reference, text, candidate) triplet jointly: two query tokens (the reference
 image embedding and the text embedding, each plus a learned type embedding) pass through

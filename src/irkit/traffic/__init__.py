@@ -1,4 +1,4 @@
-"""The traffic text->image challenge task (methods.md §A); its loader is :mod:`irkit.data.traffic`.
+"""The traffic text->image challenge task (docs/methods.md §A); its loader is :mod:`irkit.data.traffic`.
 
 * :mod:`~irkit.traffic.attributes` — vehicle attribute parsing, ``car_attribute.json`` vocabulary
 * :mod:`~irkit.traffic.augment` — zero-shot caption augmentation of incomplete vehicle labels

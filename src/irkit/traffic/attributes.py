@@ -1,4 +1,4 @@
-"""Vehicle attribute parsing and the ``car_attribute.json`` vocabulary (methods.md §A.1).
+"""Vehicle attribute parsing and the ``car_attribute.json`` vocabulary (docs/methods.md §A.1).
 
 A vehicle label's ``attr`` is a short phrase ``[colour] [brand] [type]`` — any slot may be
 missing — optionally wrapped as a sentence (``"A white Audi."``, ``"This is a white Audi."``).

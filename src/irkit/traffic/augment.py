@@ -1,4 +1,4 @@
-"""Zero-shot caption augmentation of incomplete vehicle labels (methods.md §A.2).
+"""Zero-shot caption augmentation of incomplete vehicle labels (docs/methods.md §A.2).
 
 For a vehicle label whose ``attr`` lacks the colour and/or the type, every candidate caption
 is built from the product of the missing slots' vocabularies (colour x brand x type, in

@@ -1,4 +1,4 @@
-"""Traffic challenge text->image inference: per-gallery top-10 (methods.md §A.5).
+"""Traffic challenge text->image inference: per-gallery top-10 (docs/methods.md §A.5).
 
 Vehicle queries are answered against the vehicle images (``vehicle_*``) and person queries
 against the person images (``person_*``). ``test_text.txt`` lists the vehicle queries first;

@@ -1,4 +1,4 @@
-"""Merge the per-gallery answers into the challenge's ``submission.json`` (methods.md §A.6).
+"""Merge the per-gallery answers into the challenge's ``submission.json`` (docs/methods.md §A.6).
 
 ``submission.json = {"results": vehicle_results + person_results}``, one entry per line of
 ``test_text.txt`` in that file's order. Both inputs are validated like a submission

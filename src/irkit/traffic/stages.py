@@ -1,4 +1,4 @@
-"""The traffic text->image challenge pipeline as stages (methods.md §A), one call per stage.
+"""The traffic text->image challenge pipeline as stages (docs/methods.md §A), one call per stage.
 
 reproduce:     :func:`open_run` -> (a) :func:`prepare_data` -> (b) :func:`prepare_captions`
                -> (c) :func:`train_model` -> (d) :func:`infer_galleries` -> (e) :func:`merge_submissions`

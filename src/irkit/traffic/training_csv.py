@@ -1,4 +1,4 @@
-"""Training CSV for open_clip_train from traffic labels (methods.md §A.4).
+"""Training CSV for open_clip_train from traffic labels (docs/methods.md §A.4).
 
 open_clip_train reads ``--train-data x.csv`` with ``pandas.read_csv(sep=--csv-separator)`` and
 looks up the ``filepath`` / ``title`` columns by name; a separator mismatch is its most

@@ -8,7 +8,7 @@ only builds its arguments and wraps four things it cannot do on its own:
    (``open_clip.add_model_config``) so ``--model irkit-tiny`` resolves.
 2. **Square padding at training time**: open_clip's ``--image-resize-mode`` only affects the
    inference transform; the train transform is always RandomResizedCrop. The published
-   traffic recipe pads to a square for training too (methods.md §A.3), so the train
+   traffic recipe pads to a square for training too (docs/methods.md §A.3), so the train
    transform returned by ``create_model_and_transforms`` is replaced by irkit's.
 3. **Exact resume**: open_clip_train seeds the RNGs once at start-up, so after
    ``--resume latest`` the data order and augmentation of later epochs differ from an
@@ -20,7 +20,7 @@ only builds its arguments and wraps four things it cannot do on its own:
 
 It also validates the CSV files before launching (the most reported open_clip training
 error is ``KeyError: 'filepath'`` from a separator mismatch) and mirrors open_clip's
-``checkpoints/results.jsonl`` to ``<run>/results.jsonl`` (formats.md §5).
+``checkpoints/results.jsonl`` to ``<run>/results.jsonl`` (docs/formats.md §5).
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ class ClipTrainConfig:
 
 def recipe_defaults(model: str, pretrained: Optional[str]) -> dict[str, Any]:
     """Default optimiser settings: the published low-LR fine-tuning recipe for pretrained
-    weights (methods.md §A.4: lr 4e-7, wd 0.01, warmup 10000, batch 25), or a from-scratch
+    weights (docs/methods.md §A.4: lr 4e-7, wd 0.01, warmup 10000, batch 25), or a from-scratch
     recipe for randomly initialised models such as the embedded ``irkit-tiny``."""
     if pretrained:
         return {"lr": 4e-7, "wd": 0.01, "warmup": 10000, "batch_size": 25}

@@ -3,7 +3,7 @@
 ``generate_demo(out, seed, scale)`` writes, under ``out``:
 
 * ``traffic/``, ``fashioniq/``, ``cirr/``, ``circo/``, ``genecis/`` in the exact published layouts
-  (``specs/formats.md`` §1-4, §7), so the same loaders read demo and real data. ``traffic/test/``
+  (``docs/formats.md`` §1-4, §7), so the same loaders read demo and real data. ``traffic/test/``
   additionally holds ``test_ground_truth.txt`` (``text$img1$img2...``, one line per query).
 * irkit-only metadata at each dataset root (not part of the published layouts):
   ``irkit_attributes.jsonl`` (one JSON object per image: its generating attributes, full

@@ -1,4 +1,4 @@
-"""Demo CIRCO data in the published layout (``formats.md`` §4).
+"""Demo CIRCO data in the published layout (``docs/formats.md`` §4).
 
 World: the vehicle scenes of the CIRR demo. The gallery (shared by val and test, as in
 CIRCO) holds prototypes repeated 1-4 times with different renderings, so a query can have

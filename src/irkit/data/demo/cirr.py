@@ -1,4 +1,4 @@
-"""Demo CIRR data in the published layout (``formats.md`` §3).
+"""Demo CIRR data in the published layout (``docs/formats.md`` §3).
 
 World: vehicle scenes (type, colour, background, time of day, count, direction, view). Each
 ``img_set`` is a family of 6 scenes (a base and variants 1-2 attributes away, all distinct

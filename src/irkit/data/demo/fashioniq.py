@@ -1,4 +1,4 @@
-"""Demo FashionIQ data in the published layout (``formats.md`` §2).
+"""Demo FashionIQ data in the published layout (``docs/formats.md`` §2).
 
 World: product-style photos of a model wearing one garment; the category (dress, shirt,
 toptee) chooses the garment style and its attributes (colour, sleeves, pattern, length/fit/

@@ -1,4 +1,4 @@
-"""Demo GeneCIS data in the published layout (``formats.md`` §7).
+"""Demo GeneCIS data in the published layout (``docs/formats.md`` §7).
 
 Worlds (all four task files written, each template a reference, a condition, a target and a
 gallery of ``genecis_gallery`` distractors none of which satisfies the condition):

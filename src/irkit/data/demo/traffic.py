@@ -1,4 +1,4 @@
-"""Demo traffic text-to-image challenge data, in the published layout (``formats.md`` §1).
+"""Demo traffic text-to-image challenge data, in the published layout (``docs/formats.md`` §1).
 
 Writes ``train/``, ``val/`` (``img$attr$text`` labels, random 10-letter image names) and
 ``test/`` (``test_text.txt`` with vehicle queries first, ``vehicle_0000123.jpg`` /
