@@ -58,6 +58,10 @@ class CIRCO(Benchmark):
             caption = SHARED_CONCEPT_CAPTION.format(concept=clean(query.shared_concept), caption=caption)
         return [caption]
 
+    def recall_relevant(self, query: CIRQuery) -> set[str]:
+        """R@K counts ``target_img_id`` only (mAP@K uses every ``gt_img_ids`` entry)."""
+        return {query.target}
+
     def protocol_name(self, split: CIRSplit, shared_concept: Optional[bool] = None) -> str:
         concept = "unspecified" if shared_concept is None else str(bool(shared_concept))
         return (f"circo-{split.split}: shared_concept={concept}; reference kept; "

@@ -51,6 +51,7 @@ class CIRR(Benchmark):
     name = "cirr"
     title = "CIRR"
     default_split = "val"
+    test_split = "test1"
     annotation_marker = "cirr/captions"
     removes_reference = True
     has_subset_ranking = True

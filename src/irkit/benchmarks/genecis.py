@@ -50,6 +50,8 @@ class GeneCIS(Benchmark):
     parts = TASKS
     part_option = "task"
     default_split = "val"
+    test_split = "val"  # no test server: the local predictions file of the one annotated set
+    ties_against_target = True
     annotation_marker = ANNOTATION_DIR
     removes_reference = False
     selection_metric = "R@1"
@@ -182,6 +184,9 @@ class GeneCIS(Benchmark):
 
     def candidate_image(self, query: CIRQuery, candidate: str) -> str:
         return candidates_of(query)[int(candidate)]
+
+    def is_target(self, query: CIRQuery, candidate: str) -> bool:
+        return candidate == metrics.GENECIS_TARGET
 
     def top_candidates(self, split: CIRSplit, query_embeddings: np.ndarray, gallery_embeddings: np.ndarray,
                        k: int) -> tuple[list[list[str]], list[list[float]]]:

@@ -53,6 +53,10 @@ class Benchmark:
     removes_reference: ClassVar[bool] = False
     #: whether queries also rank a small candidate subset (CIRR's Rs@K over ``img_set.members``)
     has_subset_ranking: ClassVar[bool] = False
+    #: whether a score tie with the target counts against it (else ties keep the given order)
+    ties_against_target: ClassVar[bool] = False
+    #: the split a test-server file is written for by default
+    test_split: ClassVar[str] = "test"
     #: whether ``shared_concept`` may enter the query text (a recorded option)
     takes_shared_concept: ClassVar[bool] = False
     #: metric that keeps the best checkpoint during training (higher is better)
@@ -132,6 +136,14 @@ class Benchmark:
     def candidate_image(self, query: CIRQuery, candidate: str) -> str:
         """The gallery image id of a ranked candidate of ``query`` (the id itself by default)."""
         return candidate
+
+    def is_target(self, query: CIRQuery, candidate: str) -> bool:
+        """Whether ranked candidate ``candidate`` is the query's target."""
+        return candidate == query.target
+
+    def recall_relevant(self, query: CIRQuery) -> set[str]:
+        """The candidates whose presence in the top K counts as a hit for R@K (default: every relevant id)."""
+        return set(self.relevant(query))
 
     def top_candidates(self, split: CIRSplit, query_embeddings: np.ndarray, gallery_embeddings: np.ndarray,
                        k: int) -> tuple[list[list[str]], list[list[float]]]:
@@ -281,7 +293,7 @@ class Benchmark:
             ranked = [i for i in rankings[query.query_id]
                       if not (self.removes_reference and i == query.reference)]
             if name == "R":
-                values.append(metrics.recall_at_k(ranked, {query.target}, k, query.query_id))
+                values.append(metrics.recall_at_k(ranked, self.recall_relevant(query), k, query.query_id))
             else:
                 values.append(metrics.standard_ap_at_k(ranked, set(self.relevant(query)), k, query.query_id))
         return np.asarray(values, np.float64)

@@ -319,7 +319,9 @@ def _negative_candidates(split: CIRSplit, negatives: Any, pool: Optional[int]) -
         raise InputError(f"the hard-negative top-K ({negatives.dataset}-{negatives.split}) has no candidates for "
                          f"{len(missing)} queries of {split.dataset}-{split.split} (first: {missing[0]!r}); "
                          "expected a stage-I top-K of the training split", field="negatives")
-    return [[c for c in by_query[q.query_id][:pool] if c != q.target] for q in split.queries]
+    benchmark = benchmark_of(split)
+    images = [[benchmark.candidate_image(q, c) for c in by_query[q.query_id][:pool]] for q in split.queries]
+    return [[image for image in pool_images if image != q.target] for q, pool_images in zip(split.queries, images)]
 
 
 def _padded_rows(pools: Sequence[Sequence[str]], row: dict[str, int]) -> torch.Tensor:

@@ -41,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate.set_defaults(func=_run_eval)
 
     submit = cir_subparsers.add_parser("submit", help="write CIRR / CIRCO / FashionIQ test-server files")
-    add_data_arguments(submit, default_split="test")
+    add_data_arguments(submit, default_split=None)
     add_method_arguments(submit)
     add_context_arguments(submit)
     submit.add_argument("--out", type=Path, required=True, help="output folder for the submission file(s)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from irkit.benchmarks import list_benchmarks
 from irkit.cli.common import add_encoding_arguments, add_model_arguments, cache_dir, load_model, parse_key_values
@@ -16,16 +16,23 @@ def add_context_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_data_arguments(parser: argparse.ArgumentParser, prefix: str = "", required: bool = True,
-                        default_split: str = "val") -> None:
+                       default_split: Optional[str] = "val") -> None:
+    """``--dataset/--root/--split/--category|--task/--gallery-ids/--loader-option`` (each with
+    ``prefix``, e.g. ``val-``); ``default_split=None``: the benchmark's test-server split."""
     dest = prefix.replace("-", "_")
     parser.add_argument(f"--{prefix}dataset", choices=list_benchmarks("cir"), required=required, dest=f"{dest}dataset")
     parser.add_argument(f"--{prefix}root", type=Path, required=required, dest=f"{dest}root",
                         help="dataset root (the published layout)")
-    parser.add_argument(f"--{prefix}split", default=default_split, dest=f"{dest}split")
+    parser.add_argument(f"--{prefix}split", default=default_split, dest=f"{dest}split",
+                        help=f"split to load (default: {default_split or 'the benchmark test-server split'})")
     parser.add_argument(f"--{prefix}category", f"--{prefix}task", default=None, dest=f"{dest}category",
                         help="one part of the benchmark: a FashionIQ category or a GeneCIS task (default: all)")
     parser.add_argument(f"--{prefix}gallery-ids", type=Path, default=None, dest=f"{dest}gallery_ids",
                         help="CIRCO: gallery ids file when the COCO image-info file is absent")
+    parser.add_argument(f"--{prefix}loader-option", action="append", default=[], metavar="KEY=VALUE",
+                        dest=f"{dest}loader_option",
+                        help="extra loader option (repeatable), e.g. crop_dir=/tmp/crops or coco_dir=/data/val2017 "
+                             "for GeneCIS")
 
 
 def add_method_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,7 +58,8 @@ def loader_options(args: argparse.Namespace, prefix: str = "") -> dict[str, Any]
     from irkit.benchmarks import get_benchmark
     from irkit.benchmarks.checks import read_gallery_ids
 
-    options: dict[str, Any] = {}
+    options: dict[str, Any] = parse_key_values(getattr(args, f"{prefix}loader_option"),
+                                               f"--{prefix.replace('_', '-')}loader-option", underscore_keys=True)
     part = getattr(args, f"{prefix}category")
     gallery_ids = getattr(args, f"{prefix}gallery_ids")
     if part is not None:
@@ -64,8 +72,11 @@ def loader_options(args: argparse.Namespace, prefix: str = "") -> dict[str, Any]
 def load_splits(args: argparse.Namespace, prefix: str = "") -> list[Any]:
     from irkit.cir.evaluate import load_cir_splits
 
-    return load_cir_splits(getattr(args, f"{prefix}dataset"), getattr(args, f"{prefix}root"),
-                           getattr(args, f"{prefix}split"), **loader_options(args, prefix))
+    from irkit.benchmarks import get_benchmark
+
+    dataset = getattr(args, f"{prefix}dataset")
+    split = getattr(args, f"{prefix}split") or get_benchmark(dataset).test_split
+    return load_cir_splits(dataset, getattr(args, f"{prefix}root"), split, **loader_options(args, prefix))
 
 
 def build_method(args: argparse.Namespace) -> Any:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from irkit.errors import InputError
+
 _LOADERS: dict[str, Callable[..., Any]] = {}
 
 
@@ -28,7 +30,7 @@ def load_dataset(name: str, root: Any, split: str, **kwargs: Any) -> Any:
     """Load split ``split`` of dataset ``name`` from ``root`` with its registered loader."""
     _import_builtin_loaders()
     if name not in _LOADERS:
-        raise ValueError(f"unknown dataset '{name}'; registered: {', '.join(sorted(_LOADERS))}")
+        raise InputError(f"unknown dataset {name!r}; registered: {', '.join(sorted(_LOADERS))}", field="dataset")
     return _LOADERS[name](root, split, **kwargs)
 
 

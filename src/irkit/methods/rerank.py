@@ -54,15 +54,19 @@ KIND = "reranker"
 # --------------------------------------------------------------------------- stage II
 
 
-def resort_candidates(candidates: Sequence[str], scores: Sequence[float]) -> tuple[list[str], list[float]]:
-    """``candidates`` sorted by descending ``scores``; equal scores keep the given order.
+def resort_candidates(candidates: Sequence[str], scores: Sequence[float],
+                      last_on_ties: Optional[str] = None) -> tuple[list[str], list[float]]:
+    """``candidates`` sorted by descending ``scores``; equal scores keep the given order, except
+    that ``last_on_ties`` (a benchmark whose ties count against the target: its target) goes
+    after every candidate it ties with.
 
     The result is a permutation of ``candidates``: nothing added, nothing dropped.
     """
     if len(candidates) != len(scores):
         raise ValueError(f"{len(candidates)} candidates but {len(scores)} scores")
     values = np.asarray(scores, dtype=np.float64)
-    order = np.lexsort((np.arange(len(values)), -values))
+    demoted = np.array([c == last_on_ties for c in candidates], dtype=np.int64)
+    order = np.lexsort((np.arange(len(values)), demoted, -values))
     return [candidates[i] for i in order], [float(values[i]) for i in order]
 
 
@@ -156,11 +160,13 @@ def resort_scored(split: CIRSplit, stage1: TopK, scored: CandidateScores, stage1
     """
     if stage1_weight < 0:
         raise InputError(f"stage1 weight is {stage1_weight}; expected >= 0", field="stage1_weight")
+    benchmark = benchmark_of(split)
     ranked_ids, ranked_scores, subsets = [], [], {}
     for query, pool, top, first, second in zip(split.queries, scored.pools, scored.num_top, scored.stage1,
                                                scored.stage2):
         fused = second[:top] + stage1_weight * np.asarray(first, dtype=np.float64)
-        ids, values = resort_candidates(pool[:top], fused)
+        target = next((c for c in pool[:top] if benchmark.ties_against_target and benchmark.is_target(query, c)), None)
+        ids, values = resort_candidates(pool[:top], fused, last_on_ties=target)
         ranked_ids.append(ids)
         ranked_scores.append(values)
         if scored.with_subsets:
@@ -276,7 +282,9 @@ class RerankMethod(TrainedHeadMethod, RankingMethod):
         super().__init__(checkpoint, model, include_shared_concept, batch_size)
         self.k = k
         self.stage1_tail = bool(stage1_tail)
-        self.stage1 = Stage1Source(stage1, stage1_checkpoint, stage1_options, include_shared_concept, k)
+        # with the tail, stage I computed here keeps the benchmark's default depth (>= the protocol's)
+        self.stage1 = Stage1Source(stage1, stage1_checkpoint, stage1_options, include_shared_concept,
+                                   None if stage1_tail else k)
         self.stage1_weight = float(stage1_weight)
         self._scores: dict[tuple[Any, ...], CandidateScores] = {}
 
@@ -305,6 +313,10 @@ class RerankMethod(TrainedHeadMethod, RankingMethod):
                              f"rankings down to rank {depth}; re-rank K >= {depth} candidates to evaluate "
                              f"(published K: 50 CIRR, 100 FashionIQ), or append the stage-I candidates after "
                              f"rank K (stage1_tail=True, --stage1-tail)", field="k")
+        if self.stage1_tail and stage1.k < depth:
+            raise InputError(f"the stage-I candidates end at rank {stage1.k}, but the {split.dataset} protocol scores "
+                             f"rankings down to rank {depth}; --stage1-tail needs a stage-I top-{depth} "
+                             "(write it with `irkit cir stage1 --k`)", field="stage1")
         result = self.rerank(ctx, split)
         if self.stage1_tail:
             return rankings_with_tail(result.topk, stage1), result.subset_rankings
@@ -408,10 +420,11 @@ def train_reranker(ctx: CIRContext, train_splits: Sequence[CIRSplit], run: RunFo
 def target_rank_changes(split: CIRSplit, before: TopK, after: TopK) -> list[tuple[str, Optional[int], Optional[int]]]:
     """Per query ``(query_id, target rank in stage I, target rank after re-ranking)``, 1-based;
     ``None`` where the target is not in that list (then it is in neither: stage II only re-sorts)."""
+    benchmark = benchmark_of(split)
     changes = []
     for query, ids_before, ids_after in zip(split.queries, before.ids, after.ids):
-        rank_before = ids_before.index(query.target) + 1 if query.target in ids_before else None
-        rank_after = ids_after.index(query.target) + 1 if query.target in ids_after else None
+        rank_before = next((i + 1 for i, c in enumerate(ids_before) if benchmark.is_target(query, c)), None)
+        rank_after = next((i + 1 for i, c in enumerate(ids_after) if benchmark.is_target(query, c)), None)
         changes.append((query.query_id, rank_before, rank_after))
     return changes
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from irkit.benchmarks import get_benchmark, list_benchmarks
+from irkit.benchmarks import benchmark_of, get_benchmark, list_benchmarks
 from irkit.cir.context import CIRContext
 from irkit.cir.evaluate import load_cir_splits, run_method
 from irkit.cir.registry import create_method, method_options
@@ -94,11 +94,12 @@ def review_grid(review: CIRReview, num_queries: int = 4, k: int = 5, split_index
     from irkit.viz import retrieval_grid
 
     split, rankings = review.splits[split_index], review.rankings[split_index]
+    benchmark = benchmark_of(split)
     step = max(1, len(split.queries) // max(1, num_queries))
     picked = split.queries[::step][:num_queries]
     return retrieval_grid(
         [" / ".join(q.captions) for q in picked],
-        [[split.image_path(i) for i in rankings[q.query_id][:k]] for q in picked],
+        [[split.image_path(benchmark.candidate_image(q, i)) for i in rankings[q.query_id][:k]] for q in picked],
         relevant=[{split.image_path(i) for i in (q.ground_truths or ((q.target,) if q.target else ()))}
                   for q in picked],
         query_images=[split.image_path(q.reference) for q in picked],
