@@ -263,3 +263,25 @@ def test_traffic_ground_truth_from_labels():
               TrafficLabel("c.jpg", "x", "A red car.", "vehicle", 3)]
     assert traffic_ground_truth_from_labels(labels) == {
         "A red car.": ["a.jpg", "c.jpg"], "A blue bus.": ["b.jpg"]}
+
+
+def test_per_query_values_average_to_the_aggregate():
+    """For every protocol, mean(per-query value) x 100 equals the aggregate metric (the
+    significance report pairs these values)."""
+    from irkit.cir.protocol import per_query_values
+
+    gallery = [f"x{i}" for i in range(60)]
+    queries = [CIRQuery("a", reference="x0", captions=("c",), target="x3", ground_truths=("x3", "x1")),
+               CIRQuery("b", reference="x2", captions=("c",), target="x9", ground_truths=("x9",))]
+    rankings = {"a": ["x1"] + [g for g in gallery if g != "x1"][:49], "b": gallery[:50]}
+    for dataset in ("mybench", "circo"):
+        split = _split(dataset, queries, gallery)
+        result = evaluate_rankings(split, rankings)
+        for metric in ("R@5", "R@10", "mAP@10", "mAP@50"):
+            assert 100 * per_query_values(split, rankings, metric).mean() == pytest.approx(result[metric]), \
+                (dataset, metric)
+    # query a: its other ground truth x1 is at rank 1 -> a generic hit, but CIRCO's R@K counts the target
+    # (x3, rank 4) only; query b: target x9 at rank 10 -> a miss at R@1 for both, a hit at R@10
+    assert per_query_values(_split("mybench", queries, gallery), rankings, "R@1").tolist() == [1.0, 0.0]
+    assert per_query_values(_split("circo", queries, gallery), rankings, "R@1").tolist() == [0.0, 0.0]
+    assert per_query_values(_split("circo", queries, gallery), rankings, "R@10").tolist() == [1.0, 1.0]

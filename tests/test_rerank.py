@@ -307,3 +307,38 @@ def test_choose_stage1_weight_takes_the_best_and_the_smaller_on_ties():
     assert choose_stage1_weight(values.__getitem__, tuple(values)) == (1.0, values)
     with pytest.raises(InputError, match="no stage-I weights"):
         choose_stage1_weight(values.__getitem__, ())
+
+
+def test_resort_puts_the_target_after_its_ties_when_asked():
+    """GeneCIS's rule in stage II: a candidate tying with the target ranks ahead of it."""
+    from irkit.methods.rerank import resort_candidates
+
+    ids, _ = resort_candidates(["0", "1", "2", "3"], [0.5, 0.9, 0.5, 0.1], last_on_ties="0")
+    assert ids == ["1", "2", "0", "3"]
+    assert resort_candidates(["0", "1", "2", "3"], [0.5, 0.9, 0.5, 0.1])[0] == ["1", "0", "2", "3"]
+
+
+def test_stage1_tail_scores_the_reranked_top_k_then_stage1(demo, tmp_path):
+    """K below the protocol's depth: with stage1_tail the rankings are the re-ranked top K followed
+    by stage I's candidates after rank K (as the CIR table scores its K=20 rows); without, an error."""
+    from irkit.cir.protocol import evaluate_rankings
+    from irkit.methods.rerank import RerankMethod
+
+    root, ctx = demo
+    val = load_cir_splits("cirr", root / "cirr", "val")
+    stage1 = [stage1_topk(create_method("image-text-sum"), ctx, s, 50) for s in val]
+    model = RerankMethod.build_model(RerankerConfig(embed_dim=128, token_dim=128, num_heads=4, depth=1).to_dict())
+    torch.manual_seed(0)
+    tail = RerankMethod(model=model.eval(), stage1=stage1, k=5, stage1_tail=True)
+    rankings, subsets = tail.rank_split(ctx, val[0])
+    reranked = tail.rerank(ctx, val[0]).topk
+    for query_id, ids, before in zip(reranked.query_ids, reranked.ids, stage1[0].ids):
+        assert rankings[query_id] == list(ids) + list(before[5:])
+        assert sorted(ids) == sorted(before[:5])
+    expected = evaluate_rankings(val[0], rankings, subset_rankings=subsets)
+    assert evaluate_method(tail, ctx, val)["R@10"] == pytest.approx(expected["R@10"])
+    with pytest.raises(InputError, match="stage1-tail"):
+        evaluate_method(RerankMethod(model=model, stage1=stage1, k=5), ctx, val)
+    short = [stage1_topk(create_method("image-text-sum"), ctx, s, 5) for s in val]
+    with pytest.raises(InputError, match="needs a stage-I top-50"):
+        evaluate_method(RerankMethod(model=model, stage1=short, k=5, stage1_tail=True), ctx, val)
