@@ -1,7 +1,9 @@
-"""irkit.embeddings: correct rows in order, cache keyed by weights/transform/files, corruption detected."""
+"""irkit.embeddings: correct rows in order, cache keyed by weights/transform/files/normalisation,
+corruption detected."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -11,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from irkit.embeddings import collect_image_paths, encode_image_files, num_threads
+from irkit.embeddings import collect_image_paths, encode_image_files, image_cache_material, num_threads, torch_threads
 from irkit.errors import InputError
 from irkit.models import create_model, save_weights
 
@@ -75,6 +77,85 @@ def test_rows_match_manual_encoding_in_order(checkpoint, images):
     np.testing.assert_allclose(in_process, expected, atol=1e-5)
     np.testing.assert_allclose(workers, expected[::-1], atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(in_process, axis=1), 1.0, atol=1e-5)
+
+
+def raw_features(loaded, paths) -> np.ndarray:
+    """Independent path: preprocess every image, one stacked batch through ``model.encode_image``."""
+    pixels = torch.stack([loaded.preprocess(Image.open(path).convert("RGB")) for path in paths])
+    with torch_threads(), torch.no_grad():
+        return loaded.model.encode_image(pixels).float().numpy()
+
+
+def count_tower_calls(loaded) -> list[int]:
+    """Wrap ``loaded.model.encode_image``; the returned list grows by the batch size of each call."""
+    calls, original = [], loaded.model.encode_image
+
+    def counted(pixels: torch.Tensor) -> torch.Tensor:
+        calls.append(len(pixels))
+        return original(pixels)
+
+    loaded.model.encode_image = counted
+    return calls
+
+
+def test_raw_features_are_the_image_towers_output(checkpoint, images):
+    loaded = create_model(checkpoint=checkpoint)
+    expected = raw_features(loaded, images)
+    raw = encode_image_files(loaded, images, batch_size=len(images), num_workers=0, normalize=False)
+    assert raw.shape == (5, loaded.embed_dim) and raw.dtype == np.float32
+    np.testing.assert_array_equal(raw, expected)  # same pixels, same batch, same threads
+    assert not np.allclose(np.linalg.norm(raw, axis=1), 1.0, atol=1e-3)  # really unnormalised
+    workers = encode_image_files(loaded, images[::-1], batch_size=2, num_workers=2, normalize=False)
+    decode_workers = encode_image_files(loaded, images, batch_size=2, num_workers=2, encode_in_workers=False,
+                                        normalize=False)
+    np.testing.assert_allclose(workers, expected[::-1], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(decode_workers, expected, rtol=1e-5, atol=1e-5)
+    normalised = encode_image_files(loaded, images, batch_size=2, num_workers=0)
+    np.testing.assert_allclose(normalised, expected / np.linalg.norm(expected, axis=1, keepdims=True), atol=1e-6)
+
+
+def test_raw_features_second_call_reads_the_cache(tmp_path, checkpoint, images):
+    cache = tmp_path / "cache"
+    first_model = create_model(checkpoint=checkpoint)
+    calls = count_tower_calls(first_model)
+    first = encode_image_files(first_model, images, batch_size=4, num_workers=0, cache_dir=cache, normalize=False)
+    assert sum(calls) == 5
+    (entry,) = cache.glob("*.json")
+    material = json.loads(entry.read_text())["material"]
+    assert material["kind"] == "image_features_raw"
+    # every other key field is the normalised cache's: weights, precision, transform, files, ...
+    assert {**material, "kind": "image_embeddings"} == image_cache_material(first_model, material["files"])
+
+    fresh = create_model(checkpoint=checkpoint)  # same weights, new process state; must not encode
+
+    def fail(pixels: torch.Tensor) -> torch.Tensor:
+        raise AssertionError("encode_image called although the raw features are cached")
+
+    fresh.model.encode_image = fail
+    second = encode_image_files(fresh, images, batch_size=4, num_workers=0, cache_dir=cache, normalize=False)
+    assert second.dtype == np.float32
+    np.testing.assert_array_equal(first, second)
+
+
+def test_normalised_and_raw_requests_never_share_entries(tmp_path, checkpoint, images):
+    cache = tmp_path / "cache"
+    loaded = create_model(checkpoint=checkpoint)
+    uncached = encode_image_files(loaded, images, num_workers=0)
+    calls = count_tower_calls(loaded)
+    normalised = encode_image_files(loaded, images, num_workers=0, cache_dir=cache)
+    assert sum(calls) == 5
+    raw = encode_image_files(loaded, images, num_workers=0, cache_dir=cache, normalize=False)
+    assert sum(calls) == 10  # the normalised entry is not reused for raw rows
+    assert len(list(cache.glob("*.npy"))) == 2 and len(list(cache.glob("*.json"))) == 2
+    again_normalised = encode_image_files(loaded, images, num_workers=0, cache_dir=cache)
+    again_raw = encode_image_files(loaded, images, num_workers=0, cache_dir=cache, normalize=False)
+    assert sum(calls) == 10  # both read from their own entries
+    # normalised results are unchanged by the raw option and by the cache
+    np.testing.assert_array_equal(normalised, uncached)
+    np.testing.assert_array_equal(again_normalised, uncached)
+    np.testing.assert_allclose(again_normalised, manual_embeddings(loaded, images), atol=1e-5)
+    np.testing.assert_array_equal(again_raw, raw)
+    assert not np.allclose(raw, normalised, atol=1e-3)
 
 
 def test_unchanged_key_reuses_cache(tmp_path, checkpoint, images):

@@ -13,7 +13,28 @@ import torch
 from PIL import Image
 
 from irkit.errors import InputError
-from irkit.train.clip import KILL_AT_EPOCH_ENV, ClipTrainConfig, train_clip
+from irkit.train.clip import ClipTrainConfig, train_clip
+
+# ``python -c KILL_AT_EPOCH_MAIN E ARGS...`` = ``python -m irkit ARGS...`` whose training process
+# SIGKILLs itself when open_clip_train starts (0-based) epoch E, i.e. right after epoch_E.pt was
+# written. The hook lives only in this test's subprocess, not in irkit.
+KILL_AT_EPOCH_MAIN = """
+import os, runpy, signal, sys
+import open_clip_train.main as oct_main
+
+kill_epoch = int(sys.argv.pop(1))
+original_train_one_epoch = oct_main.train_one_epoch
+
+
+def train_one_epoch(model, data, loss, epoch, *args, **kwargs):
+    if epoch == kill_epoch:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return original_train_one_epoch(model, data, loss, epoch, *args, **kwargs)
+
+
+oct_main.train_one_epoch = train_one_epoch  # irkit's per-epoch wrapper then calls this one
+runpy.run_module("irkit", run_name="__main__", alter_sys=True)
+"""
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), "yellow": (230, 220, 30)}
 
@@ -42,6 +63,12 @@ def _argv(csv_path: Path, log_dir: Path, name: str, extra: list[str] = ()) -> li
             "--log-dir", str(log_dir), "--name", name, *extra]
 
 
+def _killed_at_epoch(argv: list[str], epoch: int) -> list[str]:
+    """``argv`` (a ``python -m irkit ...`` command) run under :data:`KILL_AT_EPOCH_MAIN`."""
+    assert argv[1:3] == ["-m", "irkit"]
+    return [argv[0], "-c", KILL_AT_EPOCH_MAIN, str(epoch), *argv[3:]]
+
+
 def _run(argv: list[str], **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(argv, env={**os.environ, "IRKIT_NUM_THREADS": "1", **env},
                           capture_output=True, text=True, timeout=600)
@@ -64,7 +91,7 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path: Path) -> None:
         assert (run / item).exists(), item
     assert any((run / "tensorboard").iterdir())
 
-    killed = _run(_argv(csv_path, log_dir, "resumed"), **{KILL_AT_EPOCH_ENV: "1"})
+    killed = _run(_killed_at_epoch(_argv(csv_path, log_dir, "resumed"), epoch=1))
     assert killed.returncode == -signal.SIGKILL
     assert (log_dir / "resumed" / "checkpoints" / "epoch_1.pt").is_file()
     assert not (log_dir / "resumed" / "checkpoints" / "epoch_2.pt").exists()

@@ -1,7 +1,8 @@
 """Gallery image embeddings: parallel decoding, batched inference and an on-disk cache.
 
 :func:`encode_image_files` returns ``[N, D]`` float32 L2-normalised rows in the order of
-``paths``. Work is split into batches handled by DataLoader worker processes:
+``paths`` (with ``normalize=False``: the image tower's raw output as float32). Work is split
+into batches handled by DataLoader worker processes:
 
 - on CPU, each worker decodes its batch (PIL open -> RGB -> the model's preprocess) *and*
   runs the image tower on it with one torch thread: data-parallel inference. On few cores this
@@ -16,9 +17,13 @@
 Cache: ``<cache_dir>/<key>.npy`` + ``<key>.json``. The key is a hash of everything that
 changes the result: model name, weights id (checkpoint content hash / pretrained tag /
 random-init seed), precision, transform config (incl. image size), the ordered list of
-(absolute path, size, mtime_ns) and :data:`CACHE_FORMAT_VERSION`. The json stores that key
-material, the sha256 of the npy bytes, shape and dtype; a cached array is used only when all
-of them match, otherwise (e.g. a truncated or corrupt file) it is recomputed with a warning.
+(absolute path, size, mtime_ns), normalised or raw (``kind``: ``image_embeddings`` or
+``image_features_raw``) and :data:`CACHE_FORMAT_VERSION`. The json stores that key material,
+the sha256 of the npy bytes, shape and dtype; a cached array is used only when all of them
+match, otherwise (e.g. a truncated or corrupt file) it is recomputed with a warning.
+Normalised and raw entries are kept apart rather than normalising cached raw rows on read:
+that is bit-identical on CPU, but on an accelerator the encoder normalises on the device, so
+rows normalised on read could differ in the last bit from today's.
 """
 
 from __future__ import annotations
@@ -80,17 +85,32 @@ def torch_threads(count: Optional[int] = None) -> Iterator[int]:
 
 # --------------------------------------------------------------------------- decoding
 
+def encode_pixels(loaded: "LoadedModel", pixels: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+    """``[B, 3, S, S]`` preprocessed pixels -> ``[B, D]`` float32 on ``loaded.device``, no grad.
+
+    ``normalize=True``: L2-normalised rows (:meth:`LoadedModel.encode_images`); ``False``: the
+    image tower's output (``model.encode_image``) cast to float32.
+    """
+    if normalize:
+        return loaded.encode_images(pixels)
+    with torch.no_grad():
+        return loaded.model.encode_image(pixels.to(loaded.device, loaded.input_dtype)).float()
+
+
 class ImageBatches(Dataset):
     """Item b = ``(first row, result, errors)`` for the images ``[b*B, (b+1)*B)``.
 
-    ``result`` is the ``[n, D]`` float32 embeddings when ``encode`` is set, else the
-    ``[n, 3, S, S]`` preprocessed pixels. Errors (undecodable images) are returned as
-    ``[(row, message)]`` rather than raised, so the main process can raise one clean
-    InputError naming the file (a worker's exception would arrive wrapped in a traceback).
+    ``result`` is the ``[n, D]`` float32 embeddings (:func:`encode_pixels` with ``normalize``)
+    when ``encode`` is set, else the ``[n, 3, S, S]`` preprocessed pixels. Errors (undecodable
+    images) are returned as ``[(row, message)]`` rather than raised, so the main process can
+    raise one clean InputError naming the file (a worker's exception would arrive wrapped in a
+    traceback).
     """
 
-    def __init__(self, loaded: "LoadedModel", paths: Sequence[Path], batch_size: int, encode: bool) -> None:
+    def __init__(self, loaded: "LoadedModel", paths: Sequence[Path], batch_size: int, encode: bool,
+                 normalize: bool = True) -> None:
         self.loaded, self.paths, self.batch_size, self.encode = loaded, list(paths), batch_size, encode
+        self.normalize = normalize
 
     def __len__(self) -> int:
         return -(-len(self.paths) // self.batch_size)
@@ -110,7 +130,7 @@ class ImageBatches(Dataset):
         if not self.encode:
             return first, stacked, []
         with torch.inference_mode():
-            return first, self.loaded.encode_images(stacked).cpu().numpy(), []
+            return first, encode_pixels(self.loaded, stacked, self.normalize).cpu().numpy(), []
 
 
 class ImageFileDataset(Dataset):
@@ -161,10 +181,10 @@ def file_fingerprints(paths: Sequence[Path]) -> list[list[Any]]:
 
 
 def _encode_uncached(loaded: "LoadedModel", paths: Sequence[Path], batch_size: int, num_workers: int,
-                     desc: str, encode_in_workers: Optional[bool] = None) -> np.ndarray:
+                     desc: str, encode_in_workers: Optional[bool] = None, normalize: bool = True) -> np.ndarray:
     """Embed ``paths`` without the cache (see :func:`encode_image_files` for the process layout)."""
     embeddings = np.zeros((len(paths), loaded.embed_dim), dtype=np.float32)
-    batches = ImageBatches(loaded, paths, batch_size, encode=True)
+    batches = ImageBatches(loaded, paths, batch_size, encode=True, normalize=normalize)
     workers = max(0, min(num_workers, len(batches)))
     if encode_in_workers is None:
         encode_in_workers = torch.device(loaded.device).type == "cpu"
@@ -179,7 +199,7 @@ def _encode_uncached(loaded: "LoadedModel", paths: Sequence[Path], batch_size: i
                 raise InputError(f"cannot decode image ({message}); expected a readable image file",
                                  path=paths[row])
             if not batches.encode:
-                result = loaded.encode_images(result).cpu().numpy()
+                result = encode_pixels(loaded, result, normalize).cpu().numpy()
             embeddings[first:first + len(result)] = result
             bar.update(len(result))
     return embeddings
@@ -187,11 +207,15 @@ def _encode_uncached(loaded: "LoadedModel", paths: Sequence[Path], batch_size: i
 
 # --------------------------------------------------------------------------- cache
 
-def image_cache_material(loaded: "LoadedModel", fingerprints: list[list[Any]]) -> dict[str, Any]:
-    """Everything that determines the embeddings of these files (JSON-normalised)."""
+def image_cache_material(loaded: "LoadedModel", fingerprints: list[list[Any]],
+                         normalize: bool = True) -> dict[str, Any]:
+    """Everything that determines the embeddings of these files (JSON-normalised).
+
+    ``kind`` is ``image_embeddings`` (L2-normalised) or ``image_features_raw`` (``normalize=False``).
+    """
     material = {
         "irkit_cache_format": CACHE_FORMAT_VERSION,
-        "kind": "image_embeddings",
+        "kind": "image_embeddings" if normalize else "image_features_raw",
         "model_name": loaded.model_name,
         "weights_id": loaded.weights_id,
         "precision": loaded.precision,
@@ -255,8 +279,12 @@ def encode_image_files(
     cache_dir: Optional[os.PathLike | str] = None,
     desc: str = "images",
     encode_in_workers: Optional[bool] = None,
+    normalize: bool = True,
 ) -> np.ndarray:
     """Embed image files -> ``[N, D]`` float32 L2-normalised rows, in the order of ``paths``.
+
+    ``normalize=False`` returns the image tower's unnormalised output (``model.encode_image``
+    as float32), e.g. the input of a LinCIR/SEARLE phi; it is cached under its own key.
 
     ``num_workers`` processes handle whole batches (on CPU: decode + encode, one thread each,
     so use about one worker per core; 0 = all in the main process). With ``cache_dir`` the
@@ -272,15 +300,15 @@ def encode_image_files(
     if not paths:
         return np.zeros((0, loaded.embed_dim), dtype=np.float32)
     if cache_dir is None:
-        return _encode_uncached(loaded, paths, batch_size, num_workers, desc, encode_in_workers)
+        return _encode_uncached(loaded, paths, batch_size, num_workers, desc, encode_in_workers, normalize)
     cache_dir = Path(cache_dir)
-    material = image_cache_material(loaded, fingerprints)
+    material = image_cache_material(loaded, fingerprints, normalize)
     key = stable_hash(material)
     cached = load_cached_array(cache_dir, key, material)
     if cached is not None:
         log.info("embedding cache hit %s (%d images)", key[:12], len(paths))
         return cached.astype(np.float32, copy=False)
-    embeddings = _encode_uncached(loaded, paths, batch_size, num_workers, desc, encode_in_workers)
+    embeddings = _encode_uncached(loaded, paths, batch_size, num_workers, desc, encode_in_workers, normalize)
     save_cached_array(cache_dir, key, material, embeddings)
     return embeddings
 

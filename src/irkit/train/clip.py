@@ -30,7 +30,6 @@ import logging
 import os
 import random
 import shutil
-import signal
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -41,11 +40,6 @@ import torch
 
 from irkit.errors import InputError
 from irkit.io import atomic_path
-
-# Environment variable used by the resume test: SIGKILL the training process at the start of
-# this (0-based) epoch, i.e. right after the previous epoch's checkpoint was written.
-KILL_AT_EPOCH_ENV = "IRKIT_TEST_KILL_AT_EPOCH"
-
 
 @dataclass
 class ClipTrainConfig:
@@ -200,7 +194,6 @@ def _patched_open_clip_train(config: ClipTrainConfig) -> Iterator[Any]:
     original_train_one_epoch = oct_main.train_one_epoch
     original_setup_logging = oct_main.setup_logging
     original_save = torch.save
-    kill_at_epoch = os.environ.get(KILL_AT_EPOCH_ENV)
 
     def create_model_and_transforms(*args: Any, **kwargs: Any):
         model, preprocess_train, preprocess_val = original_create(*args, **kwargs)
@@ -221,8 +214,6 @@ def _patched_open_clip_train(config: ClipTrainConfig) -> Iterator[Any]:
                 handler.addFilter(_ProgressOnly())
 
     def train_one_epoch(model, data, loss, epoch, *args: Any, **kwargs: Any):
-        if kill_at_epoch is not None and epoch == int(kill_at_epoch):
-            os.kill(os.getpid(), signal.SIGKILL)
         # Data order, worker seeds and augmentation of this epoch depend only on (seed, epoch).
         _seed_everything(config.seed * 100003 + epoch)
         return original_train_one_epoch(model, data, loss, epoch, *args, **kwargs)
