@@ -27,17 +27,17 @@ from typing import Any, Callable
 
 import torch
 
-from irkit.data.demo import generate_demo
-from irkit.embeddings import num_threads
 from irkit.cir.context import CIRContext
+from irkit.cir.evaluate import load_cir_splits
+from irkit.cir.features import build_features
 from irkit.cir.registry import create_method
 from irkit.cir.topk import stage1_topk
+from irkit.cir.training import load_head
+from irkit.data.demo import generate_demo
+from irkit.embeddings import num_threads
 from irkit.methods.rerank import rerank_split
-from irkit.cir.evaluate import load_cir_splits
 from irkit.models import create_model
 from irkit.models.reranker import CrossEncoderReranker, RerankerConfig
-from irkit.cir.features import build_features
-from irkit.cir.training import load_head
 
 
 def _median_seconds(fn: Callable[[], Any], repeats: int) -> float:

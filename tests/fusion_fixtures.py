@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from irkit.data.demo import generate_demo
 from irkit.cir.context import CIRContext
+from irkit.data.demo import generate_demo
 from irkit.models import create_model
 
 

@@ -62,8 +62,8 @@ def test_table_equals_independent_library_evaluation(table_run):
     """The table's numbers equal what `irkit cir eval`'s library calls give on their own, with
     the stage's checkpoints; CIRR image-only R@1 is also recomputed by hand from embeddings."""
     from irkit.cir.context import CIRContext
-    from irkit.cir.registry import create_method
     from irkit.cir.evaluate import evaluate_method, load_cir_splits
+    from irkit.cir.registry import create_method
     from irkit.models import create_model
 
     root, kwargs, result = table_run

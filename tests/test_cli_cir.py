@@ -125,9 +125,9 @@ def test_cirr_text_only_metrics_match_a_hand_computation(demo, work, capsys):
 
 
 def test_submit_writes_test_server_files(demo, work, phi_checkpoints, capsys):
-    from irkit.data import load_dataset
     from irkit.benchmarks.circo import read_circo_submission
     from irkit.benchmarks.cirr import read_cirr_submission
+    from irkit.data import load_dataset
 
     out = work / "submission"
     code, result, err = run_cli(["cir", "submit", "--dataset", "cirr", "--root", demo / "cirr", "--split", "test1",

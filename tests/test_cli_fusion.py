@@ -10,10 +10,10 @@ import json
 from pathlib import Path
 
 import pytest
-
 from fusion_fixtures import make_demo
-from irkit.cli import main
+
 from irkit.cir.topk import load_topk_file
+from irkit.cli import main
 
 
 @pytest.fixture(scope="module")

@@ -7,16 +7,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from irkit.data.records import CIRQuery, CIRSplit
-from irkit.errors import InputError
 from irkit.benchmarks.cirr import BENCHMARK as CIRR
 from irkit.benchmarks.fashioniq import combine_categories
-from irkit.cir.protocol import evaluate_embeddings
-from irkit.cir.protocol import evaluate_rankings
-from irkit.benchmarks.traffic import evaluate_traffic_submission
-from irkit.cir.protocol import rank_split
-from irkit.benchmarks.traffic import traffic_ground_truth_from_labels
-from irkit.benchmarks.traffic import traffic_rank_statistics
+from irkit.benchmarks.traffic import (
+    evaluate_traffic_submission,
+    traffic_ground_truth_from_labels,
+    traffic_rank_statistics,
+)
+from irkit.cir.protocol import evaluate_embeddings, evaluate_rankings, rank_split
+from irkit.data.records import CIRQuery, CIRSplit
+from irkit.errors import InputError
 
 
 def _split(dataset: str, queries: list[CIRQuery], gallery: list[str], category=None) -> CIRSplit:

@@ -6,6 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from irkit.cir.features import in_batch_contrastive_loss
+from irkit.cir.training import TrainingConfig, train_head
 from irkit.errors import InputError
 from irkit.models.combiner import Combiner, CombinerConfig
 from irkit.models.fusion import FusionConfig, MagicLensFusion
@@ -13,8 +15,6 @@ from irkit.models.layers import AttentionPool
 from irkit.models.projector import VisionProjector
 from irkit.models.reranker import CrossEncoderReranker, RerankerConfig
 from irkit.runs import RunFolder, load_checkpoint
-from irkit.cir.features import in_batch_contrastive_loss
-from irkit.cir.training import TrainingConfig, train_head
 
 
 def _randomise(module: torch.nn.Module, seed: int = 0) -> None:

@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 import torch
 
+from irkit.cir.context import CIRContext
+from irkit.cir.evaluate import evaluate_method, load_cir_splits
+from irkit.cir.registry import create_method
+from irkit.cir.topk import TopK, load_topk_file
 from irkit.data.demo import generate_demo
 from irkit.errors import InputError
 from irkit.experiments import fusion_rows as fr
 from irkit.experiments.setup import TABLE_COLUMNS, CIRBenchSetup, table_metrics
-from irkit.cir.context import CIRContext
-from irkit.cir.registry import create_method
-from irkit.cir.topk import TopK, load_topk_file
-from irkit.cir.evaluate import evaluate_method, load_cir_splits
 from irkit.models import create_model
 
 KS = (5, 50)

@@ -212,8 +212,8 @@ def demo_traffic(tmp_path_factory) -> Path:
 def test_infer_and_merge_on_demo_data(demo_traffic: Path, tmp_path: Path) -> None:
     from irkit.data.traffic import load_traffic
     from irkit.embeddings import encode_image_files
-    from irkit.traffic.inference import infer_traffic
     from irkit.models import create_model
+    from irkit.traffic.inference import infer_traffic
 
     root = demo_traffic
     split = load_traffic(root, "test")

@@ -14,19 +14,13 @@ import math
 import numpy as np
 import pytest
 
-from irkit.data.registry import load_dataset
+from irkit.benchmarks.circo import read_circo_submission, write_circo_submission
 from irkit.benchmarks.cirr import BENCHMARK as CIRR
-from irkit.benchmarks.cirr import cirr_submission_paths
-from irkit.benchmarks.fashioniq import combine_categories
-from irkit.cir.protocol import evaluate_embeddings
-from irkit.cir.protocol import rank_split
-from irkit.benchmarks.circo import read_circo_submission
-from irkit.benchmarks.cirr import read_cirr_submission
-from irkit.cir.evaluate import score_prediction_files
-from irkit.benchmarks.circo import write_circo_submission
-from irkit.benchmarks.cirr import write_cirr_submission
-from irkit.benchmarks.fashioniq import write_fashioniq_submission
-from irkit.cir.evaluate import write_submission_from_embeddings
+from irkit.benchmarks.cirr import cirr_submission_paths, read_cirr_submission, write_cirr_submission
+from irkit.benchmarks.fashioniq import combine_categories, write_fashioniq_submission
+from irkit.cir.evaluate import score_prediction_files, write_submission_from_embeddings
+from irkit.cir.protocol import evaluate_embeddings, rank_split
+from irkit.data.registry import load_dataset
 
 DIM = 32
 

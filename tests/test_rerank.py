@@ -9,18 +9,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from fusion_fixtures import make_demo, tiny_context
-from irkit.errors import InputError
+
+from irkit.cir.evaluate import evaluate_method, load_cir_splits
+from irkit.cir.features import build_features
 from irkit.cir.protocol import rank_split
 from irkit.cir.registry import EmbeddingMethod, RankingMethod, create_method
 from irkit.cir.topk import TopK, load_topk_file, save_topk_file, stage1_topk
+from irkit.cir.training import TrainingConfig
+from irkit.errors import InputError
 from irkit.methods.rerank import rerank_split, resort_candidates, train_reranker
-from irkit.cir.evaluate import evaluate_method, load_cir_splits
 from irkit.models.reranker import CrossEncoderReranker, RerankerConfig
 from irkit.runs import RunFolder
-from irkit.cir.features import build_features
-from irkit.cir.training import TrainingConfig
 
 
 @pytest.fixture(scope="module")

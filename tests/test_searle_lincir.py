@@ -10,10 +10,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from irkit.errors import InputError
-from irkit.cir.context import CIRContext
-from irkit.cir.registry import create_method, list_methods
 import irkit.methods.searle as searle_module
+from irkit.cir.context import CIRContext
+from irkit.cir.evaluate import evaluate_method, load_cir_splits
+from irkit.cir.registry import create_method, list_methods
+from irkit.cir.training import TrainingConfig, make_validator
+from irkit.errors import InputError
 from irkit.methods.lincir import (
     clean_caption,
     keyword_spans,
@@ -25,8 +27,6 @@ from irkit.methods.lincir import (
     train_phi_lincir,
 )
 from irkit.methods.searle import OTIConfig, OTITokens, oti_for_splits, run_oti, train_phi_searle
-from irkit.cir.evaluate import evaluate_method, load_cir_splits
-from irkit.cir.training import TrainingConfig, make_validator
 from irkit.methods.textual_inversion import (
     build_phrases,
     cosine_distance_loss,

@@ -7,18 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from irkit.benchmarks.circo import read_circo_submission, write_circo_submission
+from irkit.benchmarks.cirr import cirr_submission_paths, read_cirr_submission, write_cirr_submission
+from irkit.benchmarks.fashioniq import read_fashioniq_submission, write_fashioniq_submission
+from irkit.benchmarks.traffic import read_traffic_submission, write_traffic_submission
 from irkit.cli import main as cli_main
 from irkit.data.records import CIRQuery, CIRSplit
 from irkit.errors import InputError
-from irkit.benchmarks.cirr import cirr_submission_paths
-from irkit.benchmarks.circo import read_circo_submission
-from irkit.benchmarks.cirr import read_cirr_submission
-from irkit.benchmarks.fashioniq import read_fashioniq_submission
-from irkit.benchmarks.traffic import read_traffic_submission
-from irkit.benchmarks.circo import write_circo_submission
-from irkit.benchmarks.cirr import write_cirr_submission
-from irkit.benchmarks.fashioniq import write_fashioniq_submission
-from irkit.benchmarks.traffic import write_traffic_submission
 
 GALLERY = [f"dev-{j}-0-img0" for j in range(60)]
 

@@ -330,8 +330,13 @@ def register_benchmark(benchmark: Benchmark) -> Benchmark:
 
 def _import_builtin_benchmarks() -> None:
     # Importing the modules runs their @register_benchmark decorators.
-    from irkit.benchmarks import circo, cirr, fashioniq, traffic  # noqa: F401
-    from irkit.benchmarks import genecis  # noqa: F401
+    from irkit.benchmarks import (  # noqa: F401
+        circo,
+        cirr,
+        fashioniq,
+        genecis,  # noqa: F401
+        traffic,
+    )
 
 
 def list_benchmarks(kind: Optional[str] = None) -> list[str]:

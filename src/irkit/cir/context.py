@@ -14,11 +14,8 @@ from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from irkit.data.records import CIRSplit
-from irkit.errors import InputError
-from irkit.io import stable_hash
 
 
 def l2_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -54,59 +51,14 @@ def encode_token_ids(model: torch.nn.Module, token_ids: torch.Tensor, batch_size
     return torch.cat(out) if out else torch.zeros(0, 0)
 
 
-#: In-process memo of unnormalised embeddings (phi validation re-reads the same references).
-_RAW_MEMO: dict[str, np.ndarray] = {}
-_RAW_MEMO_SIZE = 8
-
-
-def _as_list(items: list) -> list:
-    return items
-
-
 def raw_image_embeddings(loaded: Any, paths: Sequence[Path | str], batch_size: int = 64, num_workers: int = 2,
                          cache_dir: Optional[Path | str] = None) -> np.ndarray:
-    """[N, d] float32 UNnormalised image embeddings (phi's input) of image files, in order.
+    """[N, d] float32 UNnormalised image embeddings (phi's and the heads' input) of image files, in
+    order, through :func:`irkit.embeddings.encode_image_files`' on-disk cache."""
+    from irkit.embeddings import encode_image_files
 
-    Uses :func:`irkit.embeddings.encode_image_files` (cached on disk) when it offers
-    ``normalize=False``; otherwise decodes with its :class:`~irkit.embeddings.ImageFileDataset`
-    and runs the image tower here (memoised in-process, keyed by model, weights, transform
-    and the files' path/size/mtime).
-    """
-    import inspect
-
-    from irkit import embeddings
-
-    if "normalize" in inspect.signature(embeddings.encode_image_files).parameters:
-        return embeddings.encode_image_files(loaded, paths, batch_size=batch_size, num_workers=num_workers,
-                                             cache_dir=cache_dir, normalize=False)
-    paths = [Path(p) for p in paths]
-    fingerprints = []
-    for path in paths:
-        if not path.is_file():
-            raise InputError("image file not found", path=path)
-        stat = path.stat()
-        fingerprints.append((str(path.resolve()), stat.st_size, stat.st_mtime_ns))
-    key = stable_hash({"model": loaded.model_name, "weights": loaded.weights_id, "precision": loaded.precision,
-                       "transform": loaded.transform_name, "size": loaded.image_size, "files": fingerprints})
-    if key in _RAW_MEMO:
-        return _RAW_MEMO[key].copy()
-    out = np.zeros((len(paths), loaded.embed_dim), dtype=np.float32)
-    dataset = embeddings.ImageFileDataset(paths, loaded.preprocess)
-    workers = max(0, min(num_workers, -(-len(paths) // max(batch_size, 1))))
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers,
-                                         collate_fn=_as_list)
-    with torch.no_grad():
-        for items in tqdm(loader, desc="images (unnormalised)", unit="batch", disable=len(paths) < 4 * batch_size):
-            failed = [(i, err) for i, _, err in items if err is not None]
-            if failed:
-                raise InputError(f"cannot decode image ({failed[0][1]}); expected a readable image file",
-                                 path=paths[failed[0][0]])
-            pixels = torch.stack([t for _, t, _ in items]).to(loaded.device, loaded.input_dtype)
-            out[[i for i, _, _ in items]] = loaded.model.encode_image(pixels).float().cpu().numpy()
-    if len(_RAW_MEMO) >= _RAW_MEMO_SIZE:
-        _RAW_MEMO.pop(next(iter(_RAW_MEMO)))
-    _RAW_MEMO[key] = out.copy()
-    return out
+    return encode_image_files(loaded, paths, batch_size=batch_size, num_workers=num_workers, cache_dir=cache_dir,
+                              normalize=False)
 
 
 @dataclass

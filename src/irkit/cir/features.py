@@ -29,11 +29,11 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from irkit.benchmarks import benchmark_of
+from irkit.cir.context import CIRContext, encode_token_ids
 from irkit.data.records import CIRSplit
 from irkit.errors import InputError
 from irkit.io import stable_hash
-from irkit.benchmarks import benchmark_of
-from irkit.cir.context import CIRContext, encode_token_ids
 
 #: In-process memo of encoded features (validation re-encodes the same split many times).
 _MEMO: "OrderedDict[str, Any]" = OrderedDict()

@@ -29,6 +29,7 @@ from irkit.cli.cir_options import (
     loader_options,
 )
 
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("cir", help="composed image retrieval: evaluate, submit, OTI, train phi",
                                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -140,8 +141,8 @@ def _run_oti(args: argparse.Namespace) -> int:
 
 
 def _run_train_phi(args: argparse.Namespace) -> int:
-    from irkit.errors import InputError
     from irkit.cir.training import TrainingConfig, make_validator, open_run
+    from irkit.errors import InputError
     from irkit.workflows.cir import describe_result, train_phi
 
     if args.method == "searle" and args.oti is None:

@@ -70,9 +70,8 @@ def loader_options(args: argparse.Namespace, prefix: str = "") -> dict[str, Any]
 
 
 def load_splits(args: argparse.Namespace, prefix: str = "") -> list[Any]:
-    from irkit.cir.evaluate import load_cir_splits
-
     from irkit.benchmarks import get_benchmark
+    from irkit.cir.evaluate import load_cir_splits
 
     dataset = getattr(args, f"{prefix}dataset")
     split = getattr(args, f"{prefix}split") or get_benchmark(dataset).test_split
@@ -80,8 +79,7 @@ def load_splits(args: argparse.Namespace, prefix: str = "") -> list[Any]:
 
 
 def build_method(args: argparse.Namespace) -> Any:
-    from irkit.cir.registry import create_method
-    from irkit.cir.registry import method_options
+    from irkit.cir.registry import create_method, method_options
 
     extra = parse_key_values(args.method_option, "--method-option", underscore_keys=True)
     return create_method(args.method, **method_options(args.method, args.method_checkpoint,

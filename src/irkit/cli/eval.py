@@ -18,7 +18,6 @@ from typing import Any
 from irkit.benchmarks import list_benchmarks
 
 
-
 def _bool(value: str) -> bool:
     lowered = value.strip().lower()
     if lowered in ("true", "yes", "1"):

@@ -36,5 +36,10 @@ def load_dataset(name: str, root: Any, split: str, **kwargs: Any) -> Any:
 
 def _import_builtin_loaders() -> None:
     # Importing the modules runs their @register_dataset decorators.
-    from irkit.data import circo, cirr, fashioniq, traffic  # noqa: F401
-    from irkit.data import genecis  # noqa: F401
+    from irkit.data import (  # noqa: F401
+        circo,
+        cirr,
+        fashioniq,
+        genecis,  # noqa: F401
+        traffic,
+    )

@@ -299,8 +299,7 @@ class _Bench(BenchContext):
         return self.evaluate(lambda _: method)
 
     def method(self, name: str, checkpoint: Optional[Path | str] = None) -> Any:
-        from irkit.cir.registry import create_method
-        from irkit.cir.registry import method_options
+        from irkit.cir.registry import create_method, method_options
 
         return create_method(name, **method_options(name, checkpoint, self.include_shared_concept))
 
@@ -392,10 +391,10 @@ def oti_training_images(bench: _Bench, cap: int) -> tuple[list[str], list[Path]]
 
 def searle_stage(bench: _Bench, stage_dir: Path) -> dict[str, Any]:
     """SEARLE: OTI on capped training references, phi distilled from the tokens, evaluated."""
-    from irkit.methods.searle import OTIConfig, run_oti
-    from irkit.workflows.cir import train_phi
     from irkit.cir.context import raw_image_embeddings
+    from irkit.methods.searle import OTIConfig, run_oti
     from irkit.methods.textual_inversion import load_phrase_bank
+    from irkit.workflows.cir import train_phi
 
     budgets = bench.setup.budgets
     ids, paths = oti_training_images(bench, int(budgets["oti_images"]))
@@ -418,8 +417,8 @@ def searle_stage(bench: _Bench, stage_dir: Path) -> dict[str, Any]:
 
 def searle_oti_stage(bench: _Bench, stage_dir: Path) -> dict[str, Any]:
     """SEARLE-OTI: OTI on every val reference (``searle_oti_steps`` steps), then evaluated."""
-    from irkit.methods.searle import OTIConfig, oti_for_splits
     from irkit.cir.evaluate import evaluate_method
+    from irkit.methods.searle import OTIConfig, oti_for_splits
     from irkit.methods.textual_inversion import load_phrase_bank
 
     budgets = bench.setup.budgets

@@ -232,10 +232,10 @@ def _train_runs(bench: _Bench, stage_dir: Path, kind: str, params: Mapping[str, 
 
 
 def _head_stage(bench: _Bench, stage: str) -> dict[str, Any]:
-    from irkit.models.combiner import CombinerConfig
-    from irkit.workflows.cir import train_head
-    from irkit.models.fusion import FusionConfig
     from irkit.cir.training import TrainingConfig
+    from irkit.models.combiner import CombinerConfig
+    from irkit.models.fusion import FusionConfig
+    from irkit.workflows.cir import train_head
 
     budget, dim = bench.budget, bench.loaded.embed_dim
     method_name = HEADS[stage][0]
@@ -345,9 +345,9 @@ def _reranker_stage(bench: _Bench, stage1: Mapping[str, Any],
                     stage1_train: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
     """Train the cross-encoder per benchmark: in-batch negatives (stage ``reranker``), or with
     hard negatives from ``stage1_train`` as well (stage ``reranker-hn``)."""
+    from irkit.cir.training import TrainingConfig
     from irkit.models.reranker import RerankerConfig
     from irkit.workflows.cir import train_head
-    from irkit.cir.training import TrainingConfig
 
     budget, dim = bench.budget, bench.loaded.embed_dim
     model_config = RerankerConfig(embed_dim=dim, token_dim=dim, depth=budget.reranker_depth,

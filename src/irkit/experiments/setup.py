@@ -114,9 +114,9 @@ class BenchContext:
     :data:`BENCHMARKS`, shared by every stage of one table run."""
 
     def __init__(self, setup: CIRBenchSetup) -> None:
+        from irkit.benchmarks import get_benchmark
         from irkit.cir.context import CIRContext
         from irkit.cir.evaluate import load_cir_splits
-        from irkit.benchmarks import get_benchmark
         from irkit.models import create_model
 
         self.setup = setup

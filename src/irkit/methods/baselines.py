@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from irkit.data.records import CIRSplit
 from irkit.benchmarks import benchmark_of
 from irkit.cir.context import CIRContext, l2_normalize
 from irkit.cir.registry import EmbeddingMethod, register_method
+from irkit.data.records import CIRSplit
 
 
 class _BaselineMethod(EmbeddingMethod):

@@ -15,15 +15,15 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 import torch
 
+from irkit.cir.context import CIRContext, l2_normalize
+from irkit.cir.features import in_batch_contrastive_loss
+from irkit.cir.registry import EmbeddingMethod, register_method
+from irkit.cir.training import TrainingConfig, Validator, train_on_triplets
 from irkit.data.records import CIRSplit
 from irkit.errors import InputError
-from irkit.cir.context import CIRContext, l2_normalize
-from irkit.cir.registry import EmbeddingMethod, register_method
+from irkit.methods.heads import TrainedHeadMethod, batched
 from irkit.models.combiner import Combiner, CombinerConfig
 from irkit.runs import RunFolder
-from irkit.cir.features import in_batch_contrastive_loss
-from irkit.cir.training import TrainingConfig, Validator, train_on_triplets
-from irkit.methods.heads import TrainedHeadMethod, batched
 from irkit.train.loop import TrainResult
 
 KIND = "combiner"

@@ -17,15 +17,15 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 import torch
 
+from irkit.cir.context import CIRContext
+from irkit.cir.features import in_batch_contrastive_loss
+from irkit.cir.registry import EmbeddingMethod, register_method
+from irkit.cir.training import TrainingConfig, Validator, train_on_triplets
 from irkit.data.records import CIRSplit
 from irkit.errors import InputError
-from irkit.cir.context import CIRContext
-from irkit.cir.registry import EmbeddingMethod, register_method
+from irkit.methods.heads import TrainedHeadMethod, batched
 from irkit.models.fusion import FusionConfig, MagicLensFusion
 from irkit.runs import RunFolder
-from irkit.cir.features import in_batch_contrastive_loss
-from irkit.cir.training import TrainingConfig, Validator, train_on_triplets
-from irkit.methods.heads import TrainedHeadMethod, batched
 from irkit.train.loop import TrainResult
 
 KIND = "magiclens"

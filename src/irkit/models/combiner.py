@@ -15,13 +15,12 @@ scales them with the backbone (``P = 4d``, ``H = 8d`` by default) and takes expl
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Mapping, Optional
+from typing import ClassVar, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from irkit.errors import InputError
 from irkit.models.config import HeadConfig
 
 PUBLISHED_PROJECTION_DIM = 2560

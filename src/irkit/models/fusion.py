@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar, Mapping, Optional
+from typing import ClassVar, Optional
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +29,7 @@ from irkit.errors import InputError
 from irkit.models.config import HeadConfig
 from irkit.models.layers import AttentionPool, TransformerBlock, init_linear_lecun
 from irkit.models.projector import VisionProjector
+
 
 @dataclass
 class FusionConfig(HeadConfig):

@@ -16,9 +16,9 @@ from collections import defaultdict, deque
 from pathlib import Path
 from typing import Any, Optional
 
+from irkit.benchmarks.traffic import read_traffic_submission, write_traffic_submission
 from irkit.data.traffic import read_test_queries
 from irkit.errors import InputError
-from irkit.benchmarks.traffic import read_traffic_submission, write_traffic_submission
 
 
 def merge_results(vehicle_json: os.PathLike | str, person_json: os.PathLike | str,

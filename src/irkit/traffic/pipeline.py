@@ -7,9 +7,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from irkit.traffic.stages import (TrafficRunParams, infer_galleries, load_test_data, merge_submissions, open_run,
-                                  prepare_captions, prepare_data, score_quick_review, score_reproduction,
-                                  train_model)
+from irkit.traffic.stages import (
+    TrafficRunParams,
+    infer_galleries,
+    load_test_data,
+    merge_submissions,
+    open_run,
+    prepare_captions,
+    prepare_data,
+    score_quick_review,
+    score_reproduction,
+    train_model,
+)
 
 
 @dataclass

@@ -10,8 +10,7 @@ from irkit.data.records import TrafficSplit
 from irkit.notebook import markdown_table
 from irkit.runs import read_results
 from irkit.traffic.inference import count_vehicle_queries, gallery_kind_split
-from irkit.traffic.stages import (HEADLINE_KEYS, Captions, GalleryAnswers, Submissions, TrafficData, Training,
-                                  headline)
+from irkit.traffic.stages import HEADLINE_KEYS, Captions, GalleryAnswers, Submissions, TrafficData, Training, headline
 
 SLOT_COUNTERS = (("color", "colors"), ("brand", "brands"), ("type", "types"))
 VAL_RECALL_KEYS = ("text_to_image_R@1", "text_to_image_R@5", "text_to_image_R@10")

@@ -39,8 +39,13 @@ from irkit.errors import InputError
 from irkit.io import atomic_write_json
 from irkit.runs import RunFolder, read_results
 from irkit.traffic.attributes import AttributeCounts, count_attributes, load_car_attribute, write_car_attribute
-from irkit.traffic.augment import (AugmentationResult, augment_labels_detailed, default_truth_path, fill_accuracy,
-                                   read_attribute_truth)
+from irkit.traffic.augment import (
+    AugmentationResult,
+    augment_labels_detailed,
+    default_truth_path,
+    fill_accuracy,
+    read_attribute_truth,
+)
 from irkit.traffic.inference import PROMPT_MODES, TrafficInference, infer_traffic, select_prompt_on_val
 from irkit.traffic.merge import merge_results
 from irkit.traffic.training_csv import build_training_csv

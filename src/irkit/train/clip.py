@@ -41,6 +41,7 @@ import torch
 from irkit.errors import InputError
 from irkit.io import atomic_path
 
+
 @dataclass
 class ClipTrainConfig:
     """Arguments of one CLIP training run (names follow open_clip_train's flags)."""
