@@ -9,10 +9,9 @@ the default demo scale (``full``: 3,000 CIRR val images, 1,500 queries) image en
 of the cold run, so the ratio cold / warm shows what the cache saves. The bench checks that
 every run prints the same metrics and that the cache holds both kinds of entries.
 
-Every subprocess gets ``IRKIT_NUM_THREADS`` and ``OMP_NUM_THREADS`` = ``--threads``: the CLI
-encodes the query texts with torch's default thread count (one per core), and on cores shared
-with other programs those threads stall each other at every layer (several times slower), which
-would bury the cache's effect under that noise.
+Every subprocess gets ``IRKIT_NUM_THREADS`` and ``OMP_NUM_THREADS`` = ``--threads`` (the
+``cir`` commands run all their torch work, text encoding included, on ``$IRKIT_NUM_THREADS``
+threads), so cold and warm runs use the same number of cores.
 
 The LinCIR phi is trained here by a short ``irkit cir train-phi --method lincir`` on the demo's
 CIRR train captions (text only, no images, no validation: the cache stays empty for the cold

@@ -48,8 +48,14 @@ def add_method_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cir_context(args: argparse.Namespace) -> Any:
-    from irkit.cir.context import CIRContext
+    """The backbone and cache of a ``cir`` command; torch's threads follow ``$IRKIT_NUM_THREADS``
+    for the whole command (text encoding too, not only image encoding)."""
+    import torch
 
+    from irkit.cir.context import CIRContext
+    from irkit.embeddings import num_threads
+
+    torch.set_num_threads(num_threads())
     return CIRContext(load_model(args), cache_dir=cache_dir(args), batch_size=args.batch_size,
                       num_workers=args.num_workers)
 
