@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import math
 
 import numpy as np
@@ -17,7 +18,7 @@ from irkit.cir.registry import create_method, list_methods
 from irkit.cir.training import TrainingConfig, make_validator
 from irkit.errors import InputError
 from irkit.methods.lincir import (
-    clean_caption,
+    clean_training_caption,
     keyword_spans,
     load_spacy,
     mask_captions,
@@ -26,7 +27,13 @@ from irkit.methods.lincir import (
     tokenize_masked,
     train_phi_lincir,
 )
-from irkit.methods.searle import OTIConfig, OTITokens, oti_for_splits, run_oti, train_phi_searle
+from irkit.methods.searle import (
+    OTIConfig,
+    OTITokens,
+    oti_for_splits,
+    run_oti,
+    train_phi_searle,
+)
 from irkit.methods.textual_inversion import (
     build_phrases,
     cosine_distance_loss,
@@ -110,7 +117,7 @@ def test_no_keyword_masks_exactly_one_random_word(nlp):
 def test_mask_text_by_spans_and_fallbacks():
     assert mask_text("ab cd ef", [(0, 2), (6, 8)]) == "$ cd $"
     assert mask_text("", []) == "a photo of $"
-    assert clean_caption("  A $5 Red   Car ") == "a 5 red car"
+    assert clean_training_caption("  A $5 Red   Car ") == "a 5 red car"
 
 
 def test_masked_caption_whose_placeholder_is_truncated_falls_back(tiny):
@@ -410,3 +417,33 @@ def test_searle_oti_method_runs_oti_once_and_caches_it(tiny, demo, tmp_path, mon
     assert calls == [0]
     second = create_method("searle-oti", steps=1, batch_size=64).query_embeddings(ctx, split)
     assert calls == [0] and np.array_equal(first, second)  # the cached OTI store was reused
+
+
+def test_phi_query_embeddings_are_cached_by_checkpoint_content(tiny, tmp_path):
+    """A second eval with the same phi file reads its query embeddings from the cache (no phi, no
+    text encoder); a phi file with other content at the same path is a new entry."""
+    from irkit.cir.context import CIRContext
+    from irkit.data.demo import generate_demo
+    from irkit.models.phi import Phi
+    from irkit.models.pseudo_token import embed_dim, token_width
+
+    generate_demo(tmp_path / "d", seed=0, scale="tiny", datasets=("cirr",), workers=1, progress=False)
+    (split,) = load_cir_splits("cirr", tmp_path / "d" / "cirr", "val")
+    ctx = CIRContext(tiny, cache_dir=tmp_path / "cache", num_workers=0)
+    d, w = embed_dim(tiny.model), token_width(tiny.model)
+
+    def save_phi(seed: int) -> Path:
+        torch.manual_seed(seed)
+        path = tmp_path / "phi.pt"
+        torch.save({"Phi": Phi(d, w).state_dict()}, path)
+        return path
+
+    path = save_phi(0)
+    first = ctx.query_embeddings(create_method("lincir", checkpoint=path), split)
+    again = create_method("lincir", checkpoint=path)
+    again.query_embeddings = None  # a cache miss would call it and fail
+    np.testing.assert_array_equal(ctx.query_embeddings(again, split), first)
+    other = ctx.query_embeddings(create_method("lincir", checkpoint=save_phi(1)), split)
+    assert not np.allclose(other, first)  # new content, same path: recomputed
+    # an in-memory phi (validation during training) is never cached
+    assert create_method("lincir", phi=Phi(d, w)).cache_identity() is None

@@ -230,7 +230,11 @@ def _cache_paths(cache_dir: Path, key: str) -> tuple[Path, Path]:
     return cache_dir / f"{key}.npy", cache_dir / f"{key}.json"
 
 
-def load_cached_array(cache_dir: Path, key: str, material: dict[str, Any]) -> Optional[np.ndarray]:
+def load_cached_array(cache_dir: Path, key: str, material: dict[str, Any],
+                      num_rows: Optional[int] = None) -> Optional[np.ndarray]:
+    """The array cached under ``key`` when its record holds exactly ``material``, its bytes match
+    their sha256 and it has ``num_rows`` rows (default: one per ``material["files"]`` entry); else
+    None (a damaged or stale entry is logged and recomputed by the caller)."""
     npy_path, json_path = _cache_paths(cache_dir, key)
     if not json_path.exists() and not npy_path.exists():
         return None
@@ -252,13 +256,14 @@ def load_cached_array(cache_dir: Path, key: str, material: dict[str, Any]) -> Op
         log.warning("embedding cache %s cannot be parsed (%s); recomputing", npy_path, e)
         return None
     if list(array.shape) != record.get("shape") or str(array.dtype) != record.get("dtype") \
-            or array.shape[0] != len(material["files"]):
+            or array.shape[0] != (len(material["files"]) if num_rows is None else num_rows):
         log.warning("embedding cache %s has an unexpected shape/dtype; recomputing", npy_path)
         return None
     return array
 
 
 def save_cached_array(cache_dir: Path, key: str, material: dict[str, Any], array: np.ndarray) -> None:
+    """Write ``array`` and its record (``material``, shape, dtype, sha256) under ``key``, atomically."""
     npy_path, json_path = _cache_paths(cache_dir, key)
     buffer = io.BytesIO()
     np.save(buffer, array, allow_pickle=False)

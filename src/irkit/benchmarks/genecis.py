@@ -18,7 +18,13 @@ from typing import Any, Callable, Collection, Mapping, Optional, Sequence
 import numpy as np
 
 from irkit import metrics
-from irkit.benchmarks.checks import check_ranking_list, expect_file_count, expect_object, read_json_strict, write_json
+from irkit.benchmarks.checks import (
+    check_ranking_list,
+    expect_file_count,
+    expect_object,
+    read_json_strict,
+    write_json,
+)
 from irkit.benchmarks.spec import PERCENT, Benchmark, Rankings, register_benchmark
 from irkit.data.genecis import ANNOTATION_DIR, TASKS, present_tasks, task_path
 from irkit.data.records import CIRQuery, CIRSplit
@@ -53,6 +59,7 @@ class GeneCIS(Benchmark):
     test_split = "val"  # no test server: the local predictions file of the one annotated set
     ties_against_target = True
     annotation_marker = ANNOTATION_DIR
+    query_noun = "template index"
     removes_reference = False
     selection_metric = "R@1"
     default_rerank_k = 15  # every candidate of a real template (target + 14 gallery images)
@@ -110,36 +117,21 @@ class GeneCIS(Benchmark):
     def rankable(self, split: CIRSplit, query: CIRQuery, gallery_set: Collection[str]) -> int:
         return len(candidates_of(query))
 
-    def check_rankings(self, split: CIRSplit, rankings: Rankings, depth: int, source: Optional[str] = None,
-                       exact: bool = False) -> None:
-        """Raise :class:`InputError` unless ``rankings`` has exactly the split's template indices,
-        each a list of unique candidate positions (``"0".."n"``) ``min(depth, n+1)`` long (at least
-        that long unless ``exact``)."""
-        expected = [q.query_id for q in split.queries]
-        expected_set = set(expected)
-        missing = [q for q in expected if q not in rankings]
-        extra = [q for q in rankings if q not in expected_set]
-        name = f"{split.dataset}-{split.split}/{split.category}"
-        if missing:
-            raise InputError(f"{len(missing)} template index(es) have no ranking (first: {missing[0]!r}); "
-                             f"expected every template of {name} (0..{len(expected) - 1})",
-                             path=source, field=missing[0])
-        if extra:
-            raise InputError(f"{len(extra)} ranking(s) for template indices not in {name} (first: {extra[0]!r}); "
-                             f"expected 0..{len(expected) - 1}", path=source, field=extra[0])
-        for query in split.queries:
-            ranked = rankings[query.query_id]
-            check_ranking_list(ranked, query.query_id, source)
-            count = len(candidates_of(query))
-            valid = {str(p) for p in range(count)}
-            outside = [p for p in ranked if p not in valid]
-            if outside:
-                raise InputError(f"candidate position {outside[0]!r} is out of range; expected 0 (the target) "
-                                 f"to {count - 1} (gallery order)", path=source, field=query.query_id)
-            needed = min(depth, count)
-            if len(ranked) < needed or (exact and len(ranked) != needed):
-                raise InputError(f"ranking has {len(ranked)} positions; expected {'exactly' if exact else 'at least'} "
-                                 f"{needed}", path=source, field=query.query_id)
+    def check_query_ranking(self, split: CIRSplit, query: CIRQuery, ranked: Any, depth: int,
+                            gallery_set: Collection[str], source: Optional[str] = None, exact: bool = False) -> None:
+        """Raise :class:`InputError` unless one template's ranking is a list of unique candidate
+        positions (``"0".."n"``) ``min(depth, n+1)`` long (at least that long unless ``exact``)."""
+        check_ranking_list(ranked, query.query_id, source)
+        count = len(candidates_of(query))
+        valid = {str(p) for p in range(count)}
+        outside = [p for p in ranked if p not in valid]
+        if outside:
+            raise InputError(f"candidate position {outside[0]!r} is out of range; expected 0 (the target) "
+                             f"to {count - 1} (gallery order)", path=source, field=query.query_id)
+        needed = min(depth, count)
+        if len(ranked) < needed or (exact and len(ranked) != needed):
+            raise InputError(f"ranking has {len(ranked)} positions; expected {'exactly' if exact else 'at least'} "
+                             f"{needed}", path=source, field=query.query_id)
 
     # ------------------------------------------------------------------ ranking
 

@@ -69,6 +69,8 @@ class Benchmark:
     demo_needs: ClassVar[tuple[str, ...]] = ()
     #: options :meth:`score_prediction_files` takes beside the files (``irkit eval`` flags)
     prediction_file_options: ClassVar[tuple[str, ...]] = ()
+    #: what a ranking's key names, in messages
+    query_noun: ClassVar[str] = "query id"
     recall_ks: ClassVar[tuple[int, ...]] = GENERIC_RECALL_KS
     map_ks: ClassVar[tuple[int, ...]] = GENERIC_MAP_KS
 
@@ -167,37 +169,46 @@ class Benchmark:
                 f"(first: {missing[0]!r}); expected an annotated split (val) to evaluate — "
                 "write a submission file for test splits instead")
 
-    def check_rankings(self, split: CIRSplit, rankings: Rankings, depth: int, source: Optional[str] = None,
-                       exact: bool = False) -> None:
-        """Raise :class:`InputError` unless ``rankings`` has exactly the split's query ids, each a
-        list of unique gallery ids ``min(depth, rankable)`` long (at least that long unless
-        ``exact``); where the protocol removes the reference it must not appear."""
+    def check_ranking_keys(self, split: CIRSplit, rankings: Rankings, source: Optional[str] = None) -> None:
+        """Raise :class:`InputError` unless ``rankings`` has exactly the split's query ids."""
         expected = [q.query_id for q in split.queries]
         expected_set = set(expected)
         missing = [q for q in expected if q not in rankings]
         extra = [q for q in rankings if q not in expected_set]
-        name = f"{split.dataset}-{split.split}"
+        name = "-".join([split.dataset, split.split]) + (f"/{split.category}" if split.category else "")
         if missing:
-            raise InputError(f"{len(missing)} query id(s) have no ranking (first: {missing[0]!r}); "
+            raise InputError(f"{len(missing)} {self.query_noun}(s) have no ranking (first: {missing[0]!r}); "
                              f"expected every query of {name}", path=source, field=missing[0])
         if extra:
-            raise InputError(f"{len(extra)} ranking(s) for query ids not in {name} (first: {extra[0]!r})",
+            raise InputError(f"{len(extra)} ranking(s) for {self.query_noun}s not in {name} (first: {extra[0]!r})",
                              path=source, field=extra[0])
+
+    def check_query_ranking(self, split: CIRSplit, query: CIRQuery, ranked: Any, depth: int,
+                            gallery_set: Collection[str], source: Optional[str] = None, exact: bool = False) -> None:
+        """Raise :class:`InputError` unless one query's ranking is a list of unique gallery ids
+        ``min(depth, rankable)`` long (at least that long unless ``exact``); where the protocol
+        removes the reference it must not appear."""
+        check_ranking_list(ranked, query.query_id, source)
+        needed = min(depth, self.rankable(split, query, gallery_set))
+        if len(ranked) < needed or (exact and len(ranked) != needed):
+            raise InputError(f"ranking has {len(ranked)} ids; expected {'exactly' if exact else 'at least'} "
+                             f"{needed}", path=source, field=query.query_id)
+        unknown = [x for x in ranked if x not in gallery_set]
+        if unknown:
+            raise InputError(f"id {unknown[0]!r} is not in the {split.dataset}-{split.split} gallery", path=source,
+                             field=query.query_id)
+        if self.removes_reference and query.reference in ranked:
+            raise InputError(f"the reference image {query.reference!r} is in the ranking; expected it "
+                             f"removed ({split.dataset} protocol)", path=source, field=query.query_id)
+
+    def check_rankings(self, split: CIRSplit, rankings: Rankings, depth: int, source: Optional[str] = None,
+                       exact: bool = False) -> None:
+        """Raise :class:`InputError` unless ``rankings`` has exactly the split's query ids, each
+        passing :meth:`check_query_ranking`."""
+        self.check_ranking_keys(split, rankings, source)
         gallery_set = set(split.gallery)
         for query in split.queries:
-            ranked = rankings[query.query_id]
-            check_ranking_list(ranked, query.query_id, source)
-            needed = min(depth, self.rankable(split, query, gallery_set))
-            if len(ranked) < needed or (exact and len(ranked) != needed):
-                raise InputError(f"ranking has {len(ranked)} ids; expected {'exactly' if exact else 'at least'} "
-                                 f"{needed}", path=source, field=query.query_id)
-            unknown = [x for x in ranked if x not in gallery_set]
-            if unknown:
-                raise InputError(f"id {unknown[0]!r} is not in the {name} gallery", path=source,
-                                 field=query.query_id)
-            if self.removes_reference and query.reference in ranked:
-                raise InputError(f"the reference image {query.reference!r} is in the ranking; expected it "
-                                 f"removed ({split.dataset} protocol)", path=source, field=query.query_id)
+            self.check_query_ranking(split, query, rankings[query.query_id], depth, gallery_set, source, exact)
 
     # ------------------------------------------------------------------ ranking
 

@@ -8,6 +8,7 @@ phi / the trained heads, text embeddings. Shapes: N items, d = the joint embeddi
 from __future__ import annotations
 
 import contextlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
@@ -16,6 +17,10 @@ import numpy as np
 import torch
 
 from irkit.data.records import CIRSplit
+from irkit.io import stable_hash
+
+#: Version of the query-embedding cache entries (bump when their meaning changes).
+QUERY_CACHE_FORMAT = 1
 
 
 def l2_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -84,6 +89,38 @@ class CIRContext:
         """[N, d] float32 UNnormalised image embeddings of ``image_ids`` of ``split``."""
         return raw_image_embeddings(self.loaded, [split.image_path(i) for i in image_ids], self.batch_size,
                                     self.num_workers, self.cache_dir)
+
+    def query_embeddings(self, method: Any, split: CIRSplit) -> np.ndarray:
+        """[Q, d] ``method.query_embeddings(self, split)`` of an embedding method, cached on disk
+        (``<cache_dir>/<key>.npy``) when the method states its identity (``cache_identity()``): the
+        key holds that identity, the backbone, every query's id, reference, captions, shared concept
+        and part, and the reference images' file fingerprints."""
+        from irkit.embeddings import (
+            file_fingerprints,
+            load_cached_array,
+            save_cached_array,
+        )
+
+        identity = method.cache_identity()
+        if identity is None or self.cache_dir is None:
+            return method.query_embeddings(self, split)
+        references = list(dict.fromkeys(q.reference for q in split.queries))
+        material = json.loads(json.dumps({
+            "irkit_cache_format": QUERY_CACHE_FORMAT, "kind": "cir_query_embeddings", "method": method.name,
+            "identity": identity, "model_name": self.loaded.model_name, "weights_id": self.loaded.weights_id,
+            "precision": self.loaded.precision, "transform": self.loaded.transform_name,
+            "image_size": self.loaded.image_size, "dataset": split.dataset,
+            "queries": [[q.query_id, q.reference, list(q.captions), q.shared_concept, q.category]
+                        for q in split.queries],
+            "references": file_fingerprints([split.image_path(i) for i in references]),
+        }))
+        key = stable_hash(material)
+        cached = load_cached_array(Path(self.cache_dir), key, material, num_rows=len(split.queries))
+        if cached is not None:
+            return cached.astype(np.float32, copy=False)
+        embeddings = method.query_embeddings(self, split)
+        save_cached_array(Path(self.cache_dir), key, material, np.asarray(embeddings, np.float32))
+        return embeddings
 
     def text_embeddings(self, texts: Sequence[str]) -> np.ndarray:
         """[N, d] float32 L2-normalised text embeddings."""

@@ -35,7 +35,7 @@ def load_cir_splits(dataset: str, root: os.PathLike | str, split: str, **loader_
 def embed_splits(method: EmbeddingMethod, ctx: CIRContext, splits: Sequence[CIRSplit]
                  ) -> list[tuple[np.ndarray, np.ndarray]]:
     """``[(query embeddings [Q, D], gallery embeddings [G, D])]``, one pair per split."""
-    return [(method.query_embeddings(ctx, split), method.gallery_embeddings(ctx, split)) for split in splits]
+    return [(ctx.query_embeddings(method, split), method.gallery_embeddings(ctx, split)) for split in splits]
 
 
 def score_embeddings(splits: Sequence[CIRSplit], embeddings: Sequence[tuple[np.ndarray, np.ndarray]],
@@ -71,7 +71,7 @@ def run_method(method: CIRMethod, ctx: CIRContext, splits: Sequence[CIRSplit],
         if isinstance(method, RankingMethod):
             ranked, subset = method.rank_split(ctx, split)
         elif isinstance(method, EmbeddingMethod):
-            ranked, subset = protocol.rank_for_scoring(split, method.query_embeddings(ctx, split),
+            ranked, subset = protocol.rank_for_scoring(split, ctx.query_embeddings(method, split),
                                                        method.gallery_embeddings(ctx, split))
         else:
             raise TypeError(f"{type(method).__name__} is neither an EmbeddingMethod nor a RankingMethod")
@@ -110,7 +110,7 @@ def submission_rankings(method: CIRMethod, ctx: CIRContext, split: CIRSplit
     """Rankings (and subset rankings) of ``split`` by ``method``, as deep as the test server needs."""
     if isinstance(method, RankingMethod):
         return method.rank_split(ctx, split)
-    return benchmark_of(split).rank_for_submission(split, method.query_embeddings(ctx, split),
+    return benchmark_of(split).rank_for_submission(split, ctx.query_embeddings(method, split),
                                                    method.gallery_embeddings(ctx, split))
 
 

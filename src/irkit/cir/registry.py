@@ -46,6 +46,12 @@ class EmbeddingMethod(CIRMethod):
         """[G, D] L2-normalised embeddings of ``split.gallery`` (default: plain image embeddings)."""
         return ctx.image_embeddings(split, split.gallery)
 
+    def cache_identity(self) -> Optional[dict[str, Any]]:
+        """What, beside the backbone, the queries and their reference images, determines
+        :meth:`query_embeddings` (JSON-able; e.g. a trained part's file hash and the options), so
+        that :meth:`CIRContext.query_embeddings` may cache them on disk. None (the default): never cached."""
+        return None
+
 
 class RankingMethod(CIRMethod):
     """A method that ranks the gallery itself."""

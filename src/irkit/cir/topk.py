@@ -180,7 +180,7 @@ def stage1_topk(method: EmbeddingMethod, ctx: CIRContext, split: CIRSplit, k: in
     (the reference removed where the protocol removes it; ties by gallery order)."""
     if k <= 0:
         raise InputError(f"k is {k}; expected a positive number of candidates", field="k")
-    ids, scores = benchmark_of(split).top_candidates(split, method.query_embeddings(ctx, split),
+    ids, scores = benchmark_of(split).top_candidates(split, ctx.query_embeddings(method, split),
                                                      method.gallery_embeddings(ctx, split), k)
     return TopK(split.dataset, split.split, split.category, int(k), [q.query_id for q in split.queries], ids, scores,
                 stage=f"stage1:{method.name}")

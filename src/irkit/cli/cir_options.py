@@ -7,7 +7,13 @@ from pathlib import Path
 from typing import Any, Optional
 
 from irkit.benchmarks import list_benchmarks
-from irkit.cli.common import add_encoding_arguments, add_model_arguments, cache_dir, load_model, parse_key_values
+from irkit.cli.common import (
+    add_encoding_arguments,
+    add_model_arguments,
+    cache_dir,
+    load_model,
+    parse_key_values,
+)
 
 
 def add_context_arguments(parser: argparse.ArgumentParser) -> None:

@@ -329,21 +329,18 @@ def _train_phi(bench: _Bench, stage_dir: Path, method: str, steps: int, batch_si
                validate_every: int, train: Callable[[Any, Any, Any], Any], extra: Mapping[str, Any]) -> dict[str, Any]:
     """Train phi in ``stage_dir/phi`` (resumed when present), validated on CIRR
     ``phi_select_split``; returns the best checkpoint and where it was chosen."""
-    from irkit.cir.training import TrainingConfig
-    from irkit.runs import RunFolder
+    from irkit.cir.training import TrainingConfig, open_run
 
     config = TrainingConfig(steps=int(steps), batch_size=int(batch_size), learning_rate=float(lr),
-                               validate_every=int(validate_every), seed=bench.setup.seed)
-    run_path = stage_dir / "phi"
-    resume = "latest" if (run_path / "params.txt").is_file() else None
-    run = RunFolder.open_existing(run_path) if resume else RunFolder.create(
-        stage_dir, "phi", {"method": method, **config.to_params(), **extra})
+                            validate_every=int(validate_every), seed=bench.setup.seed)
+    resume = "latest" if (stage_dir / "phi" / "params.txt").is_file() else None
+    run = open_run(stage_dir, "phi", {"method": method, **config.to_params(), **extra}, resume)
     try:
         result = train(config, run, bench.phi_validator(method))
     finally:
         run.close()
     if result.best_checkpoint is None:
-        raise RuntimeError(f"{method} phi training kept no best checkpoint in {run_path}")
+        raise RuntimeError(f"{method} phi training kept no best checkpoint in {run.path}")
     return {"best_checkpoint": str(Path(result.best_checkpoint).resolve().relative_to(stage_dir.resolve())),
             "best_value": result.best_value, "best_step": result.best_step, "steps": config.steps,
             "batch_size": config.batch_size, "learning_rate": config.learning_rate,
@@ -563,7 +560,12 @@ def run_cir_table(data_root: Path | str, out_dir: Path | str, scale: str = "full
 def write_significance(bench: Any, results: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Paired bootstrap of the acceptance comparisons (:mod:`irkit.experiments.significance`),
     recomputed on every call (the rows may have grown) into ``significance.json`` / ``.md``."""
-    from irkit.experiments.significance import REPORT_FILE, RESULT_FILE, significance_markdown, significance_stage
+    from irkit.experiments.significance import (
+        REPORT_FILE,
+        RESULT_FILE,
+        significance_markdown,
+        significance_stage,
+    )
 
     out_dir = Path(bench.setup.out_dir)
     result = significance_stage(bench, results, rows)

@@ -81,7 +81,7 @@ def split_values(splits: Sequence[CIRSplit], rankings_per_split: Sequence[Mappin
 
 def embedding_rankings(method: Any, ctx: Any, split: CIRSplit, depth: int = 50) -> dict[str, list[str]]:
     """Top-``depth`` rankings of an embedding method under the split's protocol."""
-    return rank_split(split, method.query_embeddings(ctx, split), method.gallery_embeddings(ctx, split), depth)
+    return rank_split(split, ctx.query_embeddings(method, split), method.gallery_embeddings(ctx, split), depth)
 
 
 def topk_rankings(path: Path, splits: Sequence[CIRSplit]) -> list[dict[str, list[str]]]:

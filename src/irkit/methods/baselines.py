@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from irkit.benchmarks import benchmark_of
@@ -13,6 +15,9 @@ from irkit.data.records import CIRSplit
 class _BaselineMethod(EmbeddingMethod):
     def __init__(self, include_shared_concept: bool = False) -> None:
         self.include_shared_concept = include_shared_concept
+
+    def cache_identity(self) -> dict[str, Any]:
+        return {"include_shared_concept": self.include_shared_concept}
 
     def _reference_embeddings(self, ctx: CIRContext, split: CIRSplit) -> np.ndarray:
         return ctx.image_embeddings(split, [q.reference for q in split.queries])

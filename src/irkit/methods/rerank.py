@@ -37,8 +37,21 @@ import torch
 from irkit.benchmarks import benchmark_of
 from irkit.cir.context import CIRContext
 from irkit.cir.features import image_tokens_for, in_batch_contrastive_loss
-from irkit.cir.registry import CIRMethod, RankingMethod, create_method, method_options, register_method
-from irkit.cir.topk import TopK, default_k, find_part, is_topk_path, load_topk_file, stage1_topk
+from irkit.cir.registry import (
+    CIRMethod,
+    RankingMethod,
+    create_method,
+    method_options,
+    register_method,
+)
+from irkit.cir.topk import (
+    TopK,
+    default_k,
+    find_part,
+    is_topk_path,
+    load_topk_file,
+    stage1_topk,
+)
 from irkit.cir.training import TrainingConfig, Validator, train_on_triplets
 from irkit.data.records import CIRSplit
 from irkit.errors import InputError

@@ -33,7 +33,7 @@ from irkit.cir.registry import EmbeddingMethod
 from irkit.cir.training import TrainingConfig
 from irkit.data.records import CIRQuery, CIRSplit
 from irkit.errors import InputError
-from irkit.io import atomic_write_text, stable_hash
+from irkit.io import atomic_write_text, file_sha256, stable_hash
 from irkit.models.pseudo_token import (
     PLACEHOLDER,
     InjectionMode,
@@ -351,6 +351,8 @@ class PhiMethod(PseudoTokenMethod):
                              f"e.g. from `irkit cir train-phi --method {self.name}`", field="method-checkpoint")
         self.checkpoint = checkpoint
         self.phi = phi
+        self._phi_from_file = phi is None
+        self._checkpoint_sha256: Optional[str] = None
 
     def _phi(self, loaded: Any) -> torch.nn.Module:
         from irkit.models.phi import Phi
@@ -359,6 +361,16 @@ class PhiMethod(PseudoTokenMethod):
         if self.phi is None:
             self.phi = Phi.from_checkpoint(self.checkpoint, embed_dim(loaded.model), token_width(loaded.model))
         return self.phi
+
+    def cache_identity(self) -> Optional[dict[str, Any]]:
+        """A phi read from a checkpoint file: that file's content, the options and the prompt
+        (an in-memory phi, e.g. one being trained, is never cached)."""
+        if self.checkpoint is None or self._phi_from_file is False:
+            return None
+        if self._checkpoint_sha256 is None:
+            self._checkpoint_sha256 = file_sha256(self.checkpoint)
+        return {"phi_checkpoint_sha256": self._checkpoint_sha256, "mode": self.mode, "prompt": PROMPT_TEMPLATE,
+                "include_shared_concept": self.include_shared_concept}
 
     def reference_tokens(self, ctx: CIRContext, split: CIRSplit, reference_ids: Sequence[str]) -> torch.Tensor:
         phi = self._phi(ctx.loaded)

@@ -14,6 +14,8 @@ CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
 
 
 def _register_configs() -> None:
+    # open_clip offers add_model_config but no way to ask whether a folder is registered already;
+    # its list is read so that a re-import does not register irkit's configs twice.
     if CONFIGS_DIR not in [Path(p) for p in open_clip.factory._MODEL_CONFIG_PATHS]:
         open_clip.add_model_config(CONFIGS_DIR)
 

@@ -367,6 +367,8 @@ def _weights_id(schema: Optional[str], name: str, pretrained: Optional[str],
     if schema == "hf-hub":
         return name
     if schema == "local-dir":
+        # open_clip has no public resolver for the file a local-dir model loads; its own one is used so
+        # that the identity hashes exactly the checkpoint open_clip will read.
         found = open_clip.factory._find_checkpoint_in_dir(Path(name.split(":", 1)[1]))
         return f"sha256:{file_sha256(found)}" if found else f"random-init:{seed}"
     if pretrained:

@@ -11,11 +11,10 @@ from irkit.benchmarks import benchmark_of, get_benchmark, list_benchmarks
 from irkit.cir.context import CIRContext
 from irkit.cir.evaluate import load_cir_splits, run_method
 from irkit.cir.registry import create_method, method_options
-from irkit.cir.training import TrainingConfig, make_validator
+from irkit.cir.training import TrainingConfig, make_validator, open_run
 from irkit.data.records import CIRSplit
 from irkit.errors import InputError
 from irkit.io import atomic_write_json
-from irkit.runs import RunFolder
 
 
 def ensure_cir_demo(data_root: Path | str, dataset: str, scale: str = "tiny",
@@ -72,7 +71,7 @@ def review_cir_method(ctx: CIRContext, dataset: str, root: Path | str, method: s
             raise InputError("training phi needs a run_dir to keep its run folder", field="run_dir")
         config = TrainingConfig(steps=lincir_steps, batch_size=64, validate_every=max(1, lincir_steps // 5))
         validator = make_validator(ctx, "lincir", dataset, root, split, include_shared_concept, **loader_options)
-        run = RunFolder.create(run_dir, "phi", {"method": "lincir", "captions": lincir_captions, **config.to_params()})
+        run = open_run(run_dir, "phi", {"method": "lincir", "captions": lincir_captions, **config.to_params()})
         try:
             result = train_phi("lincir", ctx.loaded, run, config, captions=read_captions(lincir_captions),
                                validator=validator)
