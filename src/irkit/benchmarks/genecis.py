@@ -203,19 +203,9 @@ class GeneCIS(Benchmark):
         values["rules"] = metrics.GENECIS_TIE_RULE
         return values
 
-    def per_query(self, split: CIRSplit, rankings: Rankings, metric: str,
-                  subset_rankings: Optional[Rankings] = None) -> np.ndarray:
-        """[Q] 0/1 per template: the target (position ``"0"``) in the top k (``metric`` = ``R@k``)."""
-        name, _, k_text = metric.partition("@")
-        if name != "R" or not k_text.isdigit() or int(k_text) < 1:
-            raise InputError(f"metric {metric!r}; expected R@k (GeneCIS reports R@1, R@2, R@3)", field="metric")
-        k = int(k_text)
-        values = []
-        for query in split.queries:
-            if query.query_id not in rankings:
-                raise InputError(f"no ranking for template {query.query_id!r}", field="rankings")
-            values.append(metrics.recall_at_k(rankings[query.query_id], {metrics.GENECIS_TARGET}, k, query.query_id))
-        return np.asarray(values, np.float64)
+    def relevant(self, query: CIRQuery) -> tuple[str, ...]:
+        """The target's candidate position (``"0"``): per-query R@k / AP@k are over positions."""
+        return (metrics.GENECIS_TARGET,)
 
     def combine(self, splits: Sequence[CIRSplit], results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         """``{task: {...}, "average": {R@1, R@2, R@3}, "tasks", "skipped_tasks", ...}``: the mean over
