@@ -70,7 +70,8 @@ SMALL_VOCAB = VehicleVocab(colors=("white", "black"), types=("Sedan", "SUV"), br
     ("A white Audi.", ("white", "Audi", None)),
     ("This is a red Land Rover SUV.", ("red", "Land Rover", "SUV")),
     ("An orange Audi.", ("orange", "Audi", None)),
-    ("WHITE audi sedan", ("white", "Audi", "Sedan")),        # case-insensitive, canonical casing
+    ("WHITE audi sedan", ("white", "audi", "Sedan")),        # closed sets canonical; the brand as spelled
+    ("BAOJUN SUV", (None, "BAOJUN", "SUV")),                 # a known brand keeps the label's spelling
     ("grey Light Truck", ("grey", None, "Truck")),           # synonym, no brand
     ("pink Style", ("pink", "Style", None)),                 # real colour outside the closed set
     ("Hongyan", (None, "Hongyan", None)),
@@ -124,6 +125,16 @@ def test_cli_attributes_writes_vocab_and_split(tmp_path: Path, capsys) -> None:
     # The vocabulary file reads back as a candidate vocabulary (with the bundled synonyms).
     vocab = load_car_attribute(out)
     assert vocab.colors == ("white", "black", "red") and vocab.type_synonyms["Heavy Truck"] == "Truck"
+
+
+def test_cli_attributes_keeps_the_labels_brand_spelling(tmp_path: Path) -> None:
+    """The vocabulary feeds captions that must match the queries' text: ``BAOJUN`` (as the real
+    labels spell it) is not re-cased to the bundled vocabulary's ``Baojun``."""
+    train = _write(tmp_path / "train_label.txt", ["a1.jpg$white BAOJUN SUV$This is a white BAOJUN SUV.",
+                                                   "a2.jpg$SKODA$This is a SKODA."])
+    out = tmp_path / "car_attribute.json"
+    assert cli_main(["preprocess", "attributes", "--labels", str(train), "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["Brands"] == ["BAOJUN", "SKODA"]
 
 
 def test_load_car_attribute_rejects_bad_files(tmp_path: Path) -> None:

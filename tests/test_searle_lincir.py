@@ -447,3 +447,10 @@ def test_phi_query_embeddings_are_cached_by_checkpoint_content(tiny, tmp_path):
     assert not np.allclose(other, first)  # new content, same path: recomputed
     # an in-memory phi (validation during training) is never cached
     assert create_method("lincir", phi=Phi(d, w)).cache_identity() is None
+
+
+def test_lincir_keeps_pronouns_the_parse_tags_as_pron(nlp):
+    """With the parser in the pipeline (as LinCIR loads en_core_web_sm), "this" / "which" are
+    pronouns and stay; without it the attribute ruler tags them DET and they would be masked."""
+    assert mask_captions(nlp, ["this has the same shape", "which is red and has a logo"]) == \
+        ["this has $", "which is $ and has $"]

