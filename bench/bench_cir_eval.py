@@ -2,12 +2,12 @@
 
 Each eval is a whole ``python -m irkit cir eval`` subprocess (imports, model creation, data
 loading, query encoding, ranking), all with the same ``--cache-dir``: the first run starts from
-an empty cache folder (cold: it encodes the gallery images, normalised, and the reference
-images, unnormalised: LinCIR's phi input), the next ``--warm-repeats`` runs find both in the
-cache (warm). Process start-up, model creation and the query texts are paid by every run; at
-the default demo scale (``full``: 3,000 CIRR val images, 1,500 queries) image encoding is most
-of the cold run, so the ratio cold / warm shows what the cache saves. The bench checks that
-every run prints the same metrics and that the cache holds both kinds of entries.
+an empty cache folder (cold: it encodes the gallery images, normalised, the reference images,
+unnormalised: LinCIR's phi input, and the queries: phi's pseudo tokens in the prompts); the next
+``--warm-repeats`` runs find all three in the cache (warm: the query embeddings are keyed by the
+phi file's content). Process start-up and model creation are paid by every run, so the ratio
+cold / warm shows what the cache saves above that floor (``imports only`` is printed). The bench
+checks that every run prints the same metrics and that the cache holds each kind of entry.
 
 Every subprocess gets ``IRKIT_NUM_THREADS`` and ``OMP_NUM_THREADS`` = ``--threads`` (the
 ``cir`` commands run all their torch work, text encoding included, on ``$IRKIT_NUM_THREADS``

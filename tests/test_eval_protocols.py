@@ -285,3 +285,30 @@ def test_per_query_values_average_to_the_aggregate():
     assert per_query_values(_split("mybench", queries, gallery), rankings, "R@1").tolist() == [1.0, 0.0]
     assert per_query_values(_split("circo", queries, gallery), rankings, "R@1").tolist() == [0.0, 0.0]
     assert per_query_values(_split("circo", queries, gallery), rankings, "R@10").tolist() == [1.0, 1.0]
+
+
+def test_one_fashioniq_category_is_its_own_result():
+    """``--category dress``: the one category's result, not a refusal to average."""
+    from irkit.cir.protocol import combine_split_results
+
+    gallery = [f"g{i}" for i in range(60)]
+    split = _split("fashioniq", [CIRQuery("0", reference="g0", captions=("a", "b"), target="g1")], gallery, "dress")
+    result = evaluate_rankings(split, {"0": gallery[:50]})
+    assert combine_split_results([split], [result]) == result
+    assert result["category"] == "dress" and result["R@10"] == 100.0
+
+
+def test_a_dataset_with_a_loader_alone_gets_the_generic_protocol(tmp_path):
+    """A dataset registered with a loader but no spec loads, ranks and scores generically."""
+    from irkit.benchmarks import get_benchmark
+    from irkit.cir.evaluate import load_cir_splits
+    from irkit.cir.topk import default_k
+    from irkit.data.registry import register_dataset
+
+    gallery = [f"g{i}" for i in range(60)]
+    query = CIRQuery("0", reference="g0", captions=("c",), target="g2")
+    register_dataset("loader-only-bench")(lambda root, split, **kw: _split("loader-only-bench", [query], gallery))
+    (split,) = load_cir_splits("loader-only-bench", tmp_path, "val")
+    assert default_k("loader-only-bench") == 50
+    assert get_benchmark("loader-only-bench").protocol_name(split).endswith("AP@K/min(|relevant|, K)")
+    assert evaluate_rankings(split, {"0": gallery[:50]})["R@5"] == 100.0

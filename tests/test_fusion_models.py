@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from irkit.cir.features import in_batch_contrastive_loss
-from irkit.cir.training import TrainingConfig, train_head
+from irkit.cir.training import TrainingConfig, train_head_model
 from irkit.errors import InputError
 from irkit.models.combiner import Combiner, CombinerConfig
 from irkit.models.fusion import FusionConfig, MagicLensFusion
@@ -116,7 +116,7 @@ def test_projector_switch_and_same_checkpoint(tmp_path):
 
     run = RunFolder.create(tmp_path, "proj", {})
     loaded = type("Backbone", (), {"model_name": "m", "weights_id": "w", "embed_dim": dim, "transform_name": "t"})()
-    result = train_head(model, loss_fn, lambda epoch: iter(data), run, TrainingConfig(steps=3, validate_every=0),
+    result = train_head_model(model, loss_fn, lambda epoch: iter(data), run, TrainingConfig(steps=3, validate_every=0),
                         "magiclens", config.to_dict(), loaded)
     run.close()
     state = load_checkpoint(result.latest_checkpoint)

@@ -15,7 +15,7 @@ import irkit.methods.searle as searle_module
 from irkit.cir.context import CIRContext
 from irkit.cir.evaluate import evaluate_method, load_cir_splits
 from irkit.cir.registry import create_method, list_methods
-from irkit.cir.training import TrainingConfig, make_validator
+from irkit.cir.training import TrainingConfig, phi_validator
 from irkit.errors import InputError
 from irkit.methods.lincir import (
     clean_training_caption,
@@ -332,7 +332,7 @@ def _check_run_keeps_best(run_path, result, metric):
 def test_lincir_training_runs_validates_and_keeps_best(tiny, demo, tmp_path, nlp):
     ctx = _ctx(tiny, tmp_path)
     captions = read_captions(demo / "captions" / "cirr_train.csv")
-    validator = make_validator(ctx, "lincir", "cirr", demo / "cirr", "val")
+    validator = phi_validator(ctx, "lincir", "cirr", demo / "cirr", "val")
     config = TrainingConfig(steps=6, batch_size=8, validate_every=2, seed=0)
     run = RunFolder.create(tmp_path / "log", "lincir-library", config.to_params())
     try:
@@ -353,7 +353,7 @@ def test_searle_distillation_training_on_oti_tokens(tiny, demo, tmp_path, small_
                          progress=False)
     assert len(oti.ids) == len({i for s in train_splits for i in s.gallery} |
                                {q.reference for s in train_splits for q in s.queries})
-    validator = make_validator(ctx, "searle", "circo", demo / "circo", "val")
+    validator = phi_validator(ctx, "searle", "circo", demo / "circo", "val")
     config = TrainingConfig(steps=4, batch_size=8, validate_every=2, seed=0)
     run = RunFolder.create(tmp_path / "log", "searle-library", config.to_params())
     try:

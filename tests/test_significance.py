@@ -9,7 +9,8 @@ import pytest
 
 from irkit.data.records import CIRQuery, CIRSplit
 from irkit.errors import InputError
-from irkit.experiments.significance import paired_bootstrap, per_query_values, split_values
+from irkit.cir.protocol import per_query_values, split_values
+from irkit.experiments.significance import paired_bootstrap
 
 
 def test_bootstrap_of_identical_and_shifted_values():

@@ -61,6 +61,9 @@ class CIRR(Benchmark):
     recall_ks = metrics.CIRR_KS
     map_ks = ()
 
+    def subset_candidates(self, query: CIRQuery) -> Optional[list[str]]:
+        return None if query.subset is None else subset_candidates(query)
+
     def protocol_name(self, split: CIRSplit, shared_concept: Optional[bool] = None) -> str:
         return (f"cirr-{split.split}: reference removed; R@K on target_hard; "
                 "Rs@K within img_set.members minus reference")

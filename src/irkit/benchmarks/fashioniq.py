@@ -64,8 +64,10 @@ class FashionIQ(Benchmark):
         return values
 
     def combine(self, splits: Sequence[CIRSplit], results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-        """``{category: {...}, "average": {...}}``: the mean over categories of R@10 and of R@50
-        (the headline) and ``mean(R@10,R@50)``. All three categories are expected."""
+        """One category: its own result. All three: ``{category: {...}, "average": {...}}``, the mean
+        over categories of R@10 and of R@50 (the headline) and ``mean(R@10,R@50)``."""
+        if len(results) == 1:
+            return dict(results[0])
         return combine_categories({s.category: r for s, r in zip(splits, results)})
 
     def write_submission(self, out_dir, splits, rankings, subset_rankings) -> list[Path]:

@@ -111,7 +111,7 @@ class GeneCIS(Benchmark):
         return (f"genecis-{split.split}/{split.category}: each template ranked over [target] + its gallery "
                 f"(reference not a candidate); R@K on the target, K in 1,2,3; {metrics.GENECIS_TIE_RULE}")
 
-    def ranking_depth(self, split: CIRSplit) -> int:
+    def ranking_depth(self, split: Optional[CIRSplit] = None) -> int:
         return DEPTH
 
     def rankable(self, split: CIRSplit, query: CIRQuery, gallery_set: Collection[str]) -> int:

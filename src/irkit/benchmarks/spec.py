@@ -131,6 +131,11 @@ class Benchmark:
         """The query's relevant gallery ids (all ground truths, else the target)."""
         return tuple(query.ground_truths) if query.ground_truths else (query.target,)
 
+    def subset_candidates(self, query: CIRQuery) -> Optional[list[str]]:
+        """The small candidate subset a query also ranks (CIRR's ``img_set.members`` minus the
+        reference), or None where the benchmark has none."""
+        return None
+
     def candidate_ids(self, split: CIRSplit, query: CIRQuery) -> Optional[Sequence[str]]:
         """The ids a query's ranking may hold when they are not gallery ids (None: the gallery)."""
         return None
@@ -356,21 +361,28 @@ def list_benchmarks(kind: Optional[str] = None) -> list[str]:
     return sorted(n for n, b in _BENCHMARKS.items() if kind is None or b.kind == kind)
 
 
+def generic_benchmark(name: str) -> Benchmark:
+    """The generic protocol under the name of a dataset that has a loader but no spec."""
+    generic = Benchmark()
+    generic.name = name  # type: ignore[misc]  (an instance attribute: the generic protocol by name)
+    return generic
+
+
 def get_benchmark(name: str) -> Benchmark:
-    """The registered spec of benchmark ``name`` (:class:`InputError` listing them otherwise)."""
+    """The registered spec of benchmark ``name``; a dataset registered with a loader alone gets the
+    generic protocol; anything else is an :class:`InputError` listing the benchmarks."""
+    from irkit.data.registry import list_datasets
+
     _import_builtin_benchmarks()
-    if name not in _BENCHMARKS:
-        raise InputError(f"unknown benchmark {name!r}; registered: {', '.join(sorted(_BENCHMARKS))}",
-                         field="dataset")
-    return _BENCHMARKS[name]
+    if name in _BENCHMARKS:
+        return _BENCHMARKS[name]
+    if name in list_datasets():
+        return generic_benchmark(name)
+    raise InputError(f"unknown benchmark {name!r}; registered: {', '.join(sorted(_BENCHMARKS))}", field="dataset")
 
 
 def benchmark_of(split: Any) -> Benchmark:
     """The spec of the benchmark a loaded split belongs to; a dataset without a registered spec
-    (a loader alone) gets the generic protocol."""
+    gets the generic protocol."""
     _import_builtin_benchmarks()
-    if split.dataset in _BENCHMARKS:
-        return _BENCHMARKS[split.dataset]
-    generic = Benchmark()
-    generic.name = split.dataset  # type: ignore[misc]  (instance attribute: the generic protocol by name)
-    return generic
+    return _BENCHMARKS.get(split.dataset) or generic_benchmark(split.dataset)

@@ -95,25 +95,20 @@ class CIRContext:
         (``<cache_dir>/<key>.npy``) when the method states its identity (``cache_identity()``): the
         key holds that identity, the backbone, every query's id, reference, captions, shared concept
         and part, and the reference images' file fingerprints."""
-        from irkit.embeddings import (
-            file_fingerprints,
-            load_cached_array,
-            save_cached_array,
-        )
+        from irkit.embeddings import file_fingerprints, image_cache_material, load_cached_array, save_cached_array
 
-        identity = method.cache_identity()
-        if identity is None or self.cache_dir is None:
+        identity = method.cache_identity() if self.cache_dir is not None else None
+        if identity is None:
             return method.query_embeddings(self, split)
         references = list(dict.fromkeys(q.reference for q in split.queries))
-        material = json.loads(json.dumps({
-            "irkit_cache_format": QUERY_CACHE_FORMAT, "kind": "cir_query_embeddings", "method": method.name,
-            "identity": identity, "model_name": self.loaded.model_name, "weights_id": self.loaded.weights_id,
-            "precision": self.loaded.precision, "transform": self.loaded.transform_name,
-            "image_size": self.loaded.image_size, "dataset": split.dataset,
+        # the backbone's identity and the reference files, as the image cache states them
+        material = image_cache_material(self.loaded, file_fingerprints([split.image_path(i) for i in references]))
+        material.update(json.loads(json.dumps({
+            "query_cache_format": QUERY_CACHE_FORMAT, "kind": "cir_query_embeddings", "method": method.name,
+            "identity": identity, "device": str(self.loaded.device), "dataset": split.dataset,
             "queries": [[q.query_id, q.reference, list(q.captions), q.shared_concept, q.category]
                         for q in split.queries],
-            "references": file_fingerprints([split.image_path(i) for i in references]),
-        }))
+        })))
         key = stable_hash(material)
         cached = load_cached_array(Path(self.cache_dir), key, material, num_rows=len(split.queries))
         if cached is not None:

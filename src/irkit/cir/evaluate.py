@@ -2,8 +2,8 @@
 
 * :func:`load_cir_splits`: a benchmark split as its parts (FashionIQ: three categories).
 * :func:`evaluate_method`: the aggregate metrics of a method (percent, with ``protocol``);
-  :func:`run_method` also keeps the rankings, from which :func:`per_query_values` gives the
-  per-query values the significance report pairs.
+  :func:`run_method` also keeps the rankings, from which :meth:`MethodRun.per_query` gives the
+  per-query values (:func:`irkit.cir.protocol.split_values`).
 * :func:`write_method_submission`: the benchmark's test-server file(s).
 """
 
@@ -32,20 +32,6 @@ def load_cir_splits(dataset: str, root: os.PathLike | str, split: str, **loader_
     return get_benchmark(dataset).load_parts(root, split, **loader_options)
 
 
-def embed_splits(method: EmbeddingMethod, ctx: CIRContext, splits: Sequence[CIRSplit]
-                 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """``[(query embeddings [Q, D], gallery embeddings [G, D])]``, one pair per split."""
-    return [(ctx.query_embeddings(method, split), method.gallery_embeddings(ctx, split)) for split in splits]
-
-
-def score_embeddings(splits: Sequence[CIRSplit], embeddings: Sequence[tuple[np.ndarray, np.ndarray]],
-                     include_shared_concept: Optional[bool] = None) -> dict[str, Any]:
-    """Metrics of per-split (query, gallery) embeddings, combined over the parts."""
-    return protocol.combine_split_results(splits, [
-        protocol.evaluate_embeddings(split, q, g, shared_concept=include_shared_concept)
-        for split, (q, g) in zip(splits, embeddings)])
-
-
 @dataclass
 class MethodRun:
     """One method on the parts of one benchmark split: rankings per part and the combined metrics."""
@@ -56,9 +42,9 @@ class MethodRun:
     metrics: dict[str, Any]
 
     def per_query(self, metric: str) -> np.ndarray:
-        """[Q] per-query values (fractions) of ``metric`` over every part, concatenated."""
-        return np.concatenate([protocol.per_query_values(s, r, metric, sub)
-                               for s, r, sub in zip(self.splits, self.rankings, self.subset_rankings)])
+        """[Q] per-query values (fractions) of ``metric`` over every part, concatenated (parts of
+        equal size only: :func:`irkit.cir.protocol.split_values`)."""
+        return protocol.split_values(self.splits, self.rankings, metric, self.subset_rankings)
 
 
 def run_method(method: CIRMethod, ctx: CIRContext, splits: Sequence[CIRSplit],

@@ -75,7 +75,7 @@ def raw_text_embeddings(loaded: Any, texts: Sequence[str], batch_size: int = 256
     return encoded[[position[t] for t in texts]] if texts else encoded
 
 
-def raw_image_embeddings(ctx: CIRContext, split: CIRSplit, image_ids: Sequence[str]) -> np.ndarray:
+def memoised_raw_image_embeddings(ctx: CIRContext, split: CIRSplit, image_ids: Sequence[str]) -> np.ndarray:
     """[N, D] float32 UNnormalised image embeddings of ``image_ids`` (disk cache + memo)."""
     from irkit.embeddings import file_fingerprints
 
@@ -289,7 +289,7 @@ def build_features(ctx: CIRContext, split: CIRSplit, *, include_shared_concept: 
         ordered += [c for pool in candidates for c in pool]
     image_ids = list(dict.fromkeys(ordered))
     row = {image_id: i for i, image_id in enumerate(image_ids)}
-    images = torch.from_numpy(np.ascontiguousarray(raw_image_embeddings(ctx, split, image_ids)))
+    images = torch.from_numpy(np.ascontiguousarray(memoised_raw_image_embeddings(ctx, split, image_ids)))
     texts = split_query_texts(split, include_shared_concept)
     text_and_empty = raw_text_embeddings(ctx.loaded, texts + [""])
     tokens = None

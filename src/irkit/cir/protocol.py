@@ -76,3 +76,19 @@ def per_query_values(split: CIRSplit, rankings: Rankings, metric: str,
     """[Q] per-query values (fractions) of ``metric`` (``R@k``, ``mAP@k``) in query order; their
     mean x 100 is the aggregate value (:meth:`Benchmark.per_query`)."""
     return benchmark_of(split).per_query(split, rankings, metric, subset_rankings)
+
+
+def split_values(splits: Sequence[CIRSplit], rankings_per_split: Sequence[Rankings], metric: str,
+                 subset_rankings: Optional[Sequence[Optional[Rankings]]] = None) -> np.ndarray:
+    """Per-query values over the parts of one benchmark split, concatenated.
+
+    A benchmark with parts reports the mean of the part means; with equal part sizes (the demo
+    data) that is the mean over all queries, so pairing per query stays exact. Unequal sizes are
+    refused rather than silently re-weighted.
+    """
+    if len({len(s.queries) for s in splits}) > 1:
+        raise InputError("per-query pairing over splits of different sizes would re-weight the benchmark mean; "
+                         "compare the splits one by one", field="splits")
+    subsets = list(subset_rankings) if subset_rankings is not None else [None] * len(splits)
+    return np.concatenate([per_query_values(s, r, metric, sub) for s, r, sub in zip(splits, rankings_per_split,
+                                                                                    subsets)])

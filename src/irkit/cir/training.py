@@ -81,7 +81,7 @@ class Validator:
         return metrics
 
 
-def make_validator(ctx: CIRContext, method: str, dataset: str, root: Path | str, split: str = "val",
+def phi_validator(ctx: CIRContext, method: str, dataset: str, root: Path | str, split: str = "val",
                    include_shared_concept: bool = False, metric: Optional[str] = None,
                    **loader_options: Any) -> Validator:
     """A :class:`Validator` scoring registered method ``method`` built around the model being
@@ -152,7 +152,7 @@ def check_backbone(saved: Mapping[str, Any], loaded: Any, path: Optional[Path | 
 
 
 def load_head(path: Path | str, kind: str) -> dict[str, Any]:
-    """A checkpoint of head ``kind`` written by :func:`train_head` (``model``, ``extra``, ...)."""
+    """A checkpoint of head ``kind`` written by :func:`train_head_model` (``model``, ``extra``, ...)."""
     state = loop.load_trained_state(path)
     found = state["extra"].get("kind")
     if found != kind:
@@ -160,7 +160,7 @@ def load_head(path: Path | str, kind: str) -> dict[str, Any]:
     return state
 
 
-def train_head(model: torch.nn.Module, loss_fn: Callable[[Any], Any], batches: Callable[[int], Any],
+def train_head_model(model: torch.nn.Module, loss_fn: Callable[[Any], Any], batches: Callable[[int], Any],
                run: RunFolder, config: TrainingConfig, kind: str, model_config: Mapping[str, Any], loaded: Any,
                validator: Optional[Callable[[torch.nn.Module], Mapping[str, float]]] = None,
                metric: Optional[str] = None, resume: Optional[str] = None) -> loop.TrainResult:
@@ -179,7 +179,7 @@ def train_on_triplets(ctx: CIRContext, train_splits: Sequence[CIRSplit], run: Ru
                       resume: Optional[str] = None, with_tokens: bool = False, negatives: Sequence[Any] = (),
                       negative_pool: Optional[int] = None, num_negatives: int = 0) -> loop.TrainResult:
     """Encode the training triplets of ``train_splits`` (frozen, cached features), build the
-    model from ``config.seed`` and train it with ``loss(model, batch)`` (:func:`train_head`).
+    model from ``config.seed`` and train it with ``loss(model, batch)`` (:func:`train_head_model`).
 
     ``validator`` (``model -> metrics`` with a ``.metric`` attribute) selects ``best.pt``;
     ``with_tokens`` adds the targets' patch tokens to each batch (re-ranker);
@@ -194,5 +194,5 @@ def train_on_triplets(ctx: CIRContext, train_splits: Sequence[CIRSplit], run: Ru
     model = build_model()
     batches = TripletBatches(features, config.batch_size, config.seed, with_tokens=with_tokens,
                              num_negatives=num_negatives)
-    return train_head(model, lambda batch: loss(model, batch), batches, run, config, kind, model_config,
+    return train_head_model(model, lambda batch: loss(model, batch), batches, run, config, kind, model_config,
                       ctx.loaded, validator=validator, metric=getattr(validator, "metric", None), resume=resume)

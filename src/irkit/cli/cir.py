@@ -141,7 +141,7 @@ def _run_oti(args: argparse.Namespace) -> int:
 
 
 def _run_train_phi(args: argparse.Namespace) -> int:
-    from irkit.cir.training import TrainingConfig, make_validator, open_run
+    from irkit.cir.training import TrainingConfig, phi_validator, open_run
     from irkit.errors import InputError
     from irkit.workflows.cir import describe_result, train_phi
 
@@ -150,14 +150,14 @@ def _run_train_phi(args: argparse.Namespace) -> int:
     if args.method == "lincir" and args.captions is None:
         raise InputError("lincir phi training needs --captions (a .txt or caption CSV)", field="captions")
     config = TrainingConfig(steps=args.steps, batch_size=args.train_batch_size, learning_rate=args.lr,
-                               weight_decay=args.wd, dropout=args.dropout, validate_every=args.validate_every,
-                               seed=args.seed)
+                            weight_decay=args.wd, dropout=args.dropout, validate_every=args.validate_every,
+                            seed=args.seed, include_shared_concept=args.include_shared_concept)
     ctx = cir_context(args)
     validator = None
     if args.val_dataset is not None:
         if args.val_root is None:
             raise InputError("--val-dataset needs --val-root", field="val-root")
-        validator = make_validator(ctx, args.method, args.val_dataset, args.val_root, args.val_split,
+        validator = phi_validator(ctx, args.method, args.val_dataset, args.val_root, args.val_split,
                                        args.include_shared_concept, args.val_metric, **loader_options(args, "val_"))
     params = {"method": args.method, "model": args.model, "pretrained": args.pretrained,
               "checkpoint": args.checkpoint, "oti": args.oti, "captions": args.captions,

@@ -304,9 +304,9 @@ class _Bench(BenchContext):
         return create_method(name, **method_options(name, checkpoint, self.include_shared_concept))
 
     def phi_validator(self, method: str) -> Any:
-        from irkit.cir.training import make_validator
+        from irkit.cir.training import phi_validator
 
-        return make_validator(self.ctx, method, PHI_VALIDATION_BENCHMARK, self.roots[PHI_VALIDATION_BENCHMARK],
+        return phi_validator(self.ctx, method, PHI_VALIDATION_BENCHMARK, self.roots[PHI_VALIDATION_BENCHMARK],
                                   str(self.setup.budgets["phi_select_split"]), self.include_shared_concept)
 
 
@@ -332,7 +332,8 @@ def _train_phi(bench: _Bench, stage_dir: Path, method: str, steps: int, batch_si
     from irkit.cir.training import TrainingConfig, open_run
 
     config = TrainingConfig(steps=int(steps), batch_size=int(batch_size), learning_rate=float(lr),
-                            validate_every=int(validate_every), seed=bench.setup.seed)
+                            validate_every=int(validate_every), seed=bench.setup.seed,
+                            include_shared_concept=bench.include_shared_concept)
     resume = "latest" if (stage_dir / "phi" / "params.txt").is_file() else None
     run = open_run(stage_dir, "phi", {"method": method, **config.to_params(), **extra}, resume)
     try:

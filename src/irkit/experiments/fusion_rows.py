@@ -233,18 +233,16 @@ def _train_runs(bench: _Bench, stage_dir: Path, kind: str, params: Mapping[str, 
 
 def _head_stage(bench: _Bench, stage: str) -> dict[str, Any]:
     from irkit.cir.training import TrainingConfig
-    from irkit.models.combiner import CombinerConfig
-    from irkit.models.fusion import FusionConfig
-    from irkit.workflows.cir import train_head
+    from irkit.workflows.cir import head_model_config, train_head
 
     budget, dim = bench.budget, bench.loaded.embed_dim
     method_name = HEADS[stage][0]
     if stage == "combiner":
-        model_config: Any = CombinerConfig.scaled(dim)
+        model_config: Any = head_model_config("combiner", dim)
         steps, lr, weight_decay = budget.combiner_steps, budget.combiner_lr, 0.0  # Adam, as published
     else:
-        model_config = FusionConfig(embed_dim=dim, depth=budget.fusion_depth, num_heads=budget.fusion_heads,
-                                    projector=stage == "fusion-projector")
+        model_config = head_model_config("magiclens", dim, depth=budget.fusion_depth, num_heads=budget.fusion_heads,
+                                         projector=stage == "fusion-projector")
         steps, lr, weight_decay = budget.fusion_steps, budget.fusion_lr, budget.head_weight_decay
     config = TrainingConfig(steps=steps, batch_size=budget.head_batch_size, learning_rate=lr,
                                 weight_decay=weight_decay, validate_every=budget.validate_every,
@@ -346,12 +344,10 @@ def _reranker_stage(bench: _Bench, stage1: Mapping[str, Any],
     """Train the cross-encoder per benchmark: in-batch negatives (stage ``reranker``), or with
     hard negatives from ``stage1_train`` as well (stage ``reranker-hn``)."""
     from irkit.cir.training import TrainingConfig
-    from irkit.models.reranker import RerankerConfig
-    from irkit.workflows.cir import train_head
+    from irkit.workflows.cir import head_model_config, train_head
 
     budget, dim = bench.budget, bench.loaded.embed_dim
-    model_config = RerankerConfig(embed_dim=dim, token_dim=dim, depth=budget.reranker_depth,
-                                  num_heads=budget.reranker_heads)
+    model_config = head_model_config("reranker", dim, depth=budget.reranker_depth, num_heads=budget.reranker_heads)
     config = TrainingConfig(steps=budget.reranker_steps, batch_size=budget.reranker_batch_size,
                                 learning_rate=budget.reranker_lr, weight_decay=budget.head_weight_decay,
                                 validate_every=budget.reranker_validate_every, seed=bench.setup.seed)

@@ -57,7 +57,7 @@ def table_row(method: str, group: str, metrics: dict[str, float], notes: str = "
 
 
 #: Where each table column comes from in an ``evaluate_method`` result of its benchmark
-#: (``irkit.methods.textual_inversion.evaluate_method``; FashionIQ: the category average).
+#: (``irkit.cir.evaluate.evaluate_method``; FashionIQ: the category average).
 COLUMN_SOURCES: dict[str, tuple[str, tuple[str, ...]]] = {
     "fashioniq_R@10": ("fashioniq", ("average", "R@10")),
     "fashioniq_R@50": ("fashioniq", ("average", "R@50")),

@@ -25,7 +25,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from irkit.cir.protocol import per_query_values, rank_split
+from irkit.cir.protocol import rank_split, split_values
 from irkit.data.records import CIRSplit
 from irkit.errors import InputError
 
@@ -63,20 +63,6 @@ def paired_bootstrap(a: Sequence[float], b: Sequence[float], resamples: int = 10
     p_value = min(1.0, 2 * min(float((means <= 0).mean()), float((means >= 0).mean())))
     return {"mean_a": float(a.mean()), "mean_b": float(b.mean()), "difference": float(differences.mean()),
             "low": float(low), "high": float(high), "p_value": p_value, "queries": int(a.size)}
-
-
-def split_values(splits: Sequence[CIRSplit], rankings_per_split: Sequence[Mapping[str, Sequence[str]]],
-                 metric: str) -> np.ndarray:
-    """Per-query values over several splits of one benchmark, concatenated.
-
-    FashionIQ's table value is the mean of the category means; with equal category sizes (the
-    demo data) that is the mean over all queries, so pairing per query stays exact. Unequal
-    sizes are refused rather than silently re-weighted.
-    """
-    if len({len(s.queries) for s in splits}) > 1:
-        raise InputError("per-query pairing over splits of different sizes would re-weight the benchmark mean; "
-                         "compare the splits one by one", field="splits")
-    return np.concatenate([per_query_values(s, r, metric) for s, r in zip(splits, rankings_per_split)])
 
 
 def embedding_rankings(method: Any, ctx: Any, split: CIRSplit, depth: int = 50) -> dict[str, list[str]]:
@@ -182,5 +168,5 @@ def significance_markdown(result: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__: Sequence[str] = ("paired_bootstrap", "per_query_values", "split_values", "embedding_rankings",
+__all__: Sequence[str] = ("paired_bootstrap", "embedding_rankings",
                           "topk_rankings", "significance_stage", "rerank_comparisons", "significance_markdown")

@@ -29,7 +29,7 @@ def batched(fn: Callable[..., torch.Tensor], *tensors: torch.Tensor, batch_size:
 class TrainedHeadMethod(CIRMethod):
     """Base of the methods whose trained part is a head on frozen features.
 
-    Takes either ``checkpoint`` (a file written by :func:`train_head`, rebuilt with
+    Takes either ``checkpoint`` (a file written by :func:`irkit.cir.training.train_head_model`, rebuilt with
     :meth:`build_model` from its stored config) or an in-memory ``model`` (validation).
     """
 

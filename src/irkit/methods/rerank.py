@@ -1,15 +1,10 @@
 """Two-stage candidate re-ranking (docs/methods.md §G).
 
 Stage I: any registered irkit method ranks the gallery; its top-K candidates per query
-(ranked ids and scores) go into a **top-K file** (:func:`save_topk_file` /
-:func:`load_topk_file`, JSON, written atomically)::
-
-    {"format": "irkit-topk", "version": 1, "stage": "stage1:image-text-sum",
-     "parts": [{"dataset": "cirr", "split": "val", "category": null, "k": 50,
-                "queries": [{"query_id": "7", "ids": [...], "scores": [...]}, ...]}]}
-
-One part per split (FashionIQ: one per category). Under CIRR's protocol stage I already
-removes the reference.
+(ranked ids and scores, :mod:`irkit.cir.topk`) come from a top-K file or are computed here, one
+part per split. Where the benchmark's protocol removes the reference, stage I already removes it;
+where queries rank their own candidates (GeneCIS), the candidates are positions mapped to images
+by the benchmark spec.
 
 Stage II: the cross-encoder (:class:`~irkit.models.reranker.CrossEncoderReranker`) scores
 each (reference, text, candidate) jointly with the candidate's cached patch tokens and
@@ -142,16 +137,17 @@ def score_candidates(model: CrossEncoderReranker, ctx: CIRContext, split: CIRSpl
     k = stage1.k if k is None else int(k)
     if not 0 < k <= stage1.k:
         raise InputError(f"k={k} candidates requested; expected 1..{stage1.k} (the stage-I top-K size)", field="k")
-    with_subsets = benchmark_of(split).has_subset_ranking and all(q.subset for q in split.queries)
+    benchmark = benchmark_of(split)
+    subsets = [benchmark.subset_candidates(q) for q in split.queries]
+    with_subsets = benchmark.has_subset_ranking and all(s is not None for s in subsets)
     per_query: list[list[str]] = []  # per query: its top-k candidates, then (CIRR) other subset members
     num_top: list[int] = []
-    for query, candidates in zip(split.queries, stage1.ids):
+    for candidates, subset in zip(stage1.ids, subsets):
         pool = list(candidates[:k])
         num_top.append(len(pool))
         if with_subsets:
-            pool += [m for m in dict.fromkeys(query.subset) if m != query.reference and m not in pool]
+            pool += [m for m in subset if m not in pool]
         per_query.append(pool)
-    benchmark = benchmark_of(split)
     image_pools = [[benchmark.candidate_image(query, c) for c in pool] for query, pool in zip(split.queries, per_query)]
     image_row = {image_id: i for i, image_id in enumerate(features.image_ids)}
     needed = sorted({c for pool in image_pools for c in pool}, key=image_row.__getitem__)
@@ -182,7 +178,7 @@ def resort_scored(split: CIRSplit, stage1: TopK, scored: CandidateScores, stage1
         ranked_ids.append(ids)
         ranked_scores.append(values)
         if scored.with_subsets:
-            members = [m for m in dict.fromkeys(query.subset) if m != query.reference]
+            members = benchmark.subset_candidates(query)
             position = {c: i for i, c in enumerate(pool)}
             if stage1_weight:
                 inside = [m for m in members if position[m] < top]

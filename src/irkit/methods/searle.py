@@ -358,8 +358,7 @@ class SearleOTI(PseudoTokenMethod):
         if self.checkpoint is not None:
             return OTITokens.load(self.checkpoint).lookup(reference_ids)
         bank = load_phrase_bank(self.phrases)
-        features = raw_image_embeddings(ctx.loaded, [split.image_path(i) for i in reference_ids], ctx.batch_size,
-                                        ctx.num_workers, ctx.cache_dir)
+        features = ctx.raw_image_embeddings(split, reference_ids)
         key = stable_hash({"params": oti_params(ctx.loaded, self.config, bank, OTI_TEMPLATES),
                            "ids": list(reference_ids),
                            "features": hashlib.sha256(np.ascontiguousarray(features).tobytes()).hexdigest()})

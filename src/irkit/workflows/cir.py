@@ -7,8 +7,8 @@
 * :func:`write_stage1_file` — a stage-I top-K file of any registered method;
 * :func:`rerank` — stage II over stage-I candidates, scored and/or written.
 
-Each takes an opened run folder (:func:`irkit.cir.training.open_run`) where it trains, and
-returns the loop's :class:`~irkit.train.loop.TrainResult`.
+The trainers take an opened run folder (:func:`irkit.cir.training.open_run`) and return the
+loop's :class:`~irkit.train.loop.TrainResult`.
 """
 
 from __future__ import annotations

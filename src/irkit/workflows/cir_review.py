@@ -11,7 +11,7 @@ from irkit.benchmarks import benchmark_of, get_benchmark, list_benchmarks
 from irkit.cir.context import CIRContext
 from irkit.cir.evaluate import load_cir_splits, run_method
 from irkit.cir.registry import create_method, method_options
-from irkit.cir.training import TrainingConfig, make_validator, open_run
+from irkit.cir.training import TrainingConfig, phi_validator, open_run
 from irkit.data.records import CIRSplit
 from irkit.errors import InputError
 from irkit.io import atomic_write_json
@@ -69,8 +69,9 @@ def review_cir_method(ctx: CIRContext, dataset: str, root: Path | str, method: s
 
         if run_dir is None:
             raise InputError("training phi needs a run_dir to keep its run folder", field="run_dir")
-        config = TrainingConfig(steps=lincir_steps, batch_size=64, validate_every=max(1, lincir_steps // 5))
-        validator = make_validator(ctx, "lincir", dataset, root, split, include_shared_concept, **loader_options)
+        config = TrainingConfig(steps=lincir_steps, batch_size=64, validate_every=max(1, lincir_steps // 5),
+                                include_shared_concept=include_shared_concept)
+        validator = phi_validator(ctx, "lincir", dataset, root, split, include_shared_concept, **loader_options)
         run = open_run(run_dir, "phi", {"method": "lincir", "captions": lincir_captions, **config.to_params()})
         try:
             result = train_phi("lincir", ctx.loaded, run, config, captions=read_captions(lincir_captions),
