@@ -45,6 +45,7 @@ from tqdm.auto import tqdm
 
 from irkit.errors import InputError
 from irkit.io import atomic_write_bytes, atomic_write_json, stable_hash
+from irkit.transforms import to_rgb
 
 if TYPE_CHECKING:  # pragma: no cover
     from irkit.models import LoadedModel
@@ -121,7 +122,7 @@ class ImageBatches(Dataset):
         for row in range(first, min(first + self.batch_size, len(self.paths))):
             try:
                 with Image.open(self.paths[row]) as image:
-                    pixels.append(self.loaded.preprocess(image.convert("RGB")))
+                    pixels.append(self.loaded.preprocess(to_rgb(image)))
             except Exception as e:  # undecodable, truncated, not an image ...
                 errors.append((row, f"{type(e).__name__}: {e}"))
         if errors:
@@ -146,7 +147,7 @@ class ImageFileDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[int, Optional[torch.Tensor], Optional[str]]:
         try:
             with Image.open(self.paths[index]) as image:
-                return index, self.preprocess(image.convert("RGB")), None
+                return index, self.preprocess(to_rgb(image)), None
         except Exception as e:  # undecodable, truncated, not an image ...
             return index, None, f"{type(e).__name__}: {e}"
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Optional, Sequence, Union
 
+import numpy as np
 import torch
 from PIL import Image
 from torchvision import transforms as T
@@ -108,8 +109,29 @@ def _three_floats(values: Union[float, Sequence[float]], field: str) -> tuple[fl
     return values  # type: ignore[return-value]
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
-    return image if image.mode == "RGB" else image.convert("RGB")
+#: Modes whose values exceed 8 bits: PIL's ``convert("RGB")`` clips them to 255 (a 16-bit PNG
+#: would come out white), so :func:`to_rgb` rescales them first.
+HIGH_BIT_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """``image`` as 8-bit RGB. High-bit-depth grey images are scaled to 8 bits, not clipped:
+    ``I;16*`` by 255/65535; ``I`` (32-bit integers) by 255/65535 when a value exceeds 255, else
+    kept; ``F`` (floats) from [0, 1] when no value exceeds 1, else from [0, 255], clipped."""
+    if image.mode == "RGB":
+        return image
+    if image.mode not in HIGH_BIT_DEPTH_MODES:
+        return image.convert("RGB")
+    values = np.asarray(image, dtype=np.float64)
+    peak = float(values.max()) if values.size else 0.0
+    if image.mode.startswith("I;16") or (image.mode == "I" and peak > 255):
+        scale = 255.0 / 65535.0
+    elif image.mode == "F" and peak <= 1.0:
+        scale = 255.0
+    else:
+        scale = 1.0
+    eight_bit = np.clip(np.rint(values * scale), 0, 255).astype(np.uint8)
+    return Image.fromarray(eight_bit, "L").convert("RGB")
 
 
 def _pad_centred(image: Image.Image, width: int, height: int, fill: int) -> Image.Image:
@@ -132,7 +154,7 @@ class Letterbox:
         self.size, self.interpolation, self.fill = size, interpolation, fill
 
     def __call__(self, image: Image.Image) -> Image.Image:
-        image = _to_rgb(image)
+        image = to_rgb(image)
         w, h = image.size
         scale = max(w, h) / self.size  # same rounding as open_clip's ResizeKeepRatio(longest=1)
         new_w, new_h = max(1, round(w / scale)), max(1, round(h / scale))
@@ -151,7 +173,7 @@ class PadToSquare:
         self.fill = fill
 
     def __call__(self, image: Image.Image) -> Image.Image:
-        image = _to_rgb(image)
+        image = to_rgb(image)
         side = max(image.size)
         return _pad_centred(image, side, side, self.fill)
 
@@ -170,7 +192,7 @@ class TargetPad:
         self.ratio, self.fill = ratio, fill
 
     def __call__(self, image: Image.Image) -> Image.Image:
-        image = _to_rgb(image)
+        image = to_rgb(image)
         w, h = image.size
         if max(w, h) / min(w, h) < self.ratio:
             return image
@@ -206,7 +228,7 @@ def build_transform(
         elif cfg.name == "targetpad":
             steps.append(TargetPad(TARGETPAD_RATIO, cfg.fill))
         else:
-            steps.append(_to_rgb)
+            steps.append(to_rgb)
         steps.append(T.RandomResizedCrop(size, scale=TRAIN_CROP_SCALE, ratio=TRAIN_CROP_RATIO,
                                          interpolation=resample))
     elif cfg.name == "square":
@@ -215,7 +237,7 @@ def build_transform(
         if cfg.name == "targetpad":
             steps.append(TargetPad(TARGETPAD_RATIO, cfg.fill))
         else:
-            steps.append(_to_rgb)
+            steps.append(to_rgb)
         steps += [T.Resize(size, interpolation=resample), T.CenterCrop(size)]
     steps += [T.ToTensor(), T.Normalize(mean=cfg.mean, std=cfg.std)]
     return T.Compose(steps)

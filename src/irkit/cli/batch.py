@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from irkit.cli.common import non_negative_int
+
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("notebook", type=Path)
@@ -54,7 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     table.add_argument("--budget", action="append", default=[], metavar="KEY=VALUE",
                        help="override one stage budget (repeatable), e.g. lincir_steps=100")
     table.add_argument("--seed", type=int, default=0)
-    table.add_argument("--workers", type=int, default=2, help="image decoding worker processes")
+    table.add_argument("--workers", type=non_negative_int, default=2, help="image decoding worker processes")
     table.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     table.add_argument("--cache-dir", type=Path, default=Path(".cache/irkit"), help="embedding cache")
     table.set_defaults(func=_cir_table)

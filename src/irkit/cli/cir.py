@@ -141,7 +141,7 @@ def _run_oti(args: argparse.Namespace) -> int:
 
 
 def _run_train_phi(args: argparse.Namespace) -> int:
-    from irkit.cir.training import TrainingConfig, phi_validator, open_run
+    from irkit.cir.training import TrainingConfig, open_run, phi_validator
     from irkit.errors import InputError
     from irkit.workflows.cir import describe_result, train_phi
 

@@ -30,6 +30,7 @@ from irkit.cli.cir_options import (
     cir_context,
     load_splits,
 )
+from irkit.cli.common import positive_int
 
 
 def _add_training_arguments(parser: argparse.ArgumentParser, lr: float, wd: float, batch_size: int) -> None:
@@ -80,7 +81,7 @@ def register(cir_subparsers: argparse._SubParsersAction) -> None:
     reranker.add_argument("--val-stage1", default="image-text-sum",
                           help="validation stage I: a method name or a top-K file of the validation split")
     reranker.add_argument("--val-stage1-checkpoint", default=None, help="checkpoint of the stage-I method")
-    reranker.add_argument("--k", type=int, default=None, help="candidates re-ranked (default 50 CIRR, 100 FashionIQ)")
+    reranker.add_argument("--k", type=positive_int, default=None, help="candidates re-ranked (default 50 CIRR, 100 FashionIQ)")
     reranker.add_argument("--hard-negatives", type=int, default=0,
                           help="per query, add N negatives from its stage-I top-K on the training split "
                                "(irkit option; default 0 = in-batch negatives only, the published recipe)")
@@ -95,7 +96,7 @@ def register(cir_subparsers: argparse._SubParsersAction) -> None:
     add_data_arguments(stage1)
     add_method_arguments(stage1)
     add_context_arguments(stage1)
-    stage1.add_argument("--k", type=int, default=None, help="candidates per query (default 50 CIRR, 100 FashionIQ)")
+    stage1.add_argument("--k", type=positive_int, default=None, help="candidates per query (default 50 CIRR, 100 FashionIQ)")
     stage1.add_argument("--out", type=Path, required=True, help="top-K JSON file to write")
     stage1.set_defaults(func=_run_stage1)
 
@@ -108,7 +109,7 @@ def register(cir_subparsers: argparse._SubParsersAction) -> None:
     rerank.add_argument("--stage1-checkpoint", default=None, help="checkpoint of the stage-I method")
     rerank.add_argument("--stage1-option", action="append", default=[], metavar="KEY=VALUE")
     rerank.add_argument("--include-shared-concept", action="store_true")
-    rerank.add_argument("--k", type=int, default=None, help="re-rank the first K stage-I candidates")
+    rerank.add_argument("--k", type=positive_int, default=None, help="re-rank the first K stage-I candidates")
     rerank.add_argument("--stage1-weight", type=float, default=0.0,
                         help="sort by stage-II + W x stage-I score (irkit score fusion; default 0: stage II alone, "
                              "as published). Choose W on a training split, not on the split you report")

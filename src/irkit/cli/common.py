@@ -7,6 +7,26 @@ from pathlib import Path
 from typing import Any, Optional
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (``--k 0`` is refused, not answered with empty lists)."""
+    return _bounded_int(text, 1, "a positive integer")
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0 (``--num-workers -3`` is refused, not turned into 0)."""
+    return _bounded_int(text, 0, "an integer >= 0")
+
+
+def _bounded_int(text: str, low: int, what: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
+    return value
+
+
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """``--model/--pretrained|--checkpoint/--transform/--device/--precision``."""
     parser.add_argument("--model", default="irkit-tiny", help="any open_clip model name (default irkit-tiny)")
@@ -22,8 +42,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_encoding_arguments(parser: argparse.ArgumentParser) -> None:
     """``--batch-size/--num-workers/--cache-dir`` of image encoding."""
-    parser.add_argument("--batch-size", type=int, default=64, help="images per encoding batch")
-    parser.add_argument("--num-workers", "--workers", dest="num_workers", type=int, default=2,
+    parser.add_argument("--batch-size", type=positive_int, default=64, help="images per encoding batch")
+    parser.add_argument("--num-workers", "--workers", dest="num_workers", type=non_negative_int, default=2,
                         help="image decoding worker processes")
     parser.add_argument("--cache-dir", type=Path, default=Path(".cache/irkit"),
                         help="embedding cache (default .cache/irkit); 'none' disables it")

@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from irkit.cli.common import positive_int
+
 
 def _demo(args: argparse.Namespace) -> int:
     from irkit.data.demo import generate_demo
@@ -39,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                            "full: >= 3,000 gallery images per dataset")
     demo.add_argument("--datasets", default=",".join(DATASETS),
                       help=f"comma-separated subset of {','.join(DATASETS)}")
-    demo.add_argument("--workers", type=int, default=None,
+    demo.add_argument("--workers", type=positive_int, default=None,
                       help="rendering processes (default: available CPUs, at most 2)")
     demo.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     demo.set_defaults(func=_demo)

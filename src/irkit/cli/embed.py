@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from irkit.cli.common import add_encoding_arguments, add_model_arguments, cache_dir, load_model
+from irkit.cli.common import add_encoding_arguments, add_model_arguments, cache_dir, load_model, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -29,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_model_arguments(search)
     search.add_argument("--collection", type=Path, required=True)
     search.add_argument("--query", action="append", required=True, help="query text (repeatable)")
-    search.add_argument("-k", type=int, default=10)
+    search.add_argument("-k", type=positive_int, default=10)
     search.set_defaults(func=_run_search)
 
 

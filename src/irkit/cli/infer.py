@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from irkit.cli.common import add_encoding_arguments, add_model_arguments, cache_dir, load_model
+from irkit.cli.common import add_encoding_arguments, add_model_arguments, cache_dir, load_model, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -24,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               "non-prompt variant); none: queries as given; auto: the best of the three on "
                               "the labelled val split (<root>/val/val_label.txt)")
     traffic.add_argument("--out", type=Path, required=True, help="output folder")
-    traffic.add_argument("--k", type=int, default=10, help="answers per query (the challenge and --submission need 10)")
+    traffic.add_argument("--k", type=positive_int, default=10, help="answers per query (the challenge and --submission need 10)")
     traffic.add_argument("--num-vehicle-queries", type=int, default=None,
                          help="override the detected number of leading vehicle queries")
     traffic.add_argument("--submission", type=Path, default=None,

@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from irkit.cli.common import non_negative_int, positive_int
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("train", help="train models (CLIP through open_clip_train)")
@@ -26,8 +28,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     clip.add_argument("--warmup", type=int, default=None)
     clip.add_argument("--lr-scheduler", default="cosine", choices=["cosine", "const", "const-cooldown"],
                       help="open_clip_train's LR schedule after the linear warm-up")
-    clip.add_argument("--batch-size", type=int, default=None)
-    clip.add_argument("--workers", type=int, default=1)
+    clip.add_argument("--batch-size", type=positive_int, default=None)
+    clip.add_argument("--workers", type=non_negative_int, default=1)
     clip.add_argument("--seed", type=int, default=0)
     clip.add_argument("--precision", default="auto")
     clip.add_argument("--transform", default="square", choices=["square", "targetpad", "center"])

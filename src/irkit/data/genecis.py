@@ -59,6 +59,7 @@ from irkit.data.validate import (
 )
 from irkit.errors import InputError
 from irkit.io import atomic_write_bytes, read_json, stable_hash
+from irkit.transforms import to_rgb
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +134,7 @@ def pad_to_square(image: Image.Image) -> Image.Image:
 def crop_object(image: Image.Image, bbox: Sequence[float], dilation: float = DILATION) -> Image.Image:
     """The padded square crop of one object (mode ``L`` kept, anything else as RGB)."""
     if image.mode not in ("L", "RGB"):
-        image = image.convert("RGB")
+        image = to_rgb(image)
     return pad_to_square(image.crop(crop_box(bbox, image.width, image.height, dilation)))
 
 
