@@ -25,3 +25,15 @@ def test_out_of_range_numbers_are_one_line_errors(argv, expected, capsys):
     assert stop.value.code == 2
     err = capsys.readouterr().err
     assert expected in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "clip", "--train-csv", "t.csv", "--csv-separator", "comma"],
+    ["cir", "train-phi", "--method", "lincir", "--captions", "c.csv", "--csv-separator", "comma"],
+    ["preprocess", "csv", "--labels", "l.txt", "--images", "i", "--out", "o.csv", "--sep", "comma"],
+])
+def test_separator_words_work_wherever_a_csv_separator_is_taken(argv):
+    from irkit.cli import build_parser
+
+    args = build_parser().parse_args(argv)
+    assert (args.sep if hasattr(args, "sep") else args.csv_separator) == ","

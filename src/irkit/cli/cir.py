@@ -28,6 +28,7 @@ from irkit.cli.cir_options import (
     load_splits,
     loader_options,
 )
+from irkit.cli.common import parse_separator
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -69,7 +70,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--oti", type=Path, default=None, help="searle: OTI folder of the training images")
     train.add_argument("--captions", type=Path, default=None,
                        help="lincir: captions (.txt one per line, or a filepath/title caption CSV)")
-    train.add_argument("--csv-separator", default="\t")
+    train.add_argument("--csv-separator", type=parse_separator, default="\t",
+                       help="caption CSV separator: tab (default), comma, semicolon, pipe or one character")
     train.add_argument("--caption-key", default="title")
     add_data_arguments(train, prefix="val-", required=False)
     train.add_argument("--val-metric", default=None,

@@ -6,6 +6,17 @@ import argparse
 from pathlib import Path
 from typing import Any, Optional
 
+SEPARATOR_WORDS = {"tab": "\t", "comma": ",", "semicolon": ";", "pipe": "|"}
+
+
+def parse_separator(value: str) -> str:
+    """``tab``/``comma``/... or a single literal character (``\\t`` accepted)."""
+    value = SEPARATOR_WORDS.get(value.lower(), value.replace("\\t", "\t"))
+    if len(value) != 1:
+        raise argparse.ArgumentTypeError(
+            f"separator {value!r} is not one character; expected tab, comma, semicolon, pipe or one character")
+    return value
+
 
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1 (``--k 0`` is refused, not answered with empty lists)."""

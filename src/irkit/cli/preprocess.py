@@ -6,19 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from irkit.cli.common import add_encoding_arguments, add_model_arguments, cache_dir, load_model
+from irkit.cli.common import add_encoding_arguments, add_model_arguments, cache_dir, load_model, parse_separator
 from irkit.errors import InputError
-
-SEPARATOR_WORDS = {"tab": "\t", "comma": ",", "semicolon": ";", "pipe": "|"}
-
-
-def parse_separator(value: str) -> str:
-    """``tab``/``comma``/... or a single literal character (``\\t`` accepted)."""
-    value = SEPARATOR_WORDS.get(value.lower(), value.replace("\\t", "\t"))
-    if len(value) != 1:
-        raise argparse.ArgumentTypeError(
-            f"separator {value!r} is not one character; expected tab, comma, semicolon, pipe or one character")
-    return value
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

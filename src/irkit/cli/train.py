@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from irkit.cli.common import non_negative_int, positive_int
+from irkit.cli.common import non_negative_int, parse_separator, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -37,7 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     clip.add_argument("--name", default=None, help="run name (default: date-model-lr-batch-...)")
     clip.add_argument("--resume", default=None, help="'latest' (with --name) or a checkpoint path")
     clip.add_argument("--save-frequency", type=int, default=1)
-    clip.add_argument("--csv-separator", default="\t")
+    clip.add_argument("--csv-separator", type=parse_separator, default="\t",
+                      help="CSV separator: tab (default), comma, semicolon, pipe or one character")
     clip.set_defaults(func=_run_clip)
 
 
