@@ -164,13 +164,6 @@ class GeneCIS(Benchmark):
         raise InputError("GeneCIS ranks each template's own candidates, not the whole gallery; use rank()",
                          field="dataset")
 
-    def rank(self, split: CIRSplit, query_embeddings: np.ndarray, gallery_embeddings: np.ndarray,
-             k: int) -> dict[str, list[str]]:
-        """Top-``k`` candidate positions (strings, ``"0"`` = target) per template, by score
-        descending; a tie with the target ranks ahead of it, other ties by position."""
-        scores = self.candidate_scores(split, query_embeddings, gallery_embeddings)
-        return {q.query_id: [str(p) for p in metrics.genecis_order(s)[:k]] for q, s in zip(split.queries, scores)}
-
     def candidate_ids(self, split: CIRSplit, query: CIRQuery) -> Sequence[str]:
         return [str(p) for p in range(len(candidates_of(query)))]
 

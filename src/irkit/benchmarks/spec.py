@@ -245,14 +245,15 @@ class Benchmark:
 
     def rank(self, split: CIRSplit, query_embeddings: np.ndarray, gallery_embeddings: np.ndarray,
              k: int) -> dict[str, list[str]]:
-        """Top-``k`` gallery ids per query id under the protocol.
+        """Top-``k`` ranked candidates (gallery ids, or a benchmark's own candidate ids) per query id
+        under the protocol: the ids of :meth:`top_candidates`.
 
         Args:
             query_embeddings: [Q, D] L2-normalised, one row per ``split.queries`` entry.
             gallery_embeddings: [G, D] L2-normalised, one row per ``split.gallery`` entry.
         """
-        _, indices = self.search(split, query_embeddings, gallery_embeddings, k)
-        return {q.query_id: [split.gallery[i] for i in row] for q, row in zip(split.queries, indices)}
+        ids, _ = self.top_candidates(split, query_embeddings, gallery_embeddings, k)
+        return {q.query_id: row for q, row in zip(split.queries, ids)}
 
     def rank_for_scoring(self, split: CIRSplit, query_embeddings: np.ndarray, gallery_embeddings: np.ndarray
                          ) -> tuple[dict[str, list[str]], Optional[dict[str, list[str]]]]:
