@@ -5,6 +5,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${IRKIT_BASE_PYTHON:-$(command -v python3.11 || command -v python3)}"
+# Headless Chromium for the browser tests (report page, search app): Debian's package, driven by
+# Playwright from requirements.txt (never a downloaded browser build).
+if ! command -v chromium >/dev/null 2>&1; then
+  echo "[setup] installing Debian's chromium (browser tests)" >&2
+  if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
 if [ ! -x .venv/bin/python ]; then
   echo "[setup] creating .venv with $PY" >&2
   "$PY" -m venv .venv
@@ -17,7 +25,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     | grep -v "is ignored: it is neither a file nor a directory" || true
   .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -e . 2>&1 \
     | grep -v "is ignored: it is neither a file nor a directory" || true
-  .venv/bin/python -c "import irkit, open_clip, open_clip_train.main, faiss, papermill" \
+  .venv/bin/python -c "import irkit, open_clip, open_clip_train.main, faiss, papermill, fastapi, uvicorn, playwright" \
     || { echo "[setup] import check failed" >&2; exit 1; }
   .venv/bin/python -m ipykernel install --sys-prefix --name python3 >/dev/null
   echo "$want" > "$stamp"

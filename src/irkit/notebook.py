@@ -2,13 +2,15 @@
 
 Every execution gets its own run folder ``<log_dir>/<name>/`` (never overwritten); the
 executed notebook is saved there as ``<notebook stem>.ipynb`` and the notebook receives the
-folder as its ``run_dir`` parameter, writing ``metrics.json`` beside it. A grid runs the
+folder as its ``run_dir`` parameter, writing ``metrics.json`` beside it; when it finishes the
+folder gets its ``report.html`` (:mod:`irkit.run_report`). A grid runs the
 notebook once per combination of parameter values and writes one comparison table
 (``comparison.csv`` + ``comparison.md``) of the runs' metrics.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
@@ -19,6 +21,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 from irkit.errors import InputError
 from irkit.io import atomic_write_text
+from irkit.run_report import write_run_report
 
 METRICS_FILE = "metrics.json"
 
@@ -83,10 +86,18 @@ def run_notebook(notebook: Path | str, params: Mapping[str, Any], log_dir: Path 
     except FileExistsError:
         raise InputError("run folder already exists; choose another name", path=run_dir) from None
     params["run_dir"] = str(run_dir.resolve())
-    papermill.execute_notebook(
-        str(notebook), str(run_dir / notebook.name), parameters=params,
-        kernel_name=kernel_name, progress_bar=False, cwd=str(Path.cwd()),
-    )
+    try:
+        papermill.execute_notebook(
+            str(notebook), str(run_dir / notebook.name), parameters=params,
+            kernel_name=kernel_name, progress_bar=False, cwd=str(Path.cwd()),
+        )
+    except BaseException:
+        # A failed run still gets its report (the notebook up to the failing cell), but the
+        # notebook's own error is what the caller sees.
+        with contextlib.suppress(Exception):
+            write_run_report(run_dir)
+        raise
+    write_run_report(run_dir)
     return run_dir
 
 
