@@ -214,6 +214,22 @@ def read_collection_info(folder: os.PathLike | str) -> dict[str, Any]:
     return info
 
 
+def check_collection_model(loaded: Any, folder: os.PathLike | str, dim: int) -> None:
+    """:class:`InputError` unless ``loaded`` (an ``irkit.models.LoadedModel``) is the model that
+    embedded the collection at ``folder``: same ``model_name`` / ``weights_id`` where
+    ``irkit_collection.json`` records them, and embeddings ``dim`` wide."""
+    folder = Path(folder)
+    info = read_collection_info(folder)
+    for key in ("model_name", "weights_id"):
+        if key in info and info[key] != getattr(loaded, key):
+            raise InputError(
+                f"collection was embedded with {key} '{info[key]}' but the query model has "
+                f"'{getattr(loaded, key)}' (expected the same model and weights)", path=folder / INFO_FILE)
+    if dim != loaded.embed_dim:
+        raise InputError(f"collection embeddings are {dim}-d but model '{loaded.model_name}' "
+                         f"gives {loaded.embed_dim}-d (expected the model that built the collection)", path=folder)
+
+
 def search_collection(
     loaded: Any,
     folder: os.PathLike | str,
@@ -229,16 +245,8 @@ def search_collection(
     from irkit.index import search
 
     folder = Path(folder)
-    info = read_collection_info(folder)
-    for key in ("model_name", "weights_id"):
-        if key in info and info[key] != getattr(loaded, key):
-            raise InputError(
-                f"collection was embedded with {key} '{info[key]}' but the query model has "
-                f"'{getattr(loaded, key)}' (expected the same model and weights)", path=folder / INFO_FILE)
     embeddings, metadata = read_embedding_collection(folder)
-    if embeddings.shape[1] != loaded.embed_dim:
-        raise InputError(f"collection embeddings are {embeddings.shape[1]}-d but model '{loaded.model_name}' "
-                         f"gives {loaded.embed_dim}-d (expected the model that built the collection)", path=folder)
+    check_collection_model(loaded, folder, embeddings.shape[1])
     if k <= 0:
         raise InputError(f"k must be positive, got {k}", field="k")
     scores, indices = search(loaded.encode_texts(queries), embeddings, k)

@@ -39,6 +39,7 @@ def _import_builtin_loaders() -> None:
     from irkit.data import (  # noqa: F401
         circo,
         cirr,
+        collection,
         fashioniq,
         genecis,  # noqa: F401
         traffic,

@@ -1,0 +1,279 @@
+"""The search app (``irkit app``): the query workflow on hand-worked embeddings and on a real tiny
+collection (checked against ``irkit embed search``'s code and a numpy recomputation), bad input,
+the HTTP layer, and the page in a real headless Chromium (text query, click-to-reference,
+composed query, upload)."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from browser_fixtures import IMAGE_WIDTHS_JS, browser, guarded_page, save_screenshot
+from irkit.cir.context import CIRContext
+from irkit.cli import main as irkit_main
+from irkit.collection import embed_images_to_collection, search_collection, write_embedding_collection
+from irkit.errors import InputError
+from irkit.workflows.search_app import CollectionSearch, open_collection_search
+
+# Hand-worked gallery: four unit vectors in 2-D.
+GALLERY = np.array([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8], [0.96, 0.28]], np.float32)
+TEXTS = {"east": np.array([1.0, 0.0], np.float32)}
+
+
+@dataclass
+class TableModel:
+    """A stand-in backbone with the identity the collection records (no weights)."""
+
+    model_name: str = "table"
+    weights_id: str = "table:0"
+    embed_dim: int = 2
+    transform_config: Any = None
+
+
+class TableContext(CIRContext):
+    """Image embeddings looked up by file name, text embeddings from :data:`TEXTS`."""
+
+    def image_embeddings(self, split, image_ids: Sequence[str]) -> np.ndarray:
+        return np.stack([GALLERY[int(Path(split.image_path(i)).stem)] for i in image_ids])
+
+    def text_embeddings(self, texts: Sequence[str]) -> np.ndarray:
+        return np.stack([TEXTS[t] for t in texts])
+
+
+@pytest.fixture
+def table_search(tmp_path: Path) -> CollectionSearch:
+    folder = write_embedding_collection(
+        tmp_path / "table", GALLERY, pd.DataFrame({"image_path": [f"/g/{i}.png" for i in range(4)],
+                                                   "image_name": [f"{i}.png" for i in range(4)]}),
+        dtype="float32", info={"model_name": "table", "weights_id": "table:0"})
+    from irkit.cir.registry import create_method
+
+    methods = {name: create_method(name) for name in ("image-text-sum", "image-only", "text-only")}
+    return CollectionSearch(folder, TableContext(TableModel()), methods)
+
+
+def rows_and_scores(hits) -> tuple[list[int], list[float]]:
+    return [h.row for h in hits], [h.score for h in hits]
+
+
+def test_queries_on_hand_worked_embeddings(table_search: CollectionSearch) -> None:
+    # text "east" = (1, 0): scores are the first coordinates 1, 0, 0.6, 0.96
+    rows, scores = rows_and_scores(table_search.text_query("east", k=4))
+    assert rows == [0, 3, 2, 1]
+    np.testing.assert_allclose(scores, [1.0, 0.96, 0.6, 0.0], atol=1e-6)
+    # reference row 1 = (0, 1) + "east": query (1, 1)/sqrt(2); row 1 itself is excluded
+    rows, scores = rows_and_scores(table_search.composed_query("east", "image-text-sum", k=5, reference_row=1))
+    assert rows == [2, 3, 0]
+    np.testing.assert_allclose(scores, [1.4 / np.sqrt(2), 1.24 / np.sqrt(2), 1 / np.sqrt(2)], atol=1e-6)
+    rows, scores = rows_and_scores(table_search.composed_query("east", "image-only", k=2, reference_row=1))
+    assert rows == [2, 3]
+    np.testing.assert_allclose(scores, [0.8, 0.28], atol=1e-6)
+    rows, _ = rows_and_scores(table_search.composed_query("east", "text-only", k=3, reference_row=0))
+    assert rows == [3, 2, 1]  # row 0 (score 1) is the reference: excluded
+    hit = table_search.text_query("east", k=1)[0]
+    assert (hit.name, hit.image_path) == ("0.png", Path("/g/0.png"))
+
+
+def test_bad_queries_are_one_clear_error(table_search: CollectionSearch) -> None:
+    with pytest.raises(InputError, match="field 'text': type a query text"):
+        table_search.text_query("   ")
+    with pytest.raises(InputError, match="field 'k': k must be a positive integer, got 0"):
+        table_search.text_query("east", k=0)
+    with pytest.raises(InputError, match="method 'lincir' is not served; choose one of image-text-sum"):
+        table_search.composed_query("east", "lincir", reference_row=0)
+    with pytest.raises(InputError, match="exactly one reference"):
+        table_search.composed_query("east", "image-only")
+    with pytest.raises(InputError, match=r"row 4 is not in the collection; expected 0..3"):
+        table_search.composed_query("east", "image-only", reference_row=4)
+    with pytest.raises(InputError, match="unknown upload"):
+        table_search.composed_query("east", "image-only", upload_id="upload-feed")
+
+
+def test_a_collection_of_other_weights_is_refused(tmp_path: Path) -> None:
+    folder = write_embedding_collection(tmp_path / "c", GALLERY, pd.DataFrame({"image_path": ["/a"] * 4}),
+                                        info={"model_name": "table", "weights_id": "other:1"})
+    with pytest.raises(InputError, match="weights_id 'other:1' but the query model has 'table:0'"):
+        CollectionSearch(folder, TableContext(TableModel()), {})
+
+
+# ---------------------------------------------------------------- a real tiny collection
+
+@pytest.fixture(scope="module")
+def demo_collection(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path, Path]:
+    """(irkit-tiny random-init model, collection of 16 demo FashionIQ images, embedding cache)."""
+    from irkit.data.demo import generate_demo
+    from irkit.embeddings import collect_image_paths
+    from irkit.models import create_model
+
+    root = tmp_path_factory.mktemp("app")
+    generate_demo(root / "demo", scale="tiny", datasets="fashioniq", workers=1, progress=False)
+    images = root / "demo" / "fashioniq" / "images"
+    loaded = create_model("irkit-tiny")
+    embed_images_to_collection(loaded, collect_image_paths(images)[:16], root / "collection", num_workers=0,
+                               dtype="float32", root=images)
+    return loaded, root / "collection", root / "cache"
+
+
+def test_real_collection_answers_as_embed_search_and_numpy(demo_collection) -> None:
+    from irkit.collection import read_embedding_collection
+    from irkit.embeddings import encode_image_files
+
+    loaded, folder, cache = demo_collection
+    search = open_collection_search(folder, loaded, cache_dir=cache)
+    hits = search.text_query("a red dress with long sleeves", k=5)
+    (expected,) = search_collection(loaded, folder, ["a red dress with long sleeves"], k=5)
+    assert [h.row for h in hits] == [r["row"] for r in expected["results"]]
+    np.testing.assert_allclose([h.score for h in hits], [r["score"] for r in expected["results"]], atol=1e-5)
+
+    gallery, metadata = read_embedding_collection(folder)
+    reference = encode_image_files(loaded, [metadata["image_path"][3]], num_workers=0)[0]
+    text = loaded.encode_texts(["make it blue"])[0]
+    query = (reference + text) / np.linalg.norm(reference + text)
+    expected_scores = gallery @ query
+    expected_scores[3] = -np.inf  # the reference is never a result
+    hits = search.composed_query("make it blue", "image-text-sum", k=4, reference_row=3)
+    assert 3 not in [h.row for h in hits]
+    np.testing.assert_allclose([h.score for h in hits], expected_scores[[h.row for h in hits]], atol=1e-5)
+    np.testing.assert_allclose([h.score for h in hits], np.sort(expected_scores)[::-1][:4], atol=1e-5)
+
+
+def test_model_options_must_match_the_collection(demo_collection) -> None:
+    from irkit.models import create_model
+
+    _, folder, cache = demo_collection
+    with pytest.raises(InputError, match="expected the same --transform"):
+        open_collection_search(folder, create_model("irkit-tiny", transform="center"), cache_dir=cache)
+    with pytest.raises(InputError, match=r"method\(s\) \['lincir'\] that are not served"):
+        open_collection_search(folder, demo_collection[0], checkpoints={"lincir": "phi.pt"})
+
+
+def test_cli_app_refuses_bad_input_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert irkit_main(["app", "--collection", str(tmp_path / "none"), "--cache-dir", "none"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "embedding collection folder not found" in err[0]
+    with pytest.raises(SystemExit):
+        irkit_main(["app", "--collection", str(tmp_path), "--port", "70000"])
+    assert "expected a port number 1..65535, got 70000" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- HTTP and browser
+
+@pytest.fixture(scope="module")
+def app_url(demo_collection, tmp_path_factory: pytest.TempPathFactory):
+    from irkit.web_app import BackgroundServer, create_app
+
+    loaded, folder, cache = demo_collection
+    search = open_collection_search(folder, loaded, cache_dir=cache)
+    server = BackgroundServer(create_app(search, tmp_path_factory.mktemp("uploads"), default_k=6))
+    url = server.start()
+    assert url.startswith("http://127.0.0.1:")
+    yield url
+    server.stop()
+
+
+def post(url: str, body: bytes, content_type: str = "application/json") -> tuple[int, dict[str, Any]]:
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": content_type}, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_http_answers_and_rejects(app_url: str, demo_collection) -> None:
+    loaded, folder, _ = demo_collection
+    status, body = post(app_url + "/api/search", json.dumps({"text": "a blue shirt", "k": 3}).encode())
+    (expected,) = search_collection(loaded, folder, ["a blue shirt"], k=3)
+    assert status == 200 and body["mode"] == "text"
+    assert [r["row"] for r in body["results"]] == [r["row"] for r in expected["results"]]
+    assert body["results"][0]["image"] == f"/image/{expected['results'][0]['row']}"
+    status, body = post(app_url + "/api/search", json.dumps({"text": "x", "k": 0}).encode())
+    assert status == 400 and body == {"error": "field 'k': k must be a positive integer, got 0"}
+    status, body = post(app_url + "/api/search", json.dumps({"text": "x", "reference": {"path": "/etc"}}).encode())
+    assert status == 400 and "reference must be null" in body["error"]
+    status, body = post(app_url + "/api/upload", b"not an image", "application/octet-stream")
+    assert status == 400 and "is not a readable image file" in body["error"]
+    with pytest.raises(urllib.error.HTTPError) as error:
+        urllib.request.urlopen(app_url + "/image/999", timeout=30)
+    assert error.value.code == 400
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    yield from browser()
+
+
+def result_rows(page) -> list[int]:
+    return [int(r) for r in page.eval_on_selector_all("#results figure", "fs => fs.map(f => f.dataset.row)")]
+
+
+def wait_for_results(page, count: int) -> None:
+    page.wait_for_function(
+        "n => document.querySelectorAll('#results figure img').length === n && "
+        "Array.from(document.querySelectorAll('#results img')).every(i => i.complete && i.naturalWidth > 0)",
+        arg=count, timeout=60000)
+
+
+def test_app_in_chromium(chromium, app_url: str, demo_collection) -> None:
+    loaded, folder, _ = demo_collection
+    blocked: list[str] = []
+    page = guarded_page(chromium, [app_url + "/"], blocked, width=1200, height=800)
+    page.goto(app_url + "/")
+    page.wait_for_selector("body[data-ready=true]")
+    assert page.locator("#method option").all_inner_texts() == ["image-text-sum", "image-only", "text-only"]
+
+    # a text query: k images, in the order of irkit embed search
+    page.fill("#k", "5")
+    page.fill("#query-text", "a red dress")
+    page.click("#search-button")
+    wait_for_results(page, 5)
+    (expected,) = search_collection(loaded, folder, ["a red dress"], k=5)
+    assert result_rows(page) == [r["row"] for r in expected["results"]]
+    assert all(w > 0 for w in page.evaluate(IMAGE_WIDTHS_JS, "#results img"))
+    assert page.inner_text("#status").startswith("text query: 5 results")
+
+    # clicking a result makes it the reference
+    second = page.locator("#results figure").nth(1)
+    chosen_row = result_rows(page)[1]
+    chosen_name = second.locator("img").get_attribute("alt")
+    second.click()
+    assert page.inner_text("#reference-name") == chosen_name
+    page.wait_for_function("() => document.getElementById('reference-preview').naturalWidth > 0")
+
+    # a composed query with a chosen method: k results, never the reference itself
+    page.select_option("#method", "image-only")
+    page.fill("#query-text", "make it longer")
+    page.click("#search-button")
+    page.wait_for_function("() => document.getElementById('status').textContent.startsWith('composed')")
+    wait_for_results(page, 5)
+    rows = result_rows(page)
+    assert chosen_row not in rows and len(set(rows)) == 5
+    assert page.inner_text("#status") == "composed query (image-only): 5 results"
+    save_screenshot(page, "app.png")
+
+    # an uploaded reference image
+    page.set_input_files("#upload", str(Path(search_collection(loaded, folder, ["x"], k=1)[0]["results"][0]
+                                             ["image_path"])))
+    page.wait_for_function("() => document.getElementById('reference-name').textContent.endsWith('(uploaded)')")
+    page.select_option("#method", "image-text-sum")
+    page.click("#search-button")
+    page.wait_for_function("() => document.getElementById('status').textContent.startsWith('composed query "
+                           "(image-text-sum)')")
+    wait_for_results(page, 5)
+
+    # an error is one line on the page, not a crash
+    page.click("#clear-reference")
+    page.fill("#query-text", "")
+    page.click("#search-button")
+    page.wait_for_function("() => document.getElementById('status').className === 'error'")
+    assert page.inner_text("#status") == "field 'text': type a query text (it is empty)"
+    assert blocked == []
+    page.close()
