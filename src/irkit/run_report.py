@@ -323,6 +323,8 @@ pre{background:#f7f7f7;padding:.5em;overflow-x:auto;font-size:.8em;max-height:30
 pre.error{background:#fde8e8}img{max-width:100%;border:1px solid #eee}.figures figure{display:inline-block;
 margin:.4em;vertical-align:top}.figures img{max-height:420px}figcaption{font-size:.8em;color:#555}
 .cell{margin:.6em 0}details summary{cursor:pointer;color:#555;font-size:.85em}nav a{margin-right:1em}
+.scroll{max-height:24em;overflow:auto;display:inline-block;border-bottom:1px solid #eee}
+nav{font-size:.9em;margin-bottom:.5em}
 """
 
 _SORT_SCRIPT = """
@@ -388,15 +390,16 @@ def build_run_report(run_dir: Path | str) -> str:
     metrics = read_run_metrics(run_dir)
     if metrics:
         rows = [{"metric": k, "value": v} for k, v in metrics.items()]
-        sections.append("<h2>Metrics</h2>" + html_table(["metric", "value"], rows, "metrics"))
+        sections.append('<h2 id="sec-metrics">Metrics (metrics.json)</h2><div class="scroll">'
+                        + html_table(["metric", "value"], rows, "metrics") + "</div>")
     records = read_result_records(run_dir)
     if records:
         columns = list(dict.fromkeys(k for r in records for k in r))
         shown = records[-MAX_RESULT_RECORDS:]
-        sections.append(f"<h2>Results (results.jsonl, last {len(shown)} of {len(records)})</h2>"
-                        + html_table(columns, shown, "results"))
+        sections.append(f'<h2 id="sec-results">Results (results.jsonl, last {len(shown)} of {len(records)})</h2>'
+                        '<div class="scroll">' + html_table(columns, shown, "results") + "</div>")
     if not metrics and not records:
-        sections.append('<h2>Metrics</h2><p id="no-metrics">This run wrote no metrics.json or results.jsonl.</p>')
+        sections.append('<h2 id="sec-metrics">Metrics</h2><p id="no-metrics">This run wrote no metrics.json or results.jsonl.</p>')
     series = read_scalar_series(run_dir)
     if series:
         rows = [{"folder": s.source, "tag": s.tag, "points": len(s.points), "last step": s.points[-1][0],
@@ -404,7 +407,7 @@ def build_run_report(run_dir: Path | str) -> str:
         figures = "".join(f'<figure><img alt="curves of {html.escape(source)}" src="{uri}">'
                           f"<figcaption>{html.escape(source)}</figcaption></figure>"
                           for source, uri in curve_figures(series))
-        sections.append("<h2>Curves (TensorBoard scalars)</h2>"
+        sections.append('<h2 id="sec-curves">Curves (TensorBoard scalars)</h2>'
                         + html_table(["folder", "tag", "points", "last step", "last", "min", "max"], rows, "scalars")
                         + f'<div class="figures">{figures}</div>')
     figure_paths = find_figures(run_dir)
@@ -414,14 +417,17 @@ def build_run_report(run_dir: Path | str) -> str:
             f'src="{png_data_uri(p.read_bytes(), FIGURE_SUFFIXES[p.suffix.lower()])}">'
             f"<figcaption>{html.escape(p.relative_to(run_dir).as_posix())}</figcaption></figure>"
             for p in figure_paths)
-        sections.append(f'<h2>Result grids and figures</h2><div class="figures">{items}</div>')
+        sections.append(f'<h2 id="sec-figures">Result grids and figures</h2><div class="figures">{items}</div>')
     params = read_params(run_dir)
     if params:
-        sections.append("<h2>Parameters (params.txt)</h2>" + html_table(
+        sections.append('<h2 id="sec-params">Parameters (params.txt)</h2>' + html_table(
             ["name", "value"], [{"name": k, "value": v} for k, v in params.items()], "params"))
-    for notebook in sorted(run_dir.glob("*.ipynb")):
-        sections.append(f"<h2>Notebook {html.escape(notebook.name)}</h2>"
+    for number, notebook in enumerate(sorted(run_dir.glob("*.ipynb")), start=1):
+        sections.append(f'<h2 id="sec-notebook-{number}">Notebook {html.escape(notebook.name)}</h2>'
                         f'<div class="notebook">{render_notebook(notebook)}</div>')
+    links = "".join(f'<a href="#{anchor}">{html.escape(title.strip())}</a>'
+                    for anchor, title in re.findall(r'<h2 id="([^"]+)">([^<(]+)', "".join(sections)))
+    sections.insert(1, f"<nav>{links}</nav>")
     return _page(f"irkit run {run_dir.name}", "\n".join(sections))
 
 
