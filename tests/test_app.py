@@ -82,6 +82,35 @@ def test_queries_on_hand_worked_embeddings(table_search: CollectionSearch) -> No
     assert (hit.name, hit.image_path) == ("0.png", Path("/g/0.png"))
 
 
+def test_an_uploaded_reference_excludes_nothing(table_search: CollectionSearch, tmp_path: Path) -> None:
+    from PIL import Image
+
+    upload = tmp_path / "uploads" / "3.png"  # TableContext embeds it as GALLERY[3] = (0.96, 0.28)
+    upload.parent.mkdir()
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(upload)
+    upload_id = table_search.add_upload(upload)
+    rows, scores = rows_and_scores(table_search.composed_query("", "image-only", k=2, upload_id=upload_id))
+    assert rows == [3, 0]  # the collection's copy of the uploaded image comes first, then (1, 0)
+    np.testing.assert_allclose(scores, [1.0, 0.96], atol=1e-6)
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(InputError, match="broken.png: not a readable image"):
+        table_search.add_upload(tmp_path / "broken.png")
+
+
+def test_a_ranking_method_answers_without_scores(table_search: CollectionSearch) -> None:
+    from irkit.cir.registry import RankingMethod
+
+    class Reversed(RankingMethod):
+        """Ranks the gallery in reverse row order."""
+
+        def rank_split(self, ctx, split):
+            return {q.query_id: list(reversed(split.gallery)) for q in split.queries}, None
+
+    table_search.methods["reversed"] = Reversed()
+    hits = table_search.composed_query("east", "reversed", k=3, reference_row=2)
+    assert [(h.row, h.score) for h in hits] == [(3, None), (1, None), (0, None)]
+
+
 def test_bad_queries_are_one_clear_error(table_search: CollectionSearch) -> None:
     with pytest.raises(InputError, match="field 'text': type a query text"):
         table_search.text_query("   ")

@@ -160,11 +160,21 @@ def test_index_compares_runs_and_links_their_reports(tmp_path: Path) -> None:
     page = parse((log / "index.html").read_text(encoding="utf-8"))
     header, *rows = page.tables["runs"]
     assert header[0] == "run" and "trained.R@1" in header and "units" in header
+    # the last results.jsonl record's numbers, for runs without metrics.json
+    assert "last result: val.R@1" in header and "last result: step" in header
+    assert [row[header.index("last result: val.R@1")] for row in rows] == ["0.3000", "0.3000"]
     # the run's notebook parameters (papermill metadata) are the same in both runs: no parameter column
     assert "epochs" not in header
     column = header.index("trained.R@1")
     assert [(row[0], row[column]) for row in rows] == [("grid-batch/epochs_2", "0.2500"), ("single", "0.7500")]
     assert page.links["runs"] == ["grid-batch/epochs_2/report.html", "single/report.html"]
+
+
+def test_table_values() -> None:
+    from irkit.run_report import format_value
+
+    assert [format_value(v) for v in (0.5622, 4e-07, 0.0, 1.5e7, 482, None, True, [1, 2], float("nan"))] == [
+        "0.5622", "4.000e-07", "0.0000", "1.500e+07", "482", "", "true", "[1, 2]", "nan"]
 
 
 def test_bad_run_files_are_one_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

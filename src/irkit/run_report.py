@@ -294,13 +294,17 @@ def render_notebook(notebook: Path | str) -> str:
 
 
 def format_value(value: Any) -> str:
-    """A table cell: floats with 4 significant decimals, lists as JSON, ``None`` empty."""
+    """A table cell: floats with 4 decimals (3 significant digits in e-notation below 1e-3 or from
+    1e7 on), lists as JSON, ``None`` empty."""
     if value is None:
         return ""
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, float):
-        return "nan" if math.isnan(value) else f"{value:.4f}"
+        if math.isnan(value):
+            return "nan"
+        tiny_or_huge = value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e7)
+        return f"{value:.3e}" if tiny_or_huge else f"{value:.4f}"
     if isinstance(value, (list, dict)):
         return json.dumps(value)
     return str(value)
@@ -324,7 +328,7 @@ pre.error{background:#fde8e8}img{max-width:100%;border:1px solid #eee}.figures f
 margin:.4em;vertical-align:top}.figures img{max-height:420px}figcaption{font-size:.8em;color:#555}
 .cell{margin:.6em 0}details summary{cursor:pointer;color:#555;font-size:.85em}nav a{margin-right:1em}
 .scroll{max-height:24em;overflow:auto;display:inline-block;border-bottom:1px solid #eee}
-nav{font-size:.9em;margin-bottom:.5em}
+nav{font-size:.9em;margin-bottom:.5em}.wide{overflow-x:auto}
 """
 
 _SORT_SCRIPT = """
@@ -452,6 +456,16 @@ def _notebook_parameters(run_dir: Path) -> dict[str, Any]:
     return {}
 
 
+def last_result(run_dir: Path | str) -> dict[str, Any]:
+    """The numbers of the run's last ``results.jsonl`` record, keyed ``last result: <name>``
+    (the index's columns for training runs, which write no ``metrics.json``)."""
+    records = read_result_records(run_dir)
+    if not records:
+        return {}
+    return {f"last result: {k}": v for k, v in records[-1].items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
 def build_index(log_dir: Path | str, runs: Sequence[Path]) -> str:
     """The HTML text of an index page over ``runs`` (folders below ``log_dir``): one row per run
     with the parameters that differ between runs and every flattened metric, sortable by any
@@ -460,7 +474,7 @@ def build_index(log_dir: Path | str, runs: Sequence[Path]) -> str:
     params = [_notebook_parameters(r) or read_params(r) for r in runs]
     differing = sorted(k for k in {k for p in params for k in p}
                        if len({json.dumps(p.get(k), sort_keys=True, default=str) for p in params}) > 1)
-    metrics = [read_run_metrics(r) for r in runs]
+    metrics = [{**read_run_metrics(r), **last_result(r)} for r in runs]
     metric_names = sorted({k for m in metrics for k in m})
     rows = [{"run": r.relative_to(log_dir).as_posix(), **{k: p.get(k) for k in differing}, **m}
             for r, p, m in zip(runs, params, metrics)]
@@ -468,7 +482,7 @@ def build_index(log_dir: Path | str, runs: Sequence[Path]) -> str:
     columns = ["run", *differing, *[m for m in metric_names if m not in differing]]
     body = (f"<h1>Runs in {html.escape(log_dir.name or str(log_dir))}</h1>"
             f"<p>{len(runs)} run(s). Click a column header to sort; click a run for its report.</p>"
-            + html_table(columns, rows, "runs", sortable=True, links=links))
+            + '<div class="wide">' + html_table(columns, rows, "runs", sortable=True, links=links) + "</div>")
     return _page(f"irkit runs in {log_dir.name}", body, script=True)
 
 
