@@ -212,7 +212,7 @@ def test_cli_report_of_one_run(tmp_path: Path, capsys: pytest.CaptureFixture) ->
 
 
 @pytest.mark.slow
-def test_notebook_run_writes_its_report(tmp_path: Path) -> None:
+def test_notebook_run_and_grid_write_their_reports(tmp_path: Path) -> None:
     from irkit.notebook import run_notebook
 
     nb = nbformat.v4.new_notebook()
@@ -228,6 +228,34 @@ def test_notebook_run_writes_its_report(tmp_path: Path) -> None:
     run_dir = run_notebook(notebook, {"score": 0.125}, log_dir=tmp_path / "log", name="one")
     page = parse((run_dir / "report.html").read_text(encoding="utf-8"))
     assert {row[0]: row[1] for row in page.tables["metrics"][1:]} == {"score": "0.1250"}
+
+    from irkit.notebook import run_grid
+
+    result = run_grid(notebook, {"score": [0.5, 0.25]}, {}, log_dir=tmp_path / "log", batch_name="grid")
+    assert all((d / "report.html").is_file() for d in (result.batch_dir / "score_0.5", result.batch_dir / "score_0.25"))
+    header, *rows = parse((result.batch_dir / "index.html").read_text(encoding="utf-8")).tables["runs"]
+    assert header == ["run", "score"]  # the differing parameter; its metric has the same name and is shown once
+    assert rows == [["score_0.5", "0.5000"], ["score_0.25", "0.2500"]]  # in the order the grid ran them
+
+
+@pytest.mark.slow
+def test_a_failed_notebook_run_still_gets_its_report(tmp_path: Path) -> None:
+    from papermill.exceptions import PapermillExecutionError
+
+    from irkit.notebook import run_notebook
+
+    nb = nbformat.v4.new_notebook()
+    parameters = nbformat.v4.new_code_cell("run_dir = None")
+    parameters.metadata["tags"] = ["parameters"]
+    nb.cells = [parameters, nbformat.v4.new_code_cell("print('stage one done')"),
+                nbformat.v4.new_code_cell("raise ValueError('bad stage two')")]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, tmp_path / "failing.ipynb")
+    with pytest.raises(PapermillExecutionError, match="bad stage two"):
+        run_notebook(tmp_path / "failing.ipynb", {}, log_dir=tmp_path / "log", name="broken")
+    text = (tmp_path / "log" / "broken" / "report.html").read_text(encoding="utf-8")
+    assert "stage one done" in text and "ValueError: bad stage two" in text
+    assert 'id="no-metrics"' in text
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ executed notebook is saved there as ``<notebook stem>.ipynb`` and the notebook r
 folder as its ``run_dir`` parameter, writing ``metrics.json`` beside it; when it finishes the
 folder gets its ``report.html`` (:mod:`irkit.run_report`). A grid runs the
 notebook once per combination of parameter values and writes one comparison table
-(``comparison.csv`` + ``comparison.md``) of the runs' metrics.
+(``comparison.csv`` + ``comparison.md``, and ``index.html``) of the runs' metrics.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 from irkit.errors import InputError
 from irkit.io import atomic_write_text
-from irkit.run_report import write_run_report
+from irkit.run_report import INDEX_FILE, build_index, write_run_report
 
 METRICS_FILE = "metrics.json"
 
@@ -143,7 +143,8 @@ def run_grid(notebook: Path | str, grid: Mapping[str, Sequence[Any]], base_param
              log_dir: Path | str = "log", batch_name: Optional[str] = None,
              metric_columns: Optional[Sequence[str]] = None) -> GridResult:
     """Run ``notebook`` once per combination of ``grid`` values into ``<log_dir>/<batch>/<run>/``
-    and write ``comparison.csv`` / ``comparison.md`` of every run's flattened metrics."""
+    and write ``comparison.csv`` / ``comparison.md`` of every run's flattened metrics and
+    ``index.html`` (the runs' sortable table, linking their reports)."""
     notebook = Path(notebook)
     batch_name = batch_name or f"{time.strftime('%Y_%m_%d-%H_%M_%S')}-{notebook.stem}-grid"
     batch_dir = Path(log_dir) / batch_name
@@ -156,7 +157,9 @@ def run_grid(notebook: Path | str, grid: Mapping[str, Sequence[Any]], base_param
         combo = dict(zip(names, values))
         run_name = "-".join(f"{n}_{v}" for n, v in combo.items()) or "run"
         run_dirs.append(run_notebook(notebook, {**base_params, **combo}, log_dir=batch_dir, name=run_name))
-    return compare_runs(run_dirs, batch_dir, parameters=names, metric_columns=metric_columns)
+    result = compare_runs(run_dirs, batch_dir, parameters=names, metric_columns=metric_columns)
+    atomic_write_text(batch_dir / INDEX_FILE, build_index(batch_dir, run_dirs))
+    return result
 
 
 def read_run_parameters(run_dir: Path | str) -> dict[str, Any]:
