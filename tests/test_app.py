@@ -174,6 +174,38 @@ def test_real_collection_answers_as_embed_search_and_numpy(demo_collection) -> N
     np.testing.assert_allclose([h.score for h in hits], np.sort(expected_scores)[::-1][:4], atol=1e-5)
 
 
+def test_a_trained_method_answers_composed_queries(demo_collection, tmp_path: Path) -> None:
+    """LinCIR with a phi checkpoint, served by name: its query embedding of the reference and the
+    modification, ranked against the stored gallery embeddings, reference excluded."""
+    import dataclasses
+
+    import torch
+
+    from irkit.cir.registry import create_method
+    from irkit.collection import read_embedding_collection
+    from irkit.data.collection import load_collection_split
+    from irkit.data.records import CIRQuery
+    from irkit.models.phi import Phi
+    from irkit.models.pseudo_token import embed_dim, token_width
+
+    loaded, folder, cache = demo_collection
+    torch.manual_seed(0)
+    phi = tmp_path / "phi.pt"
+    torch.save({"Phi": Phi(embed_dim(loaded.model), token_width(loaded.model)).state_dict()}, phi)
+    search = open_collection_search(folder, loaded, methods=["lincir"], checkpoints={"lincir": str(phi)})
+    hits = search.composed_query("with short sleeves", "lincir", k=3, reference_row=5)
+
+    split = load_collection_split(folder)
+    split = dataclasses.replace(split, queries=[CIRQuery("q", split.gallery[5], ("with short sleeves",))])
+    query = create_method("lincir", checkpoint=str(phi)).query_embeddings(CIRContext(loaded, num_workers=0), split)[0]
+    gallery, _ = read_embedding_collection(folder)
+    expected = gallery @ query
+    expected[5] = -np.inf
+    assert 5 not in [h.row for h in hits]
+    np.testing.assert_allclose([h.score for h in hits], np.sort(expected)[::-1][:3], atol=1e-5)
+    np.testing.assert_allclose([h.score for h in hits], expected[[h.row for h in hits]], atol=1e-5)
+
+
 def test_model_options_must_match_the_collection(demo_collection) -> None:
     from irkit.models import create_model
 

@@ -43,6 +43,7 @@ SKIPPED_DIRS = {"checkpoints", "tensorboard", ".cache", "__pycache__", ".ipynb_c
 #: Records of ``results.jsonl`` shown (the last ones).
 MAX_RESULT_RECORDS = 20
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_BASE64 = re.compile(r"[A-Za-z0-9+/]+={0,2}")
 _EXTERNAL_REF = re.compile(r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//""", re.IGNORECASE)
 
 
@@ -172,7 +173,7 @@ def read_scalar_series(run_dir: Path | str) -> list[ScalarSeries]:
     return series
 
 
-def png_data_uri(data: bytes, mime: str = "image/png") -> str:
+def image_data_uri(data: bytes, mime: str = "image/png") -> str:
     """``data:<mime>;base64,...`` of image bytes."""
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
@@ -203,7 +204,7 @@ def curve_figures(series: Sequence[ScalarSeries], columns: int = 3) -> list[tupl
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png", dpi=80)
         plt.close(fig)
-        figures.append((source, png_data_uri(buffer.getvalue())))
+        figures.append((source, image_data_uri(buffer.getvalue())))
     return figures
 
 
@@ -250,8 +251,10 @@ def render_output(output: Mapping[str, Any]) -> str:
     data = output.get("data", {})
     for mime in ("image/png", "image/jpeg"):
         if mime in data:
-            payload = "".join(data[mime]) if isinstance(data[mime], list) else str(data[mime])
-            return f'<img class="output" alt="notebook output" src="data:{mime};base64,{payload.strip()}">'
+            payload = re.sub(r"\s+", "", "".join(data[mime]) if isinstance(data[mime], list) else str(data[mime]))
+            if _BASE64.fullmatch(payload):
+                return f'<img class="output" alt="notebook output" src="data:{mime};base64,{payload}">'
+            return '<pre class="error">an image output that is not base64 text was left out</pre>'
     if "image/svg+xml" in data and _is_self_contained(_output_text(data["image/svg+xml"])):
         return f'<div class="svg">{_output_text(data["image/svg+xml"])}</div>'
     if "text/html" in data and _is_self_contained(_output_text(data["text/html"])):
@@ -418,7 +421,7 @@ def build_run_report(run_dir: Path | str) -> str:
     if figure_paths:
         items = "".join(
             f'<figure><img alt="{html.escape(p.name)}" '
-            f'src="{png_data_uri(p.read_bytes(), FIGURE_SUFFIXES[p.suffix.lower()])}">'
+            f'src="{image_data_uri(p.read_bytes(), FIGURE_SUFFIXES[p.suffix.lower()])}">'
             f"<figcaption>{html.escape(p.relative_to(run_dir).as_posix())}</figcaption></figure>"
             for p in figure_paths)
         sections.append(f'<h2 id="sec-figures">Result grids and figures</h2><div class="figures">{items}</div>')
