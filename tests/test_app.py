@@ -217,6 +217,10 @@ def test_model_options_must_match_the_collection(demo_collection) -> None:
 
 
 def test_cli_app_refuses_bad_input_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from irkit.cli import build_parser
+
+    defaults = build_parser().parse_args(["app", "--collection", str(tmp_path)])
+    assert (defaults.host, defaults.port, defaults.method) == ("127.0.0.1", 7860, None)  # this machine only
     assert irkit_main(["app", "--collection", str(tmp_path / "none"), "--cache-dir", "none"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "embedding collection folder not found" in err[0]
