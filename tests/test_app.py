@@ -334,6 +334,19 @@ def test_app_in_chromium(chromium, app_url: str, demo_collection) -> None:
                            "(image-text-sum)')")
     wait_for_results(page, 5)
 
+    # a reference picked by name
+    from irkit.collection import read_embedding_collection
+
+    names = read_embedding_collection(folder)[1]["image_name"].tolist()
+    page.fill("#pick-name", names[7])
+    page.click("#pick-button")
+    assert page.inner_text("#reference-name") == names[7]
+    answers = int(page.get_attribute("#results", "data-answers"))
+    page.click("#search-button")
+    page.wait_for_function("n => Number(document.getElementById('results').dataset.answers) === n", arg=answers + 1)
+    wait_for_results(page, 5)
+    assert 7 not in result_rows(page)
+
     # an error is one line on the page, not a crash
     page.click("#clear-reference")
     page.fill("#query-text", "")
