@@ -215,7 +215,7 @@ def _count_layers(params: dict[str, np.ndarray], prefix: str, path: Path) -> int
     pattern = re.compile(re.escape(prefix) + r"(\d+)/")
     found = {int(m.group(1)) for name in params if (m := pattern.match(name))}
     if not found:
-        raise InputError(f"not a MagicLens checkpoint: missing leaf {prefix}0/... ", path=path)
+        raise InputError(f"not a MagicLens checkpoint: missing leaves {prefix}0/...", path=path)
     return max(found) + 1
 
 
@@ -261,7 +261,7 @@ Convert = Callable[..., np.ndarray]
 
 
 @dataclass(frozen=True)
-class _Target:
+class LeafTarget:
     """One torch state-dict entry made from checkpoint leaves."""
 
     module: str  # "clip" or "fusion"
@@ -314,17 +314,17 @@ def _conv_kernel(w: np.ndarray) -> np.ndarray:
     return w.transpose(3, 2, 0, 1)
 
 
-def expected_leaves(sizes: MagicLensSizes) -> tuple[LeafTable, list[_Target]]:
+def expected_leaves(sizes: MagicLensSizes) -> tuple[LeafTable, list[LeafTarget]]:
     """Every leaf a checkpoint of these sizes holds (name -> shape) and the torch entries made from them."""
     leaves: LeafTable = {}
-    targets: list[_Target] = []
+    targets: list[LeafTarget] = []
 
     def leaf(name: str, shape: tuple[int, ...]) -> str:
         leaves[name] = tuple(int(s) for s in shape)
         return name
 
     def target(module: str, key: str, convert: Convert, *sources: str) -> None:
-        targets.append(_Target(module, key, tuple(sources), convert))
+        targets.append(LeafTarget(module, key, tuple(sources), convert))
 
     def flax_ln(src: str, dst: str, width: int, module: str = "clip", convert: Convert = _plain) -> None:
         target(module, f"{dst}.weight", convert, leaf(f"{src}/scale", (width,)))
