@@ -229,3 +229,47 @@ def test_in_batch_loss_masks_duplicate_targets():
         -torch.log_softmax(torch.tensor([0.5, 1.0]), 0)[1],
     ]).mean()
     torch.testing.assert_close(in_batch_contrastive_loss(logits, targets), expected)
+
+
+def test_encoder_attention_caps_logits_as_published():
+    """Every encoder self-attention computes softmax(50 tanh(q.k / sqrt(h) / 50)) (hand formula),
+    unless ``encoder_logit_cap=None`` (irkit's earlier uncapped encoder)."""
+    torch.manual_seed(0)
+    capped = MagicLensFusion(FusionConfig(embed_dim=16, num_heads=2)).eval()
+    attn = capped.blocks[0].attn
+    with torch.no_grad():
+        attn.q.weight.mul_(40.0)
+        attn.k.weight.mul_(40.0)  # logits far beyond 50
+    x = torch.randn(3, 2, 16)
+    q = attn.q(x).view(3, 2, 2, 8).transpose(1, 2) / 8 ** 0.5
+    k = attn.k(x).view(3, 2, 2, 8).transpose(1, 2)
+    v = attn.v(x).view(3, 2, 2, 8).transpose(1, 2)
+    logits = q @ k.transpose(-2, -1)
+    assert logits.abs().max() > 100
+    by_hand = ((50 * torch.tanh(logits / 50)).softmax(-1) @ v).transpose(1, 2).reshape(3, 2, 16)
+    torch.testing.assert_close(attn(x), attn.proj(by_hand), rtol=1e-5, atol=1e-5)
+
+    uncapped = MagicLensFusion(FusionConfig(embed_dim=16, num_heads=2, encoder_logit_cap=None)).eval()
+    uncapped.load_state_dict(capped.state_dict())
+    plain = (logits.softmax(-1) @ v).transpose(1, 2).reshape(3, 2, 16)
+    torch.testing.assert_close(uncapped.blocks[0].attn(x), attn.proj(plain), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(uncapped.blocks[0].attn(x), attn(x), atol=1e-3)
+    assert capped.pool.attn.logit_cap == 50.0 and all(b.attn.logit_cap == 50.0 for b in capped.blocks)
+
+
+def test_fusion_initialises_as_published():
+    """MagicLens's LayerNorm applies 1 + scale with scale initialised to ones (weight 2, eps 1e-6);
+    the pooler's raw per-dim scale starts at ones. init="unit" keeps irkit's earlier start."""
+    model = MagicLensFusion(FusionConfig(embed_dim=32, num_heads=4))
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert len(norms) == 2 * 4 + 1
+    for norm in norms:
+        assert norm.eps == 1e-6
+        torch.testing.assert_close(norm.weight.detach(), torch.full((32,), 2.0))
+        torch.testing.assert_close(norm.bias.detach(), torch.zeros(32))
+    torch.testing.assert_close(model.pool.attn.per_dim_scale.detach(), torch.ones(32 * 4 // 4))
+    unit = MagicLensFusion(FusionConfig(embed_dim=32, num_heads=4, init="unit"))
+    assert all(torch.equal(m.weight, torch.ones(32)) for m in unit.modules() if isinstance(m, torch.nn.LayerNorm))
+    torch.testing.assert_close(unit.pool.attn.per_dim_scale.detach(), torch.zeros(32))
+    with pytest.raises(InputError, match="unknown fusion init"):
+        MagicLensFusion(FusionConfig(embed_dim=32, num_heads=4, init="zeros"))

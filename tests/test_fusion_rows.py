@@ -61,7 +61,8 @@ def _val(setup, dataset):
 
 def test_rows_equal_the_rows_from_before_the_restructuring(run):
     """The tiny fusion / re-ranking rows give the metrics they gave before the CIR engine was
-    restructured (tests/goldens/pre_restructure.json, written by the code at db01abf)."""
+    restructured (tests/goldens/pre_restructure.json, written by the code at db01abf; the fusion
+    rows re-made once for the published MagicLens logit cap and initialisation, see its README)."""
     import json
     from pathlib import Path
 

@@ -132,3 +132,24 @@ def test_config_validation_errors():
     with pytest.raises(InputError, match="needs an image_size"):
         build_transform("square")
     assert TransformConfig("square", (32, 32)).image_size == 32
+
+
+def test_magiclens_takes_the_largest_centred_square_then_normalises():
+    """Hand-worked: a 4 x 7 (h x w) image at size 4 keeps columns 1..4 ((7 - 4) // 2 = 1) unresized;
+    a 7 x 4 one keeps rows 1..4; a constant image stays constant after the antialiased resize."""
+    rng = np.random.default_rng(0)
+    wide = rng.integers(0, 256, size=(4, 7, 3), dtype=np.uint8)
+    mean = np.array([0.48145466, 0.4578275, 0.40821073])  # OpenAI CLIP, as published
+    std = np.array([0.26862954, 0.26130258, 0.27577711])
+    transform = build_transform("magiclens", image_size=4, interpolation="bilinear")
+    expected = (wide[:, 1:5].astype(np.float64) / 255 - mean) / std
+    np.testing.assert_allclose(transform(Image.fromarray(wide)).permute(1, 2, 0).numpy(), expected, atol=1e-6)
+    tall = np.ascontiguousarray(wide.transpose(1, 0, 2))
+    expected_tall = (tall[1:5].astype(np.float64) / 255 - mean) / std
+    np.testing.assert_allclose(transform(Image.fromarray(tall)).permute(1, 2, 0).numpy(), expected_tall, atol=1e-6)
+    grey = Image.new("RGB", (90, 50), (51, 102, 153))
+    out = build_transform("magiclens", image_size=8, interpolation="bilinear")(grey)
+    assert out.shape == (3, 8, 8)
+    np.testing.assert_allclose(out.permute(1, 2, 0).numpy(), np.broadcast_to((np.array([51, 102, 153]) / 255 - mean)
+                                                                             / std, (8, 8, 3)), atol=1e-6)
+    assert build_transform("magiclens", image_size=8, is_train=True)(grey).shape == (3, 8, 8)

@@ -1,4 +1,4 @@
-"""Image preprocessing: ``square`` letterbox, SEARLE's ``targetpad`` and open_clip's ``center``.
+"""Image preprocessing: ``square`` letterbox, SEARLE's ``targetpad``, open_clip's ``center`` and ``magiclens``.
 
 Every transform maps a PIL image to a float tensor ``[3, S, S]`` (S = the model's input
 size), normalised with the model's mean/std. They are built from one small config,
@@ -15,6 +15,11 @@ Names (docs/methods.md A.3 and B):
   centred) towards aspect 1.25, then the shorter side is resized to S and the centre S x S
   crop is taken.
 - ``center``: open_clip's default: resize the shorter side to S, centre crop S x S.
+- ``magiclens``: MagicLens's published preprocessing (docs/methods.md §D): the largest centred
+  square crop (offset ``(long - short) // 2``), then an antialiased bilinear resize to S x S of
+  the [0, 1] pixels (torch's antialiased ``interpolate``, within ~1e-5 of ``jax.image.resize``),
+  then mean/std. Pass ``interpolation="bilinear"``. (The published evaluation script instead
+  divides by the image maximum and resizes without cropping: a different protocol.)
 
 Training variants (``is_train=True``) keep the same padding geometry (done at full resolution)
 and add one light augmentation: a random resized crop covering 90-100 % of the area with
@@ -38,7 +43,7 @@ from irkit.errors import InputError
 OPENAI_DATASET_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_DATASET_STD = (0.26862954, 0.26130258, 0.27577711)
 
-TRANSFORM_NAMES = ("square", "targetpad", "center")
+TRANSFORM_NAMES = ("square", "targetpad", "center", "magiclens")
 TARGETPAD_RATIO = 1.25
 TRAIN_CROP_SCALE = (0.9, 1.0)
 TRAIN_CROP_RATIO = (0.9, 1.0 / 0.9)
@@ -205,6 +210,36 @@ class TargetPad:
         return f"TargetPad(ratio={self.ratio}, fill={self.fill})"
 
 
+def largest_centred_square(image: Image.Image) -> Image.Image:
+    """The largest centred square of ``image`` (RGB), offset ``(long - short) // 2`` as MagicLens crops."""
+    image = to_rgb(image)
+    w, h = image.size
+    side = min(w, h)
+    left, top = (w - side) // 2, (h - side) // 2
+    return image.crop((left, top, left + side, top + side))
+
+
+class LargestSquareResize:
+    """MagicLens's geometry on a ``[3, H, W]`` float tensor in [0, 1]: the largest centred square
+    crop, then an antialiased bilinear resize to ``[3, size, size]``."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        _, h, w = pixels.shape
+        side = min(h, w)
+        top, left = (h - side) // 2, (w - side) // 2
+        square = pixels[:, top:top + side, left:left + side]
+        if side == self.size:
+            return square
+        return torch.nn.functional.interpolate(square[None], size=(self.size, self.size), mode="bilinear",
+                                               align_corners=False, antialias=True)[0]
+
+    def __repr__(self) -> str:
+        return f"LargestSquareResize(size={self.size})"
+
+
 def build_transform(
     cfg: Union[TransformConfig, str] = "square",
     image_size: Optional[Union[int, Sequence[int]]] = None,
@@ -225,12 +260,16 @@ def build_transform(
     if is_train:
         if cfg.name == "square":
             steps.append(PadToSquare(cfg.fill))
+        elif cfg.name == "magiclens":
+            steps.append(largest_centred_square)
         elif cfg.name == "targetpad":
             steps.append(TargetPad(TARGETPAD_RATIO, cfg.fill))
         else:
             steps.append(to_rgb)
         steps.append(T.RandomResizedCrop(size, scale=TRAIN_CROP_SCALE, ratio=TRAIN_CROP_RATIO,
                                          interpolation=resample))
+    elif cfg.name == "magiclens":
+        return T.Compose([to_rgb, T.ToTensor(), LargestSquareResize(size), T.Normalize(mean=cfg.mean, std=cfg.std)])
     elif cfg.name == "square":
         steps.append(Letterbox(size, cfg.interpolation, cfg.fill))
     else:

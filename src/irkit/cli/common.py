@@ -45,8 +45,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     weights.add_argument("--pretrained", default=None, help="open_clip pretrained tag (or a local weights file)")
     weights.add_argument("--checkpoint", type=Path, default=None,
                          help="local checkpoint: open_clip_train .pt, state dict .pt/.pth/.bin or .safetensors")
-    parser.add_argument("--transform", default="square", choices=["square", "targetpad", "center"],
-                        help="image preprocessing (square = black padding to a square, as published)")
+    parser.add_argument("--transform", default="square", choices=["square", "targetpad", "center", "magiclens"],
+                        help="image preprocessing (square = black padding to a square, as published; "
+                             "magiclens = MagicLens's largest centred square crop + antialiased resize)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="fp32")
 

@@ -7,10 +7,15 @@
 * ``create_method("magiclens", checkpoint=...)`` evaluates / submits it through the same
   protocols as every method; ``projector=False`` evaluates a projector-trained checkpoint
   with the projector switched off.
+* A published MagicLens checkpoint (``magic_lens_clip_{base,large}.pkl``) loads the same way
+  (:mod:`irkit.models.magiclens_checkpoint`): it brings its own CLIP towers, which then encode
+  the images (``magiclens`` transform) and texts instead of the context's backbone;
+  ``mask_zero_ids=False`` swaps the published text mask for open_clip's causal one.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
@@ -25,6 +30,7 @@ from irkit.data.records import CIRSplit
 from irkit.errors import InputError
 from irkit.methods.heads import TrainedHeadMethod, batched
 from irkit.models.fusion import FusionConfig, MagicLensFusion
+from irkit.models.magiclens_checkpoint import load_magiclens_checkpoint, looks_like_magiclens_checkpoint
 from irkit.runs import RunFolder
 from irkit.train.loop import TrainResult
 
@@ -45,6 +51,9 @@ def fusion_loss(model: MagicLensFusion, batch: dict[str, torch.Tensor]) -> tuple
 class MagicLensMethod(TrainedHeadMethod, EmbeddingMethod):
     """Query = fusion(reference image, text); gallery = fusion(image, empty text).
 
+    ``checkpoint``: an irkit fusion checkpoint (``irkit cir train-fusion``), or a published
+    MagicLens ``.pkl``, whose CLIP towers then encode images and texts (``mask_zero_ids``: the
+    published text mask, default; False: open_clip's causal mask).
     ``projector``: None evaluates the checkpoint as trained; False switches a trained vision
     projector off; True requires one.
     """
@@ -54,8 +63,15 @@ class MagicLensMethod(TrainedHeadMethod, EmbeddingMethod):
 
     def __init__(self, checkpoint: Optional[Path | str] = None, model: Optional[MagicLensFusion] = None,
                  include_shared_concept: bool = False, projector: Optional[bool] = None,
-                 batch_size: int = 1024) -> None:
-        super().__init__(checkpoint, model, include_shared_concept, batch_size)
+                 batch_size: int = 1024, mask_zero_ids: bool = True) -> None:
+        #: the published checkpoint's CLIP towers (a LoadedModel), None for irkit checkpoints
+        self.published_backbone: Optional[Any] = None
+        if checkpoint is not None and model is None and looks_like_magiclens_checkpoint(checkpoint):
+            published = load_magiclens_checkpoint(checkpoint, mask_zero_ids=mask_zero_ids)
+            super().__init__(None, published.fusion, include_shared_concept, batch_size)
+            self.checkpoint, self.published_backbone = checkpoint, published.backbone
+        else:
+            super().__init__(checkpoint, model, include_shared_concept, batch_size)
         if projector is not None:
             if projector and self._model.projector is None:
                 raise InputError("projector=True but this fusion model was trained without a vision projector",
@@ -65,6 +81,17 @@ class MagicLensMethod(TrainedHeadMethod, EmbeddingMethod):
     @classmethod
     def build_model(cls, model_config: Mapping[str, Any]) -> MagicLensFusion:
         return MagicLensFusion(FusionConfig.from_dict(model_config))
+
+    def features(self, ctx: Any, split: Any, with_gallery: bool = True) -> Any:
+        """The split's features; with a published checkpoint, from its own CLIP towers (moved to
+        the context's device), cached under their own identity."""
+        if self.published_backbone is not None:
+            device = str(ctx.loaded.device)
+            if self.published_backbone.device != device:
+                self.published_backbone.model.to(device)  # the head stays on the CPU, as the features
+                self.published_backbone = replace(self.published_backbone, device=device)
+            ctx = replace(ctx, loaded=self.published_backbone)
+        return super().features(ctx, split, with_gallery)
 
     def query_embeddings(self, ctx: CIRContext, split: CIRSplit) -> np.ndarray:
         features = self.features(ctx, split)

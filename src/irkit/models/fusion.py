@@ -8,9 +8,12 @@ Query texts follow MagicLens's templates (FashionIQ ``" and ".join(captions)``, 
 ``find {shared_concept} but {caption}``) through the benchmark's ``query_text`` (:mod:`irkit.benchmarks`).
 
 The layer structure follows the released MagicLens inference code: pre-LN self-attention
-and FFN with residuals, no position or modality embeddings, and a pooling layer whose
-attention is 4D wide with a per-dimension query scale, logits capped at 50 and a LayerNorm
-on the pooled token. Optionally a :class:`~irkit.models.projector.VisionProjector`
+and FFN with residuals, attention logits capped as ``50 * tanh(x / 50)`` in every layer,
+no position or modality embeddings, and a pooling layer whose attention is 4D wide with a
+per-dimension query scale, logits capped at 50 and a LayerNorm on the pooled token.
+MagicLens's LayerNorm stores ``scale`` and applies ``1 + scale`` (eps 1e-6); irkit keeps
+``nn.LayerNorm`` with ``weight = 1 + scale`` (:mod:`irkit.models.magiclens_checkpoint`
+converts), and initialises as published: stored scale 1 (weight 2), raw per-dim scale 1. Optionally a :class:`~irkit.models.projector.VisionProjector`
 (docs/methods.md §E) maps image embeddings first, for queries and targets alike; it lives in
 the same module, so it is saved in the same checkpoint.
 """
@@ -31,6 +34,10 @@ from irkit.models.layers import AttentionPool, TransformerBlock, init_linear_lec
 from irkit.models.projector import VisionProjector
 
 
+#: Initialisation styles of :class:`MagicLensFusion` (``FusionConfig.init``).
+FUSION_INITS = ("published", "unit")
+
+
 @dataclass
 class FusionConfig(HeadConfig):
     """Sizes of a :class:`MagicLensFusion` (MagicLens base: D 512, 8 heads; large: D 768, 16 heads)."""
@@ -47,6 +54,11 @@ class FusionConfig(HeadConfig):
     projector_zero_init: bool = True  # False: the published random initialisation
     projector_trainable: bool = True  # False: frozen at its seeded init (the published set-up)
     init_temperature: float = 0.07   # initial contrastive temperature (learned)
+    #: attention logit cap of the encoder layers (published: 50); None = irkit's earlier uncapped encoder
+    encoder_logit_cap: Optional[float] = 50.0
+    #: "published": LayerNorm weight 1 + 1 and raw per-dim scale 1, as MagicLens initialises;
+    #: "unit": irkit's earlier initialisation (LayerNorm weight 1, raw per-dim scale 0)
+    init: str = "published"
 
 
 class MagicLensFusion(nn.Module):
@@ -58,14 +70,25 @@ class MagicLensFusion(nn.Module):
         if dim % config.num_heads:
             raise InputError(f"embed_dim {dim} is not divisible by num_heads {config.num_heads}",
                              field="num_heads")
+        if config.init not in FUSION_INITS:
+            raise InputError(f"unknown fusion init {config.init!r} (expected one of: {', '.join(FUSION_INITS)})",
+                             field="init")
         self.config = config
+        published = config.init == "published"
         self.blocks = nn.ModuleList([
-            TransformerBlock(dim, config.num_heads, mlp_ratio=config.mlp_ratio, act="relu", dropout=config.dropout)
+            TransformerBlock(dim, config.num_heads, mlp_ratio=config.mlp_ratio, act="relu", dropout=config.dropout,
+                             logit_cap=config.encoder_logit_cap)
             for _ in range(config.depth)
         ])
-        self.pool = AttentionPool(dim, config.num_heads, num_queries=1, hidden_dim=4 * dim)
+        self.pool = AttentionPool(dim, config.num_heads, num_queries=1, hidden_dim=4 * dim,
+                                  per_dim_scale_init=1.0 if published else 0.0)
         init_linear_lecun(self.blocks)
         init_linear_lecun(self.pool)
+        if published:  # MagicLens's LayerNorm applies 1 + scale with scale initialised to ones
+            for module in (self.blocks, self.pool):
+                for layer in module.modules():
+                    if isinstance(layer, nn.LayerNorm):
+                        nn.init.constant_(layer.weight, 2.0)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / config.init_temperature)))
         self.projector: Optional[VisionProjector] = None
         if config.projector:

@@ -81,14 +81,16 @@ class Attention(nn.Module):
 
     ``hidden_dim`` is the total q/k/v width (``num_heads`` x head width), ``dim`` the
     input/output width of the query side, ``kv_dim`` that of the key/value side.
-    Options used by MagicLens's pooling layer: ``per_dim_scale`` (a learned per-channel
-    query scale, initialised to exactly 1/sqrt(head width)) and ``logit_cap``
-    (``cap * tanh(logits / cap)``).
+    Options used by MagicLens (docs/methods.md §D): ``per_dim_scale`` (the pooler's learned
+    per-channel query scale ``1.442695041 / sqrt(head width) * softplus(raw)``, the raw value
+    initialised to ``per_dim_scale_init``: 1.0 as published, 0.0 gives exactly 1/sqrt(head width))
+    and ``logit_cap`` (``cap * tanh(logits / cap)``; MagicLens caps at 50 in every attention).
     """
 
     def __init__(self, dim: int, num_heads: int, hidden_dim: Optional[int] = None,
                  kv_dim: Optional[int] = None, bias: bool = True, per_dim_scale: bool = False,
-                 logit_cap: Optional[float] = None, dropout: float = 0.0) -> None:
+                 logit_cap: Optional[float] = None, dropout: float = 0.0,
+                 per_dim_scale_init: float = 1.0) -> None:
         super().__init__()
         hidden_dim = hidden_dim or dim
         if hidden_dim % num_heads:
@@ -100,7 +102,8 @@ class Attention(nn.Module):
         self.k = nn.Linear(kv_dim, hidden_dim, bias=bias)
         self.v = nn.Linear(kv_dim, hidden_dim, bias=bias)
         self.proj = nn.Linear(hidden_dim, dim, bias=bias)
-        self.per_dim_scale = nn.Parameter(torch.zeros(self.head_dim)) if per_dim_scale else None
+        self.per_dim_scale = (nn.Parameter(torch.full((self.head_dim,), float(per_dim_scale_init)))
+                              if per_dim_scale else None)
         self.logit_cap = logit_cap
         self.attn_drop = nn.Dropout(dropout)
 
@@ -126,7 +129,7 @@ class Attention(nn.Module):
         q = self._split_heads(self.q(x))
         k, v = kv if kv is not None else self.project_kv(x if context is None else context)
         if self.per_dim_scale is not None:
-            # softplus(0) * 1.442695 == 1, so the scale starts at exactly 1/sqrt(head_dim).
+            # 1.442695041 = 1 / softplus(0): a raw value of 0 scales by exactly 1/sqrt(head_dim).
             q = q * (1.442695041 / math.sqrt(self.head_dim)) * F.softplus(self.per_dim_scale)
         else:
             q = q * self.head_dim ** -0.5
@@ -145,20 +148,22 @@ class TransformerBlock(nn.Module):
 
     ``x = x + attn(LN(x))``; with ``cross_attention``: ``x = x + xattn(LN(x), LN(context))``;
     then ``x = x + Mlp(LN(x))`` with hidden width ``mlp_ratio * dim``. MagicLens's layer is
-    the self-attention-only form with a ReLU FFN of 4D (docs/methods.md §D).
+    the self-attention-only form with a ReLU FFN of 4D and ``logit_cap=50`` (docs/methods.md §D).
+    ``logit_cap`` applies to the self-attention (and cross-attention) logits.
     """
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, act: str = "relu",
                  dropout: float = 0.0, cross_attention: bool = False, context_dim: Optional[int] = None,
-                 eps: float = 1e-6) -> None:
+                 eps: float = 1e-6, logit_cap: Optional[float] = None) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=eps)
-        self.attn = Attention(dim, num_heads, dropout=dropout)
+        self.attn = Attention(dim, num_heads, dropout=dropout, logit_cap=logit_cap)
         self.cross_attention = cross_attention
         if cross_attention:
             self.norm_cross = nn.LayerNorm(dim, eps=eps)
             self.norm_context = nn.LayerNorm(context_dim or dim, eps=eps)
-            self.cross_attn = Attention(dim, num_heads, kv_dim=context_dim or dim, dropout=dropout)
+            self.cross_attn = Attention(dim, num_heads, kv_dim=context_dim or dim, dropout=dropout,
+                                        logit_cap=logit_cap)
         self.norm2 = nn.LayerNorm(dim, eps=eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), dim, act=act, dropout=dropout)
         self.drop = nn.Dropout(dropout)
@@ -187,18 +192,21 @@ class AttentionPool(nn.Module):
     """Attention pooling with learnable query tokens (MagicLens's token pooling layer).
 
     ``num_queries`` learnable queries attend to the input tokens (inner width
-    ``hidden_dim``, default 4D as in MagicLens; per-dim query scale; logits capped at 50),
-    then a LayerNorm. The input is not normalised and carries no positions, so the output
+    ``hidden_dim``, default 4D as in MagicLens; per-dim query scale, raw value initialised to
+    ``per_dim_scale_init``; logits capped at 50), then a LayerNorm. The input is not normalised
+    and carries no positions, so the output
     for a sequence of identical tokens depends only on that token, not on the length.
     """
 
     def __init__(self, dim: int, num_heads: int, num_queries: int = 1, hidden_dim: Optional[int] = None,
-                 per_dim_scale: bool = True, logit_cap: Optional[float] = 50.0, eps: float = 1e-6) -> None:
+                 per_dim_scale: bool = True, logit_cap: Optional[float] = 50.0, eps: float = 1e-6,
+                 per_dim_scale_init: float = 1.0) -> None:
         super().__init__()
         self.query = nn.Parameter(torch.empty(num_queries, dim))
         lecun_normal_(self.query)
         self.attn = Attention(dim, num_heads, hidden_dim=hidden_dim or 4 * dim,
-                              per_dim_scale=per_dim_scale, logit_cap=logit_cap)
+                              per_dim_scale=per_dim_scale, logit_cap=logit_cap,
+                              per_dim_scale_init=per_dim_scale_init)
         self.norm = nn.LayerNorm(dim, eps=eps)
 
     def forward(self, tokens: torch.Tensor, key_padding_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
