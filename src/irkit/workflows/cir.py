@@ -61,7 +61,7 @@ def head_model_config(kind: str, embed_dim: int, **options: Any) -> Any:
     """The model config of head ``kind`` at backbone width ``embed_dim``.
 
     ``magiclens``: ``depth``, ``num_heads``, ``projector``, ``projector_trainable``,
-    ``projector_zero_init``; ``combiner``: ``projection_dim``, ``hidden_dim``, ``published``;
+    ``projector_zero_init``, ``projector_style`` (``irkit`` or ``published``); ``combiner``: ``projection_dim``, ``hidden_dim``, ``published``;
     ``reranker``: ``depth``, ``num_heads``. Options left as None take the config's defaults.
     """
     given = {k: v for k, v in options.items() if v is not None}
