@@ -35,9 +35,11 @@ PHI_METHODS = ("searle", "lincir")
 
 def train_phi(method: str, loaded: Any, run: RunFolder, config: TrainingConfig, *, oti: Any = None,
               captions: Optional[Sequence[str]] = None, phrase_bank: Any = None, validator: Any = None,
-              resume: Optional[str] = None, temperature: float = 0.25, lambda_reg: float = 0.75) -> TrainResult:
+              resume: Optional[str] = None, temperature: float = 0.25, lambda_reg: float = 0.75,
+              top_k_concepts: int = 150) -> TrainResult:
     """Train phi of ``method``: ``searle`` distils OTI tokens (``oti``: an
-    :class:`~irkit.methods.searle.OTITokens`, with the phrase regulariser of ``phrase_bank``);
+    :class:`~irkit.methods.searle.OTITokens`, with the phrase regulariser of ``phrase_bank``
+    over each image's ``top_k_concepts`` nearest concepts, published 150);
     ``lincir`` learns from ``captions`` alone. ``validator`` keeps ``best.pt``."""
     if method == "searle":
         from irkit.methods.searle import train_phi_searle
@@ -46,7 +48,7 @@ def train_phi(method: str, loaded: Any, run: RunFolder, config: TrainingConfig, 
             raise InputError("searle phi training needs OTI tokens (--oti, an OTI folder from `irkit cir oti`)",
                              field="oti")
         return train_phi_searle(loaded, oti, run, config, phrase_bank, validator, resume, temperature=temperature,
-                                lambda_reg=lambda_reg)
+                                lambda_reg=lambda_reg, top_k_concepts=top_k_concepts)
     if method == "lincir":
         from irkit.methods.lincir import train_phi_lincir
 
