@@ -36,10 +36,11 @@ PHI_METHODS = ("searle", "lincir")
 def train_phi(method: str, loaded: Any, run: RunFolder, config: TrainingConfig, *, oti: Any = None,
               captions: Optional[Sequence[str]] = None, phrase_bank: Any = None, validator: Any = None,
               resume: Optional[str] = None, temperature: float = 0.25, lambda_reg: float = 0.75,
-              top_k_concepts: int = 150) -> TrainResult:
+              top_k_concepts: int = 150, masking: str = "spans") -> TrainResult:
     """Train phi of ``method``: ``searle`` distils OTI tokens (``oti``: an
     :class:`~irkit.methods.searle.OTITokens`, with the phrase regulariser of ``phrase_bank``
-    over each image's ``top_k_concepts`` nearest concepts, published 150);
+    over each image's ``top_k_concepts`` nearest concepts, published 150); ``masking`` picks
+    LinCIR's keyword masking (``spans``, irkit, or ``published``);
     ``lincir`` learns from ``captions`` alone. ``validator`` keeps ``best.pt``."""
     if method == "searle":
         from irkit.methods.searle import train_phi_searle
@@ -55,7 +56,7 @@ def train_phi(method: str, loaded: Any, run: RunFolder, config: TrainingConfig, 
         if captions is None:
             raise InputError("lincir phi training needs captions (--captions, a .txt or caption CSV)",
                              field="captions")
-        return train_phi_lincir(loaded, captions, run, config, validator, resume)
+        return train_phi_lincir(loaded, captions, run, config, validator, resume, masking=masking)
     raise InputError(f"phi is trained for {', '.join(PHI_METHODS)}; got method {method!r}", field="method")
 
 
