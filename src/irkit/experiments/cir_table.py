@@ -68,7 +68,7 @@ PHI_VALIDATION_BENCHMARK = "cirr"
 PARAMS_FILE = "params.json"
 #: Parameters (``budgets.<key>`` for a budget) whose "off" value (False / 0) leaves rows out:
 #: switching one on in an existing folder only adds rows, so the folder is resumed.
-ADDITIVE_PARAMS = frozenset({"fusion", "budgets.searle_oti_steps"})
+ADDITIVE_PARAMS = frozenset({"fusion", "budgets.searle_oti_steps", "budgets.published_projector"})
 BASELINES = ("image-only", "text-only", "image-text-sum")
 
 #: Per-scale budgets of the zero-shot stages (override any key with ``budget_overrides``).
