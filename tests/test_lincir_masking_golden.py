@@ -86,3 +86,34 @@ def test_published_tokenisation_splits_the_pad_token_and_the_mask():
     assert ids[1, :3].tolist() == [49406, *word, 49407] and not ids[1, 3:].any()
     long = tokenize_published(tokenizer, ["hello " * 80 + "$"])  # the mask falls beyond 77 tokens
     assert long[0].tolist() == tokenize_published(tokenizer, ["a photo of $"])[0].tolist()
+
+
+def test_training_with_published_masking_feeds_the_published_ids(tmp_path, monkeypatch):
+    """train_phi_lincir(masking="published") encodes LinCIR's masked ids (hand-worked here)."""
+    import irkit.methods.lincir as lincir
+    from irkit.cir.training import TrainingConfig
+    from irkit.models import create_model
+    from irkit.runs import RunFolder
+
+    loaded = create_model("irkit-tiny", seed=0)
+    seen = []
+    real = lincir.encode_with_pseudo_tokens
+
+    def recording(model, ids, tokens, placeholder_id, mode):
+        seen.extend(tuple(row[:row.index(EOT) + 1]) for row in ids.tolist())
+        return real(model, ids, tokens, placeholder_id, mode)
+
+    monkeypatch.setattr(lincir, "encode_with_pseudo_tokens", recording)
+    encode = loaded.tokenizer.encode
+    run = RunFolder.create(tmp_path, "published", {})
+    try:
+        lincir.train_phi_lincir(loaded, ["A red car!", "the  white bus", "Two dogs on the grass"], run,
+                                TrainingConfig(steps=1, batch_size=3, validate_every=100, seed=0), masking="published")
+    finally:
+        run.close()
+    # "a red car!" -> "[$]!" ('!' = pad id 0); "the  white bus": the inner double space is kept, spaCy
+    # makes it a SPACE token that splits the run -> "[$]  [$]"; "two dogs on the grass" -> "two [$] on [$]".
+    assert sorted(seen) == sorted([(49406, 259, 0, EOT), (49406, 259, 259, EOT),
+                                   (49406, *encode("two"), 259, *encode("on"), 259, EOT)])
+    with pytest.raises(Exception, match="unknown LinCIR masking"):
+        lincir.train_phi_lincir(loaded, ["a"], None, TrainingConfig(steps=1), masking="nope")
