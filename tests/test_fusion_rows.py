@@ -262,3 +262,31 @@ def test_budget_overrides_and_bad_budget(tmp_path):
         fr.resolve_budget(CIRBenchSetup(data_root=tmp_path, out_dir=tmp_path, budgets={"stage1": "nope"}))
     with pytest.raises(InputError, match="scale"):
         fr.resolve_budget(CIRBenchSetup(data_root=tmp_path, out_dir=tmp_path, scale="huge"))
+
+
+def test_published_projector_row_is_added_beside_the_others(run):
+    """Budget published_projector adds the fusion row with the published-structure projector,
+    trains only that stage, and leaves every other row and the stage-I choice as they were."""
+    from dataclasses import replace
+
+    from irkit.runs import load_checkpoint
+
+    setup, rows, ctx = run
+    torch.set_num_threads(1)
+    extra = fr.fusion_rows(replace(setup, budgets={**setup.budgets, "published_projector": True}))
+    label = fr.OPTIONAL_HEADS["fusion-projector-published"][2]
+    labels = [r["method"] for r in extra]
+    assert labels == [r["method"] for r in rows[:3]] + [label] + [r["method"] for r in rows[3:]]
+    assert [r for r in extra if r["method"] != label] == rows
+    added = extra[3]
+    assert "published ResidualMLP structure" in added["notes"] and "irkit structure" in extra[1]["notes"]
+    result = json.loads((setup.out_dir / "fusion-projector-published" / "result.json").read_text())
+    assert result["model_config"]["projector_style"] == "published"
+    state = load_checkpoint(setup.out_dir / result["checkpoints"]["cirr"])
+    assert any(k.startswith("projector.mlps.3.fc2") for k in state["model"])
+    assert not any(k.startswith("projector.blocks") for k in state["model"])
+    # The row's CIRR numbers are those of an independent evaluation of its saved checkpoint.
+    method = create_method("magiclens", checkpoint=setup.out_dir / result["checkpoints"]["cirr"])
+    independent = table_metrics({"cirr": evaluate_method(method, ctx, _val(setup, "cirr"))})
+    for column in ("cirr_R@1", "cirr_R@5", "cirr_Rs@1"):
+        assert added[column] == pytest.approx(independent[column], abs=1e-12)

@@ -156,4 +156,17 @@ def load_checkpoint(path: Path | str) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - report any unpickling/format problem clearly
-        raise InputError(f"cannot read checkpoint ({type(e).__name__}: {e}); expected a torch state file", path=path) from None
+        raise InputError(f"cannot read checkpoint ({torch_load_error_line(e)}); expected a torch state file",
+                         path=path) from None
+
+
+def torch_load_error_line(error: BaseException) -> str:
+    """One line for a failed ``torch.load(weights_only=True)``: the refused global when the
+    file holds Python objects (nothing of it ran), else the exception's first line."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
+    refused = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if refused:
+        return (f"refused to unpickle the global {refused.group(1)}: irkit loads pickled files with "
+                "weights_only=True, which admits tensors and plain containers only (re-save the state_dict)")
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return f"{type(error).__name__}: {first}"

@@ -59,7 +59,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     oti.add_argument("--lr", type=float, default=2e-2)
     oti.add_argument("--wd", type=float, default=0.01)
     oti.add_argument("--ema-decay", type=float, default=0.99)
-    oti.add_argument("--top-k-concepts", type=int, default=15)
+    oti.add_argument("--top-k-concepts", type=int, default=15, help="regularisation phrases from each image's "
+                     "top-K concepts (published OTI: 15)")
     oti.add_argument("--seed", type=int, default=0)
     _add_phrase_arguments(oti)
     oti.set_defaults(func=_run_oti)
@@ -87,6 +88,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--temperature", type=float, default=0.25, help="searle: distillation temperature")
     train.add_argument("--lambda-reg", type=float, default=0.75, help="searle: phrase regulariser weight")
+    train.add_argument("--masking", choices=("spans", "published"), default="spans",
+                       help="lincir: keyword masking at spaCy spans (irkit, default) or LinCIR's str.replace "
+                            "masking and tokenisation, exactly as published (docs/methods.md §C)")
+    train.add_argument("--top-k-concepts", type=int, default=150,
+                       help="searle: regularisation phrases from each image's top-K concepts (published 150; "
+                            "OTI uses 15)")
     _add_phrase_arguments(train)
     train.add_argument("--log-dir", type=Path, default=Path("log"))
     train.add_argument("--name", default=None, help="run name (default: date-model-lr-batch-method)")
@@ -164,7 +171,7 @@ def _run_train_phi(args: argparse.Namespace) -> int:
     params = {"method": args.method, "model": args.model, "pretrained": args.pretrained,
               "checkpoint": args.checkpoint, "oti": args.oti, "captions": args.captions,
               "val_dataset": args.val_dataset, "val_root": args.val_root, "val_split": args.val_split,
-              **config.to_params()}
+              "masking": args.masking, "top_k_concepts": args.top_k_concepts, **config.to_params()}
     run = open_run(args.log_dir, args.name, params, args.resume)
     try:
         oti = captions = bank = None
@@ -178,7 +185,8 @@ def _run_train_phi(args: argparse.Namespace) -> int:
             captions = read_captions(args.captions, sep=args.csv_separator, caption_key=args.caption_key)
         result = train_phi(args.method, ctx.loaded, run, config, oti=oti, captions=captions,
                            phrase_bank=bank, validator=validator, resume=args.resume,
-                           temperature=args.temperature, lambda_reg=args.lambda_reg)
+                           temperature=args.temperature, lambda_reg=args.lambda_reg,
+                           top_k_concepts=args.top_k_concepts, masking=args.masking)
     finally:
         run.close()
     described = describe_result(run, result)

@@ -65,6 +65,9 @@ def register(cir_subparsers: argparse._SubParsersAction) -> None:
                         help="keep the projector at its random init (the published, untrained set-up)")
     fusion.add_argument("--projector-random-init", action="store_true",
                         help="random projector init instead of the identity start")
+    fusion.add_argument("--projector-style", choices=("irkit", "published"), default="irkit",
+                        help="irkit: a residual per MLP block, exact GELU (default); published: the published "
+                             "ResidualMLP, one residual around the 4 MLPs, tanh GELU, flax init (docs/methods.md §E)")
     fusion.set_defaults(func=_run_train, kind="magiclens")
 
     combiner = cir_subparsers.add_parser("train-combiner", help="train a CLIP4Cir Combiner")
@@ -144,7 +147,8 @@ def _head_options(args: argparse.Namespace) -> dict[str, Any]:
     """The model-config options of the head ``args.kind`` (:func:`irkit.workflows.cir.head_model_config`)."""
     if args.kind == "magiclens":
         return {"depth": args.depth, "num_heads": args.heads, "projector": args.projector,
-                "projector_trainable": not args.projector_frozen, "projector_zero_init": not args.projector_random_init}
+                "projector_trainable": not args.projector_frozen, "projector_zero_init": not args.projector_random_init,
+                "projector_style": args.projector_style}
     if args.kind == "combiner":
         return {"projection_dim": args.projection_dim, "hidden_dim": args.hidden_dim,
                 "published": args.published_sizes}
@@ -186,7 +190,7 @@ def _run_train(args: argparse.Namespace) -> int:
     params = {"kind": args.kind, "model": args.model, "pretrained": args.pretrained, "checkpoint": args.checkpoint,
               "dataset": args.dataset, "root": args.root, "split": args.split, "val_dataset": args.val_dataset,
               "val_root": args.val_root, "val_split": args.val_split, "method": args.kind, **config.to_params(),
-              **{k: v for k, v in vars(args).items() if k in ("depth", "heads", "projector", "projection_dim",
+              **{k: v for k, v in vars(args).items() if k in ("depth", "heads", "projector", "projector_style", "projection_dim",
                                                                "hidden_dim", "val_stage1", "k", "hard_negatives",
                                                                "train_stage1", "negative_pool")}}
     model_config = head_model_config(args.kind, ctx.loaded.embed_dim, **_head_options(args))

@@ -68,7 +68,7 @@ PHI_VALIDATION_BENCHMARK = "cirr"
 PARAMS_FILE = "params.json"
 #: Parameters (``budgets.<key>`` for a budget) whose "off" value (False / 0) leaves rows out:
 #: switching one on in an existing folder only adds rows, so the folder is resumed.
-ADDITIVE_PARAMS = frozenset({"fusion", "budgets.searle_oti_steps"})
+ADDITIVE_PARAMS = frozenset({"fusion", "budgets.searle_oti_steps", "budgets.published_projector"})
 BASELINES = ("image-only", "text-only", "image-text-sum")
 
 #: Per-scale budgets of the zero-shot stages (override any key with ``budget_overrides``).
@@ -390,7 +390,7 @@ def oti_training_images(bench: _Bench, cap: int) -> tuple[list[str], list[Path]]
 def searle_stage(bench: _Bench, stage_dir: Path) -> dict[str, Any]:
     """SEARLE: OTI on capped training references, phi distilled from the tokens, evaluated."""
     from irkit.cir.context import raw_image_embeddings
-    from irkit.methods.searle import OTIConfig, run_oti
+    from irkit.methods.searle import PHI_TOP_K_CONCEPTS, OTIConfig, run_oti
     from irkit.methods.textual_inversion import load_phrase_bank
     from irkit.workflows.cir import train_phi
 
@@ -407,7 +407,7 @@ def searle_stage(bench: _Bench, stage_dir: Path) -> dict[str, Any]:
                      budgets["searle_lr"], budgets["searle_validate_every"],
                      lambda config, run, validator: train_phi("searle", bench.loaded, run, config, oti=tokens,
                                                               phrase_bank=bank, validator=validator, resume="latest"),
-                     {"oti_images": len(ids), "oti_steps": oti_config.steps})
+                     {"oti_images": len(ids), "oti_steps": oti_config.steps, "top_k_concepts": PHI_TOP_K_CONCEPTS})
     phi.update(oti_images=len(ids), oti_steps=oti_config.steps)
     method = bench.method("searle", stage_dir / phi["best_checkpoint"])
     return {"phi": phi, **_scored(bench.evaluate_everywhere(method))}

@@ -8,7 +8,10 @@ splits through the library's protocols:
 stage folder              what it holds
 ========================  =================================================================
 ``fusion``                MagicLens-style fusion without the vision projector
-``fusion-projector``      MagicLens-style fusion with the trained vision projector
+``fusion-projector``      MagicLens-style fusion with the trained vision projector (irkit
+                          structure: a residual per MLP block)
+``fusion-projector-published``  the same with the published ResidualMLP structure (one
+                          residual around the 4 MLPs), only with budget ``published_projector``
 ``combiner``              CLIP4Cir Combiner
 ``stage1``                the stage-I choice and its top-K file of every val split
 ``reranker``              the stage-II cross-encoder (trained per benchmark), in-batch
@@ -71,6 +74,21 @@ HEADS: dict[str, tuple[str, dict[str, Any], str]] = {
     "fusion-projector": ("magiclens", {"projector": True}, "MagicLens-style fusion + trained vision projector"),
     "combiner": ("combiner", {}, "CLIP4Cir Combiner"),
 }
+#: Head stages added by a budget switch (not stage-I candidates): stage -> as in HEADS.
+OPTIONAL_HEADS: dict[str, tuple[str, dict[str, Any], str]] = {
+    "fusion-projector-published": ("magiclens", {"projector": True},
+                                   "MagicLens-style fusion + trained vision projector, published structure"),
+}
+#: Which projector each fusion head stage uses (docs/methods.md §E), for the rows' notes.
+PROJECTOR_STYLE = {"fusion-projector": "irkit", "fusion-projector-published": "published"}
+PROJECTOR_NOTES = {
+    "fusion": "no vision projector",
+    "fusion-projector": "vision projector: irkit structure (a residual per MLP block, exact GELU, identity start), "
+                        "trained with the head",
+    "fusion-projector-published": "vision projector: the published ResidualMLP structure (one residual around the "
+                                  "4 MLPs, tanh GELU, dropout 0.5, flax init, identity start on the last layer), "
+                                  "trained with the head",
+}
 
 
 @dataclass
@@ -105,6 +123,7 @@ class FusionBudget:
     reranker_heads: int = 8
     hard_negatives: int = 16
     hard_negative_pool: int = 50
+    published_projector: bool = False  # add the fusion-projector-published row
 
 
 #: Defaults per ``setup.scale``: ``tiny`` runs in seconds (tests); ``full`` (the field defaults)
@@ -200,7 +219,7 @@ class _Bench(BenchContext):
         """The registered method of head ``stage`` from its checkpoint (relative to ``out_dir``)."""
         from irkit.cir.registry import create_method
 
-        name, options, _ = HEADS[stage]
+        name, options, _ = {**HEADS, **OPTIONAL_HEADS}[stage]
         return create_method(name, checkpoint=_absolute(self.setup, checkpoint),
                              include_shared_concept=self.budget.include_shared_concept, **options)
 
@@ -236,13 +255,13 @@ def _head_stage(bench: _Bench, stage: str) -> dict[str, Any]:
     from irkit.workflows.cir import head_model_config, train_head
 
     budget, dim = bench.budget, bench.loaded.embed_dim
-    method_name = HEADS[stage][0]
+    method_name = {**HEADS, **OPTIONAL_HEADS}[stage][0]
     if stage == "combiner":
         model_config: Any = head_model_config("combiner", dim)
         steps, lr, weight_decay = budget.combiner_steps, budget.combiner_lr, 0.0  # Adam, as published
     else:
         model_config = head_model_config("magiclens", dim, depth=budget.fusion_depth, num_heads=budget.fusion_heads,
-                                         projector=stage == "fusion-projector")
+                                         projector=stage in PROJECTOR_STYLE, projector_style=PROJECTOR_STYLE.get(stage))
         steps, lr, weight_decay = budget.fusion_steps, budget.fusion_lr, budget.head_weight_decay
     config = TrainingConfig(steps=steps, batch_size=budget.head_batch_size, learning_rate=lr,
                                 weight_decay=weight_decay, validate_every=budget.validate_every,
@@ -466,8 +485,9 @@ def fusion_rows(setup: CIRBenchSetup) -> list[dict[str, Any]]:
     Trains (frozen backbone ``setup.model`` / ``setup.pretrained`` / ``setup.clip_checkpoint``,
     cached features) on the FashionIQ and CIRR training triplets, one head per benchmark, and
     scores FashionIQ val (category averages), CIRR val and CIRCO val (CIRR-trained heads).
-    Rows, in order: fusion without projector, fusion with the trained projector, Combiner,
-    stage I alone, then per re-ranker (in-batch; with ``hard_negatives`` > 0 also the
+    Rows, in order: fusion without projector, fusion with the trained projector (irkit
+    structure), Combiner, [fusion with the trained published-structure projector, when budget
+    ``published_projector``; not a stage-I candidate], stage I alone, then per re-ranker (in-batch; with ``hard_negatives`` > 0 also the
     hard-negative one) stage I + II at each ``rerank_ks`` K sorted by the stage-II score
     alone, then at each K with score fusion (weight chosen on the training split). Stages
     are resumable (module doc).
@@ -476,6 +496,7 @@ def fusion_rows(setup: CIRBenchSetup) -> list[dict[str, Any]]:
     budget = resolve_budget(setup)
     bench = _Bench(setup, budget)
     heads = {stage: _head_stage(bench, stage) for stage in HEADS}
+    optional = {stage: _head_stage(bench, stage) for stage in OPTIONAL_HEADS if budget.published_projector}
     stage1 = _stage1_stage(bench, heads)
     ks = sorted(set(budget.rerank_ks))
     stage1_train = _stage1_train_stage(bench, heads, stage1)
@@ -497,11 +518,12 @@ def fusion_rows(setup: CIRBenchSetup) -> list[dict[str, Any]]:
               f"CIRR-trained head (CIRCO has no train split), query text {circo_text} shared_concept; "
               "best.pt chosen on val by the selection metric")
     rows = []
-    for stage, (_, _, label) in HEADS.items():
-        result = heads[stage]
+    for stage, (_, _, label) in [*HEADS.items(), *((s, v) for s, v in OPTIONAL_HEADS.items() if s in optional)]:
+        result = {**heads, **optional}[stage]
+        projector = f"{PROJECTOR_NOTES[stage]}; " if stage in PROJECTOR_NOTES else ""
         rows.append(table_row(label, "fusion", result["metrics"],
                               f"{result['config']['steps']} steps, lr {result['config']['learning_rate']:g}; "
-                              + common))
+                              + projector + common))
     choice = stage1["choice"]
     stage1_label = "Stage I alone (" + ("; ".join(f"{d}: {choice[d]}" for d in TRAIN_DATASETS)) + ")"
     rows.append(table_row(stage1_label, "re-ranking", stage1["metrics"],

@@ -11,6 +11,9 @@
   (:mod:`irkit.models.magiclens_checkpoint`): it brings its own CLIP towers, which then encode
   the images (``magiclens`` transform) and texts instead of the context's backbone;
   ``mask_zero_ids=False`` swaps the published text mask for open_clip's causal one.
+* ``projector="prngkey0"`` puts the published fork's fixed random projector (jax
+  ``PRNGKey(0)``, needs ``irkit[jax]``) in front of any fusion model, and
+  ``projector=<file.msgpack>`` a published-structure projector from flax parameters.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from irkit.errors import InputError
 from irkit.methods.heads import TrainedHeadMethod, batched
 from irkit.models.fusion import FusionConfig, MagicLensFusion
 from irkit.models.magiclens_checkpoint import load_magiclens_checkpoint, looks_like_magiclens_checkpoint
+from irkit.models.projector import VisionProjector
 from irkit.runs import RunFolder
 from irkit.train.loop import TrainResult
 
@@ -47,6 +51,23 @@ def fusion_loss(model: MagicLensFusion, batch: dict[str, torch.Tensor]) -> tuple
     return loss, {"logit_scale": scale.detach().item()}
 
 
+def published_projector(spec: str, dim: int) -> VisionProjector:
+    """A frozen published-structure projector at width ``dim``: ``spec`` ``"prngkey0"`` (the
+    fork's fixed random one, needs ``irkit[jax]``) or a flax msgpack file of ResidualMLP params."""
+    from irkit.models.flax_msgpack import read_flax_msgpack
+    from irkit.models.projector import load_flax_projector_params, published_prngkey0_projector
+
+    if spec.lower() == "prngkey0":
+        return published_prngkey0_projector(dim)
+    if not Path(spec).is_file():
+        raise InputError(f"projector={spec!r}: expected true, false, prngkey0 or a flax msgpack file of the "
+                         "published ResidualMLP", field="projector")
+    projector = VisionProjector(dim, style="published", zero_init=False)
+    load_flax_projector_params(projector, read_flax_msgpack(spec), spec)
+    projector.requires_grad_(False)
+    return projector.eval()
+
+
 @register_method("magiclens")
 class MagicLensMethod(TrainedHeadMethod, EmbeddingMethod):
     """Query = fusion(reference image, text); gallery = fusion(image, empty text).
@@ -55,14 +76,16 @@ class MagicLensMethod(TrainedHeadMethod, EmbeddingMethod):
     MagicLens ``.pkl``, whose CLIP towers then encode images and texts (``mask_zero_ids``: the
     published text mask, default; False: open_clip's causal mask).
     ``projector``: None evaluates the checkpoint as trained; False switches a trained vision
-    projector off; True requires one.
+    projector off; True requires one; ``"prngkey0"`` replaces it by the published fork's fixed
+    random projector (docs/methods.md §E, needs jax + flax); a ``.msgpack`` path by the published
+    structure holding those flax ResidualMLP parameters.
     """
 
     kind = KIND
     train_command = "train-fusion"
 
     def __init__(self, checkpoint: Optional[Path | str] = None, model: Optional[MagicLensFusion] = None,
-                 include_shared_concept: bool = False, projector: Optional[bool] = None,
+                 include_shared_concept: bool = False, projector: Optional[bool | str] = None,
                  batch_size: int = 1024, mask_zero_ids: bool = True) -> None:
         #: the published checkpoint's CLIP towers (a LoadedModel), None for irkit checkpoints
         self.published_backbone: Optional[Any] = None
@@ -72,7 +95,11 @@ class MagicLensMethod(TrainedHeadMethod, EmbeddingMethod):
             self.checkpoint, self.published_backbone = checkpoint, published.backbone
         else:
             super().__init__(checkpoint, model, include_shared_concept, batch_size)
-        if projector is not None:
+        if isinstance(projector, str):
+            device = next(self._model.parameters()).device
+            self._model.projector = published_projector(projector, self._model.config.embed_dim).to(device)
+            self._model.use_projector = True
+        elif projector is not None:
             if projector and self._model.projector is None:
                 raise InputError("projector=True but this fusion model was trained without a vision projector",
                                  field="projector")

@@ -5,9 +5,12 @@
   phrases of the image's nearest concepts with the concept replaced by ``$``.
   Defaults as published: token ~ N(0, 0.02), AdamW lr 2e-2 / wd 0.01, 350 steps, EMA 0.99
   (the EMA token is kept), loss = (L_cos + 0.5 L_reg) / 1.5, top-15 concepts per image.
+  Published OTI folders (``ema_oti_pseudo_tokens.pt`` + ``image_names.pkl``) load with
+  :func:`load_published_oti_folder` (no arbitrary unpickling).
   Batched over images, saved after every batch, resumable (a re-run skips done batches).
 * :func:`train_phi_searle` — phi distilled from OTI tokens:
-  loss = L_distil + 0.75 L_reg, L_distil the symmetric contrastive loss at temperature 0.25.
+  loss = L_distil + 0.75 L_reg, L_distil the symmetric contrastive loss at temperature 0.25,
+  phrases from each image's top-150 concepts.
 * methods ``searle`` (phi-predicted tokens) and ``searle-oti`` (OTI tokens of the references).
 
 The published phrases came from GPT-Neo-2.7B prompted with Open Images concepts; irkit's
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -55,7 +59,17 @@ from irkit.models.pseudo_token import (
 )
 from irkit.train.loop import index_batches
 
+#: Nearest concepts an image's regularisation phrase is drawn from: OTI (published 15) and
+#: phi distillation (published 150, SEARLE's train_phi.py).
+OTI_TOP_K_CONCEPTS = 15
+PHI_TOP_K_CONCEPTS = 150
+
 OTI_FILE = "oti_tokens.safetensors"
+#: Files of a published SEARLE OTI experiment folder (its oti_inversion.py).
+PUBLISHED_OTI_TOKENS = "ema_oti_pseudo_tokens.pt"
+PUBLISHED_OTI_LAST_TOKENS = "oti_pseudo_tokens.pt"
+PUBLISHED_OTI_NAMES = "image_names.pkl"
+PUBLISHED_OTI_FORMAT = "searle-published-oti"
 OTI_IDS_FILE = "oti_ids.json"
 
 #: Sentences the OTI token is optimised in (``$`` = the image's pseudo word). irkit's own
@@ -80,7 +94,7 @@ class OTIConfig:
     init_std: float = 0.02
     lambda_cos: float = 1.0
     lambda_reg: float = 0.5
-    top_k_concepts: int = 15
+    top_k_concepts: int = OTI_TOP_K_CONCEPTS
     batch_size: int = 32
     seed: int = 0
 
@@ -132,10 +146,13 @@ class OTITokens:
 
     @classmethod
     def load(cls, path: Path | str) -> "OTITokens":
-        """Read an OTI folder (or its ``oti_tokens.safetensors``)."""
+        """Read an OTI folder (or its ``oti_tokens.safetensors``), or a published SEARLE OTI
+        folder (``ema_oti_pseudo_tokens.pt`` + ``image_names.pkl``, :func:`load_published_oti_folder`)."""
         from safetensors import safe_open
 
         path = Path(path)
+        if path.is_dir() and not (path / OTI_FILE).is_file() and (path / PUBLISHED_OTI_TOKENS).is_file():
+            return load_published_oti_folder(path)
         file = path / OTI_FILE if path.is_dir() else path
         if not file.is_file():
             raise InputError(f"no OTI tokens found; expected {OTI_FILE} written by `irkit cir oti`", path=file)
@@ -152,6 +169,84 @@ class OTITokens:
             raise InputError(f"OTI file is inconsistent (missing tensors {sorted(missing)} or id count "
                              f"{len(ids)} != token rows)", path=file)
         return cls(ids, tensors["tokens"], tensors["last_tokens"], tensors["image_features"], params)
+
+
+class _NamesOnlyUnpickler(pickle.Unpickler):
+    """Unpickles plain data only: any global (class, function) is refused before it is looked up."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError(f"refused global {module}.{name}")
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise pickle.UnpicklingError("refused persistent id")
+
+
+def read_image_names_pickle(path: Path | str) -> list[str]:
+    """A published ``image_names.pkl`` (``pickle.dump`` of a list of str) -> the names.
+
+    Read by an unpickler that refuses every global, so no code in the file can run; anything
+    but a list of str is an :class:`InputError` naming the file.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as handle:
+            names = _NamesOnlyUnpickler(handle).load()
+    except OSError as e:
+        raise InputError(f"cannot read image names ({e.strerror})", path=path) from None
+    except Exception as e:  # noqa: BLE001 - a refused global or a corrupt pickle: nothing of it ran
+        raise InputError(f"not a plain pickled list of image names ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''}); expected pickle.dump of a list of str",
+                         path=path) from None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        found = type(names).__name__ if not isinstance(names, list) else \
+            f"a list holding a {type(next(n for n in names if not isinstance(n, str))).__name__}"
+        raise InputError(f"expected a pickled list of str (image names), found {found}", path=path)
+    return names
+
+
+def load_published_oti_folder(folder: Path | str) -> OTITokens:
+    """A published SEARLE OTI experiment folder -> :class:`OTITokens` (docs/formats.md §8).
+
+    ``ema_oti_pseudo_tokens.pt`` (``torch.save`` of the [N, w] EMA tokens, loaded with
+    ``weights_only=True``), ``image_names.pkl`` (the N image names, :func:`read_image_names_pickle`),
+    optional ``oti_pseudo_tokens.pt`` (last tokens) and ``hyperparameters.json`` (kept in
+    ``params``). The published folder has no image embeddings: ``image_features`` is [N, 0],
+    enough for the ``searle-oti`` method but not for phi distillation.
+    """
+    from irkit.runs import load_checkpoint
+
+    folder = Path(folder)
+    tokens_file, names_file = folder / PUBLISHED_OTI_TOKENS, folder / PUBLISHED_OTI_NAMES
+    for required in (tokens_file, names_file):
+        if not required.is_file():
+            raise InputError(f"a published SEARLE OTI folder holds {PUBLISHED_OTI_TOKENS} and {PUBLISHED_OTI_NAMES}; "
+                             f"{required.name} is missing", path=folder)
+    names = read_image_names_pickle(names_file)
+    tokens = _published_token_tensor(load_checkpoint(tokens_file), tokens_file, len(names))
+    last_file = folder / PUBLISHED_OTI_LAST_TOKENS
+    last = _published_token_tensor(load_checkpoint(last_file), last_file, len(names)) if last_file.is_file() else tokens
+    if last.shape != tokens.shape:
+        raise InputError(f"last tokens {tuple(last.shape)} differ from the EMA tokens {tuple(tokens.shape)}",
+                         path=last_file)
+    if len(set(names)) != len(names):
+        raise InputError("image names repeat; expected one token per image", path=names_file)
+    params: dict[str, Any] = {"format": PUBLISHED_OTI_FORMAT}
+    hyper_file = folder / "hyperparameters.json"
+    if hyper_file.is_file():
+        try:
+            params["hyperparameters"] = json.loads(hyper_file.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise InputError(f"not JSON ({e})", path=hyper_file) from None
+    return OTITokens(names, tokens, last, torch.zeros(len(names), 0), params)
+
+
+def _published_token_tensor(value: Any, path: Path, rows: int) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor) or value.ndim != 2 or not value.is_floating_point():
+        shown = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+        raise InputError(f"expected a 2-D float tensor of pseudo tokens [N, w], found {shown}", path=path)
+    if value.shape[0] != rows:
+        raise InputError(f"{value.shape[0]} token rows but {rows} image names in {PUBLISHED_OTI_NAMES}", path=path)
+    return value.float()
 
 
 def oti_params(loaded: Any, config: OTIConfig, bank: PhraseBank, templates: Sequence[str]) -> dict[str, Any]:
@@ -279,14 +374,18 @@ def oti_for_splits(ctx: CIRContext, splits: Sequence[CIRSplit], out_dir: Path | 
 def train_phi_searle(loaded: Any, oti: OTITokens, run: Any, config: TrainingConfig = TrainingConfig(batch_size=256),
                      phrases: Optional[PhraseBank] = None, validator: Optional[Validator] = None,
                      resume: Optional[str] = None, temperature: float = 0.25, lambda_distil: float = 1.0,
-                     lambda_reg: float = 0.75, top_k_concepts: int = 15) -> Any:
+                     lambda_reg: float = 0.75, top_k_concepts: int = PHI_TOP_K_CONCEPTS) -> Any:
     """Distil phi from OTI tokens (SEARLE): phi(f) ~ OTI token of f, plus the phrase regulariser.
 
     loss = lambda_distil * NT-Xent(OTI tokens, phi(f); T) + lambda_reg * L_reg, where L_reg
-    puts phi(f) into a phrase of one of f's ``top_k_concepts`` nearest concepts. Runs in
+    puts phi(f) into a phrase of one of f's ``top_k_concepts`` nearest concepts (published:
+    150 for phi training, while OTI uses 15). Runs in
     ``run`` (a :class:`irkit.runs.RunFolder`) via :func:`irkit.train.loop.train`; returns its
     ``TrainResult`` (``best_checkpoint`` = best validation score).
     """
+    if oti.params.get("format") == PUBLISHED_OTI_FORMAT:
+        raise InputError("a published SEARLE OTI folder holds no image embeddings, which phi distillation needs; "
+                         "run `irkit cir oti` on the training images (or use the folder with method searle-oti)")
     model, tokenizer = loaded.model, loaded.tokenizer
     if not oti.ids:
         raise InputError("the OTI store holds no tokens; run `irkit cir oti` first")
@@ -317,7 +416,7 @@ def train_phi_searle(loaded: Any, oti: OTITokens, run: Any, config: TrainingConf
 
         extra = {"method": "searle", "model_name": loaded.model_name, "weights_id": loaded.weights_id,
                  "input_dim": d, "output_dim": w, "oti_images": len(oti.ids), "temperature": temperature,
-                 "lambda_distil": lambda_distil, "lambda_reg": lambda_reg}
+                 "lambda_distil": lambda_distil, "lambda_reg": lambda_reg, "top_k_concepts": top_k_concepts}
         return train_with_validation(phi, loss_fn, lambda epoch: index_batches(len(oti.ids), config.batch_size, config.seed, epoch),
                                      run, config, validator, resume=resume, extra_state=extra)
 
@@ -340,7 +439,8 @@ class Searle(PhiMethod):
 class SearleOTI(PseudoTokenMethod):
     """SEARLE-OTI: ``$`` := the OTI token of the reference image (first ``$``).
 
-    Options: ``checkpoint`` — an OTI folder/file from ``irkit cir oti`` covering the split's
+    Options: ``checkpoint`` — an OTI folder/file from ``irkit cir oti``, or a published SEARLE
+    OTI folder (``ema_oti_pseudo_tokens.pt`` + ``image_names.pkl``), covering the split's
     reference images. Without it, OTI runs here on the references (``steps``, ``batch_size``,
     ``seed``; published defaults) and is stored under ``<cache_dir>/oti/<key>`` (resumable).
     """
@@ -356,7 +456,13 @@ class SearleOTI(PseudoTokenMethod):
 
     def reference_tokens(self, ctx: CIRContext, split: CIRSplit, reference_ids: Sequence[str]) -> torch.Tensor:
         if self.checkpoint is not None:
-            return OTITokens.load(self.checkpoint).lookup(reference_ids)
+            tokens = OTITokens.load(self.checkpoint).lookup(reference_ids)
+            width = token_width(ctx.loaded.model)
+            if tokens.shape[1] != width:
+                raise InputError(f"OTI tokens are {tokens.shape[1]} wide; model {ctx.loaded.model_name} has token "
+                                 f"width {width} (tokens are only valid for the backbone they were fitted with)",
+                                 path=self.checkpoint)
+            return tokens
         bank = load_phrase_bank(self.phrases)
         features = ctx.raw_image_embeddings(split, reference_ids)
         key = stable_hash({"params": oti_params(ctx.loaded, self.config, bank, OTI_TEMPLATES),

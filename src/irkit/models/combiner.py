@@ -8,19 +8,21 @@ and a dynamic scalar ``lam = Sigmoid(Linear(H, 1)(Dropout(ReLU(Linear(2P, H)))))
 
 Module names match the published code (``text_projection_layer``, ``image_projection_layer``,
 ``combiner_layer``, ``output_layer``, ``dynamic_scalar.{0,3}``), so a published Combiner state
-dict loads unchanged. Published sizes are P 2560 / H 5120 for CLIP RN50x4 (d 640); irkit
+dict loads unchanged (:func:`load_published_combiner` reads the published file). Published sizes are P 2560 / H 5120 for CLIP RN50x4 (d 640); irkit
 scales them with the backbone (``P = 4d``, ``H = 8d`` by default) and takes explicit sizes.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Optional
+from pathlib import Path
+from typing import ClassVar, Mapping, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from irkit.errors import InputError
 from irkit.models.config import HeadConfig
 
 PUBLISHED_PROJECTION_DIM = 2560
@@ -86,3 +88,32 @@ class Combiner(nn.Module):
         """Logits [B, N] = ``logit_scale`` x query . normalise(target [N, d])^T."""
         query = self.combine_features(image_features, text_features)
         return self.logit_scale * query @ F.normalize(target_features, dim=-1).T
+
+
+#: Key of the published CLIP4Cir checkpoint (``{"epoch": n, "Combiner": state_dict}``).
+PUBLISHED_CHECKPOINT_KEY = "Combiner"
+
+
+def load_published_combiner(path: str | Path) -> Combiner:
+    """A published CLIP4Cir Combiner file (``{"epoch", "Combiner": state_dict}`` or the bare
+    state dict, read with ``weights_only=True``) -> :class:`Combiner` in eval mode, sizes
+    (d, P, H) taken from the weights. Anything else is an :class:`InputError` naming the file."""
+    from irkit.runs import load_checkpoint
+
+    checkpoint = load_checkpoint(path)
+    state = checkpoint.get(PUBLISHED_CHECKPOINT_KEY, checkpoint) if isinstance(checkpoint, Mapping) else checkpoint
+    weight = state.get("text_projection_layer.weight") if isinstance(state, Mapping) else None
+    hidden = state.get("combiner_layer.weight") if isinstance(state, Mapping) else None
+    if not isinstance(weight, torch.Tensor) or not isinstance(hidden, torch.Tensor):
+        found = sorted(map(str, state))[:6] if isinstance(state, Mapping) else type(state).__name__
+        raise InputError(f"not a CLIP4Cir Combiner checkpoint: expected '{PUBLISHED_CHECKPOINT_KEY}' (or a bare state "
+                         f"dict) with text_projection_layer / combiner_layer weights, found {found}", path=path)
+    config = CombinerConfig(clip_feature_dim=int(weight.shape[1]), projection_dim=int(weight.shape[0]),
+                            hidden_dim=int(hidden.shape[0]))
+    model = Combiner(config)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise InputError(f"the Combiner weights do not fit d={config.clip_feature_dim}, P={config.projection_dim}, "
+                         f"H={config.hidden_dim} ({str(e).splitlines()[0]})", path=path) from None
+    return model.eval()

@@ -53,6 +53,7 @@ class FusionConfig(HeadConfig):
     projector_ratio: int = 16
     projector_zero_init: bool = True  # False: the published random initialisation
     projector_trainable: bool = True  # False: frozen at its seeded init (the published set-up)
+    projector_style: str = "irkit"   # "published": one residual around the MLPs (§E); absent in old files = irkit
     init_temperature: float = 0.07   # initial contrastive temperature (learned)
     #: attention logit cap of the encoder layers (published: 50); None = irkit's earlier uncapped encoder
     encoder_logit_cap: Optional[float] = 50.0
@@ -93,7 +94,7 @@ class MagicLensFusion(nn.Module):
         self.projector: Optional[VisionProjector] = None
         if config.projector:
             self.projector = VisionProjector(dim, depth=config.projector_depth, ratio=config.projector_ratio,
-                                             zero_init=config.projector_zero_init)
+                                             zero_init=config.projector_zero_init, style=config.projector_style)
             self.projector.requires_grad_(config.projector_trainable)
         #: run-time switch: evaluate with (True) or without (False) the projector.
         self.use_projector = config.projector

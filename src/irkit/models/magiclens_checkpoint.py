@@ -4,8 +4,8 @@ File format (docs/formats.md §8): a pickle whose single object is a ``bytes`` p
 msgpack of ``{"params": {"clip": ..., "multimodal_encoder": ..., "contrastive_multimodal_pooler":
 ...}}``; every leaf is flax's ndarray msgpack extension (type code 1, data = msgpack
 ``[shape, dtype name, raw bytes]``). It is read WITHOUT executing pickle code: the unpickler
-refuses every global, so only plain values (the bytes) can come out; the msgpack is decoded here
-(no jax needed).
+refuses every global, so only plain values (the bytes) can come out; the msgpack is decoded by
+:mod:`irkit.models.flax_msgpack` (no jax needed).
 
 Mapping (kernels are ``[in, out]``, torch ``Linear`` weights ``[out, in]``):
 
@@ -42,13 +42,10 @@ from torch import nn
 from irkit.errors import InputError
 from irkit.io import file_sha256
 from irkit.models.factory import LoadedModel
+from irkit.models.flax_msgpack import read_flax_msgpack_bytes
 from irkit.models.fusion import FusionConfig, MagicLensFusion
 from irkit.transforms import TransformConfig, build_transform
 
-#: flax's msgpack extension type code of an ndarray (data = msgpack [shape, dtype name, bytes]).
-FLAX_NDARRAY_EXT = 1
-#: flax's msgpack extension type code of a numpy scalar (data = msgpack [dtype name, bytes]).
-FLAX_NPSCALAR_EXT = 3
 #: open_clip configs of the published sizes (scenic ``vit_b16`` / ``vit_l14``, QuickGELU).
 PUBLISHED_CLIP_MODELS = {"base": "ViT-B-16-quickgelu", "large": "ViT-L-14-quickgelu"}
 TOP_LEVEL = ("clip", "multimodal_encoder", "contrastive_multimodal_pooler")
@@ -93,79 +90,24 @@ def read_pickled_payload(path: Union[str, Path]) -> bytes:
     return payload
 
 
-@dataclass(frozen=True)
-class _EncodedArray:
-    """A flax ndarray extension as decoded: shape, dtype name and raw bytes (checked later)."""
-
-    shape: Any
-    dtype: Any
-    data: Any
-
-
-def _ext_hook(code: int, data: bytes) -> Any:
-    import msgpack
-
-    if code == FLAX_NDARRAY_EXT:
-        fields = msgpack.unpackb(data, raw=False)
-        if isinstance(fields, (list, tuple)) and len(fields) == 3:
-            return _EncodedArray(*fields)
-    elif code == FLAX_NPSCALAR_EXT:
-        fields = msgpack.unpackb(data, raw=False)
-        if isinstance(fields, (list, tuple)) and len(fields) == 2:
-            return _EncodedArray((), fields[0], fields[1])
-    return _EncodedArray(None, f"msgpack extension type {code}", data)
-
-
-def _to_array(name: str, value: Any, path: Path) -> np.ndarray:
-    if not isinstance(value, _EncodedArray):
-        raise InputError(f"leaf {name}: expected a flax ndarray, found {type(value).__name__}", path=path)
-    if value.shape is None or not isinstance(value.shape, (list, tuple)) \
-            or not all(isinstance(s, int) and s >= 0 for s in value.shape):
-        raise InputError(f"leaf {name}: not a flax ndarray ({value.dtype})", path=path)
-    shape = tuple(int(s) for s in value.shape)
-    if value.dtype == "bfloat16":  # upper half of float32
-        raw = np.frombuffer(value.data, dtype="<u2") if isinstance(value.data, bytes) else np.zeros(0, "<u2")
-        array = (raw.astype(np.uint32) << 16).view(np.float32)
-    else:
-        try:
-            dtype = np.dtype(str(value.dtype))
-        except TypeError:
-            raise InputError(f"leaf {name}: unknown dtype {value.dtype!r}", path=path) from None
-        if not isinstance(value.data, bytes) or len(value.data) % dtype.itemsize:
-            raise InputError(f"leaf {name}: {len(value.data) if isinstance(value.data, bytes) else 0} data bytes "
-                             f"do not hold {dtype} values", path=path)
-        array = np.frombuffer(value.data, dtype=dtype)
-    if array.size != math.prod(shape):
-        raise InputError(f"leaf {name}: {array.size} values stored for shape {list(shape)}", path=path)
-    return array.reshape(shape)
-
-
-def _flatten(tree: Any, prefix: str, out: dict[str, Any]) -> None:
-    if isinstance(tree, dict):
-        for key, value in tree.items():
-            _flatten(value, f"{prefix}/{key}" if prefix else str(key), out)
-    else:
-        out[prefix] = tree
-
-
 def read_magiclens_params(path: Union[str, Path]) -> dict[str, np.ndarray]:
     """Every leaf of a published MagicLens checkpoint, ``"clip/visual/conv1/kernel" -> array``
-    (names relative to ``params``), decoded without jax and without executing pickle code."""
-    import msgpack
-
+    (names relative to ``params``), decoded without jax (:mod:`irkit.models.flax_msgpack`) and
+    without executing pickle code."""
     path = Path(path)
     payload = read_pickled_payload(path)
     try:
-        tree = msgpack.unpackb(payload, ext_hook=_ext_hook, raw=False, strict_map_key=False)
-    except (msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, ValueError, TypeError) as e:
+        flat = read_flax_msgpack_bytes(payload, path)
+    except InputError as e:
+        if "truncated or corrupt" in e.detail:
+            raise
         raise InputError(f"not a MagicLens checkpoint: its payload is not a complete flax msgpack tree "
-                         f"({type(e).__name__})", path=path) from None
-    del payload  # the leaves hold their own copies (large: 1.9 GB each)
-    if not isinstance(tree, dict) or not isinstance(tree.get("params"), dict):
+                         f"({e.detail})", path=path) from None
+    del payload
+    params = {name[len("params/"):]: value for name, value in flat.items() if name.startswith("params/")}
+    if not params:
         raise InputError("not a MagicLens checkpoint: the msgpack tree has no 'params' mapping", path=path)
-    flat: dict[str, Any] = {}
-    _flatten(tree["params"], "", flat)
-    return {name: _to_array(name, value, path) for name, value in flat.items()}
+    return params
 
 
 # --------------------------------------------------------------------------- sizes from the leaves

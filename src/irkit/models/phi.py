@@ -11,6 +11,7 @@ trainer (:mod:`irkit.train.loop`) stores them under ``"model"``.
 
 from __future__ import annotations
 
+import pathlib
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -80,7 +81,11 @@ class Phi(nn.Module):
         """
         from irkit.runs import load_checkpoint
 
-        checkpoint = load_checkpoint(path)
+        # SEARLE's full training checkpoints also hold 'training_path', a pathlib path: admit
+        # those path classes (plain constructors of a path from strings) and nothing else.
+        with torch.serialization.safe_globals([pathlib.PosixPath, pathlib.WindowsPath, pathlib.PurePosixPath,
+                                               pathlib.PureWindowsPath]):
+            checkpoint = load_checkpoint(path)
         if isinstance(checkpoint, Mapping) and CHECKPOINT_KEY in checkpoint:
             state = checkpoint[CHECKPOINT_KEY]
         elif isinstance(checkpoint, Mapping) and LOOP_CHECKPOINT_KEY in checkpoint:

@@ -35,9 +35,12 @@ PHI_METHODS = ("searle", "lincir")
 
 def train_phi(method: str, loaded: Any, run: RunFolder, config: TrainingConfig, *, oti: Any = None,
               captions: Optional[Sequence[str]] = None, phrase_bank: Any = None, validator: Any = None,
-              resume: Optional[str] = None, temperature: float = 0.25, lambda_reg: float = 0.75) -> TrainResult:
+              resume: Optional[str] = None, temperature: float = 0.25, lambda_reg: float = 0.75,
+              top_k_concepts: int = 150, masking: str = "spans") -> TrainResult:
     """Train phi of ``method``: ``searle`` distils OTI tokens (``oti``: an
-    :class:`~irkit.methods.searle.OTITokens`, with the phrase regulariser of ``phrase_bank``);
+    :class:`~irkit.methods.searle.OTITokens`, with the phrase regulariser of ``phrase_bank``
+    over each image's ``top_k_concepts`` nearest concepts, published 150); ``masking`` picks
+    LinCIR's keyword masking (``spans``, irkit, or ``published``);
     ``lincir`` learns from ``captions`` alone. ``validator`` keeps ``best.pt``."""
     if method == "searle":
         from irkit.methods.searle import train_phi_searle
@@ -46,14 +49,14 @@ def train_phi(method: str, loaded: Any, run: RunFolder, config: TrainingConfig, 
             raise InputError("searle phi training needs OTI tokens (--oti, an OTI folder from `irkit cir oti`)",
                              field="oti")
         return train_phi_searle(loaded, oti, run, config, phrase_bank, validator, resume, temperature=temperature,
-                                lambda_reg=lambda_reg)
+                                lambda_reg=lambda_reg, top_k_concepts=top_k_concepts)
     if method == "lincir":
         from irkit.methods.lincir import train_phi_lincir
 
         if captions is None:
             raise InputError("lincir phi training needs captions (--captions, a .txt or caption CSV)",
                              field="captions")
-        return train_phi_lincir(loaded, captions, run, config, validator, resume)
+        return train_phi_lincir(loaded, captions, run, config, validator, resume, masking=masking)
     raise InputError(f"phi is trained for {', '.join(PHI_METHODS)}; got method {method!r}", field="method")
 
 
@@ -61,7 +64,7 @@ def head_model_config(kind: str, embed_dim: int, **options: Any) -> Any:
     """The model config of head ``kind`` at backbone width ``embed_dim``.
 
     ``magiclens``: ``depth``, ``num_heads``, ``projector``, ``projector_trainable``,
-    ``projector_zero_init``; ``combiner``: ``projection_dim``, ``hidden_dim``, ``published``;
+    ``projector_zero_init``, ``projector_style`` (``irkit`` or ``published``); ``combiner``: ``projection_dim``, ``hidden_dim``, ``published``;
     ``reranker``: ``depth``, ``num_heads``. Options left as None take the config's defaults.
     """
     given = {k: v for k, v in options.items() if v is not None}
