@@ -33,3 +33,23 @@ class InputError(ValueError):
             where.append(f"field '{field}'")
         prefix = ", ".join(where)
         super().__init__(f"{prefix}: {message}" if prefix else message)
+
+
+class RunFailed(RuntimeError):
+    """A training run failed after its run folder was created; the folder records it (``FAILED``).
+
+    The message is one line: the original error, where the traceback was written and how to
+    start again.
+    """
+
+    def __init__(self, message: str, run_dir: Optional[os.PathLike | str] = None) -> None:
+        self.run_dir = None if run_dir is None else str(run_dir)
+        super().__init__(message)
+
+
+def first_line_of(error: BaseException) -> str:
+    """The most telling line of ``error``'s message: for torch's weights-only refusal, the line
+    naming the refused global; otherwise the first non-empty line."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    refused = [line for line in lines if "unsupported global" in line.lower()]
+    return (refused or lines or [type(error).__name__])[0]
