@@ -269,7 +269,7 @@ def _submit_into_used_folder(env: Env) -> list:
 
 def _submission_untouched(env: Env) -> None:
     out = env.tmp / "submission"
-    assert sorted(p.name for p in out.iterdir()) == ["test1_pred_ranks_recall.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["test1_pred_ranks_recall.json"]  # the subset file neither
     assert (out / "test1_pred_ranks_recall.json").read_text() == '{"kept": true}'
 
 
@@ -402,10 +402,13 @@ CASES = {
         _cir_eval_with("searle"), 2, ("evil.pt", "unsupported GLOBAL posix.mkdir"), after=_marker_absent),
     "evil-method-checkpoint-combiner": Case(
         _cir_eval_with("combiner"), 2, ("evil.pt", "unsupported GLOBAL posix.mkdir"), after=_marker_absent),
+    "evil-method-checkpoint-fusion-head": Case(
+        _cir_eval_with("magiclens"), 2, ("evil.pt", "unsupported GLOBAL posix.mkdir"), after=_marker_absent),
     # ---- 7. cir submit keeps existing submission files
-    "submit-into-non-empty-folder": Case(
+    "submit-over-an-existing-submission-file": Case(
         _submit_into_used_folder, 2,
-        ("submission: output folder exists and is not empty", "pass --overwrite to replace them"),
+        ("submission/test1_pred_ranks_recall.json: submission file exists (test1_pred_ranks_recall.json); "
+         "expected a new file: choose another --out, or pass --overwrite to replace it",),
         after=_submission_untouched),
 }
 
@@ -505,8 +508,8 @@ def _lincir(env_tmp: Path, demo: Path, weights: Path, *extra) -> list:
 def test_train_phi_failure_rerun_and_changed_params(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                     tiny_weights: Path, cirr_demo: Path) -> None:
     """cir train-phi: a failure inside training marks the folder FAILED (one line, exit 1); the same
-    --name runs again; --resume latest with another --lr is refused unless --allow-param-change,
-    which keeps the old params.txt as params_before_resume_1.txt."""
+    --name runs again; --resume latest with another --lr is refused unless --allow-param-change;
+    more --steps is let through; both keep the old params.txt as params_before_resume_<n>.txt."""
     import irkit.workflows.cir as workflows
 
     real_train_phi = workflows.train_phi
@@ -532,11 +535,20 @@ def test_train_phi_failure_rerun_and_changed_params(tmp_path: Path, monkeypatch:
                                          "(learning_rate: 0.0001 -> 0.001)",))
     assert (run / "params.txt").read_text() == original
 
-    code, _, err = run_cli(_lincir(tmp_path, cirr_demo, tiny_weights, "--resume", "latest", "--lr", "0.001",
-                                   "--allow-param-change"))
+    # Training longer is a change a resume may make without the flag; it is recorded all the same.
+    code, out, err = run_cli(_lincir(tmp_path, cirr_demo, tiny_weights, "--resume", "latest", "--steps", "3"))
     assert code == 0, err
+    assert json.loads(out)["latest_checkpoint"].endswith("latest.pt")
     assert (run / "params_before_resume_1.txt").read_text() == original
-    assert (run / "params.txt").read_text() == original.replace("learning_rate: 0.0001\n", "learning_rate: 0.001\n")
+    longer = original.replace("steps: 2\n", "steps: 3\n")
+    assert longer != original and (run / "params.txt").read_text() == longer
+    assert "resumed with changed hyper-parameters: steps: 2 -> 3" in (run / "out.log").read_text()
+
+    code, _, err = run_cli(_lincir(tmp_path, cirr_demo, tiny_weights, "--resume", "latest", "--steps", "3",
+                                   "--lr", "0.001", "--allow-param-change"))
+    assert code == 0, err
+    assert (run / "params_before_resume_2.txt").read_text() == longer
+    assert (run / "params.txt").read_text() == longer.replace("learning_rate: 0.0001\n", "learning_rate: 0.001\n")
     assert "resumed with changed hyper-parameters: learning_rate: 0.0001 -> 0.001" in (run / "out.log").read_text()
 
 
@@ -611,8 +623,9 @@ def test_submit_overwrite_replaces_only_when_asked(tmp_path: Path, tiny_weights:
     (out / "test1_pred_ranks_recall.json").write_text('{"kept": true}')
     argv = ["cir", "submit", "--dataset", "cirr", "--root", cirr_demo / "cirr", "--split", "test1", "--method",
             "image-only", "--checkpoint", tiny_weights, "--out", out, "--num-workers", "0", "--cache-dir", "none"]
+    (out / "unrelated.json").write_text("{}")  # other files in --out do not matter
     code, _, err = run_cli(argv)
-    assert_one_line_error(code, err, 2, ("not empty",))
+    assert_one_line_error(code, err, 2, ("submission file exists",))
     code, printed, err = run_cli([*argv, "--overwrite"])
     assert code == 0, err
     written = json.loads(printed)["written"]
@@ -620,3 +633,4 @@ def test_submit_overwrite_replaces_only_when_asked(tmp_path: Path, tiny_weights:
                                                      "test1_pred_ranks_recall_subset.json"]
     replaced = json.loads((out / "test1_pred_ranks_recall.json").read_text())
     assert "kept" not in replaced and replaced["version"] == "rc2" and replaced["metric"] == "recall"
+    assert (out / "unrelated.json").read_text() == "{}"

@@ -86,10 +86,11 @@ def changed_params(saved: Mapping[str, str], params: Mapping[str, Any]) -> list[
 
 
 def check_resume_params(run_dir: Path | str, params: Mapping[str, Any], allow_change: bool = False,
-                        compared: Optional[Sequence[str]] = None) -> list[str]:
+                        compared: Optional[Sequence[str]] = None, free: Sequence[str] = ()) -> list[str]:
     """Refuse to resume ``run_dir`` with ``params`` that differ from its ``params.txt`` (one
-    :class:`InputError` line listing the changes), unless ``allow_change``: then the old file is
-    kept as ``params_before_resume_<n>.txt``. ``compared`` limits the check to those names.
+    :class:`InputError` line listing the changes), unless ``allow_change`` or every changed name
+    is in ``free`` (e.g. a longer training); a change that is let through keeps the old file as
+    ``params_before_resume_<n>.txt``. ``compared`` limits the check to those names.
     Returns the changes."""
     run_dir = Path(run_dir)
     saved = read_params(run_dir)
@@ -99,8 +100,9 @@ def check_resume_params(run_dir: Path | str, params: Mapping[str, Any], allow_ch
     changes = changed_params(saved, params)
     if not changes:
         return []
-    if not allow_change:
-        shown = "; ".join(changes[:8]) + (f"; (+{len(changes) - 8} more)" if len(changes) > 8 else "")
+    strict = [change for change in changes if change.split(": ", 1)[0] not in free]
+    if strict and not allow_change:
+        shown = "; ".join(strict[:8]) + (f"; (+{len(strict) - 8} more)" if len(strict) > 8 else "")
         raise InputError(f"resuming with changed hyper-parameters ({shown}); expected the run's own values, "
                          f"or pass {ALLOW_PARAM_CHANGE_FLAG} to continue with the new ones (the old params.txt "
                          "is then kept as params_before_resume_<n>.txt)", path=run_dir / "params.txt")
@@ -221,13 +223,14 @@ class RunFolder:
 
     @classmethod
     def open_existing(cls, path: Path | str, params: Optional[Mapping[str, Any]] = None,
-                      allow_param_change: bool = False) -> "RunFolder":
+                      allow_param_change: bool = False, free: Sequence[str] = ()) -> "RunFolder":
         """Re-open a run folder to resume it. With ``params``, changed hyper-parameters are refused
-        unless ``allow_param_change`` (:func:`check_resume_params`; then params.txt is rewritten)."""
+        unless ``allow_param_change`` or only names in ``free`` changed (:func:`check_resume_params`;
+        then params.txt is rewritten, the old one kept and the change logged in out.log)."""
         path = Path(path)
         if not (path / "params.txt").is_file():
             raise InputError("not an irkit run folder (no params.txt); cannot resume", path=path)
-        changes = check_resume_params(path, params, allow_param_change) if params is not None else []
+        changes = check_resume_params(path, params, allow_param_change, free=free) if params is not None else []
         run = cls(path)
         if changes:
             with atomic_path(path / "params.txt") as tmp:

@@ -47,9 +47,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_method_arguments(submit)
     add_context_arguments(submit)
     submit.add_argument("--out", type=output_folder, required=True,
-                        help="output folder for the submission file(s): new or empty, unless --overwrite")
-    submit.add_argument("--overwrite", action="store_true",
-                        help="write into a non-empty --out, replacing submission files of the same names")
+                        help="output folder for the submission file(s); existing ones are refused unless --overwrite")
+    submit.add_argument("--overwrite", action="store_true", help="replace existing submission files in --out")
     submit.set_defaults(func=_run_submit)
 
     oti = cir_subparsers.add_parser("oti", help="SEARLE OTI pseudo tokens per image (resumable)")
@@ -123,13 +122,11 @@ def _run_eval(args: argparse.Namespace) -> int:
 
 
 def _run_submit(args: argparse.Namespace) -> int:
-    from irkit.cir.evaluate import write_method_submission
-    from irkit.errors import InputError
+    from irkit.cir.evaluate import check_submission_paths, write_method_submission
 
-    if args.out.is_dir() and any(args.out.iterdir()) and not args.overwrite:
-        raise InputError("output folder exists and is not empty; expected a new or empty folder (submission "
-                         "files are never overwritten silently: pass --overwrite to replace them)", path=args.out)
-    paths = write_method_submission(build_method(args), cir_context(args), load_splits(args), args.out)
+    splits = load_splits(args)
+    check_submission_paths(splits, args.out, args.overwrite)  # before any model or method is loaded
+    paths = write_method_submission(build_method(args), cir_context(args), splits, args.out, args.overwrite)
     print(json.dumps({"written": [str(p) for p in paths], "method": args.method}))
     return 0
 
