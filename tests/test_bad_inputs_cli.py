@@ -634,3 +634,18 @@ def test_submit_overwrite_replaces_only_when_asked(tmp_path: Path, tiny_weights:
     replaced = json.loads((out / "test1_pred_ranks_recall.json").read_text())
     assert "kept" not in replaced and replaced["version"] == "rc2" and replaced["metric"] == "recall"
     assert (out / "unrelated.json").read_text() == "{}"
+
+
+def test_batch_best_still_picks_the_highest_metric(tmp_path: Path) -> None:
+    """The checks above leave the valid case alone: the run with the higher trained metric is copied."""
+    _reproduce_run(tmp_path / "runs" / "a", GOOD_METRICS)
+    _reproduce_run(tmp_path / "runs" / "b", GOOD_METRICS.replace("12.5", "20.0"))
+    (tmp_path / "runs" / "b" / "submission.json").write_text('{"results": []}')
+    code, out, err = run_cli(["batch", "best", tmp_path / "runs", "--out", tmp_path / "review", "--metric",
+                              "official_mAP@10"])
+    assert code == 0, err
+    assert json.loads(out)["best_run"] == str(tmp_path / "runs" / "b")
+    source = json.loads((tmp_path / "review" / "SOURCE.json").read_text())
+    assert source["value"] == 20.0 and "checkpoint" not in source  # none.pt does not exist
+    assert (tmp_path / "review" / "submission.json").read_text() == '{"results": []}'
+    assert (tmp_path / "review" / "params.txt").read_text() == "model: irkit-tiny\n"
