@@ -286,11 +286,12 @@ def check_resume_checkpoint(path: Path) -> None:
                          "open_clip_train checkpoint (epoch, state_dict, optimizer) or a state dict", path=path)
 
 
-def _is_weights_file(value: str) -> bool:
-    return os.sep in value or "/" in value or value.endswith(_WEIGHT_SUFFIXES) or os.path.exists(value)
-
-
 _WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+
+
+def _is_weights_file(value: str) -> bool:
+    """Whether ``--pretrained`` names a local file rather than an open_clip tag."""
+    return os.sep in value or "/" in value or value.endswith(_WEIGHT_SUFFIXES) or os.path.exists(value)
 
 
 def check_model_and_weights(config: ClipTrainConfig) -> None:
