@@ -351,6 +351,9 @@ CASES = {
         _with(_enospc, lambda env: ["cir", "phrases", "--out", env.tmp / "phrases.tsv"]), 1,
         ("No space left on device (ENOSPC)", "the disk is full; free space or write somewhere else"),
         absent=("phrases.tsv",)),
+    "disk-full-creating-a-run-folder": Case(
+        _with(_enospc, _phi("lincir", lambda env: ["--captions", env.demo / "captions" / "cirr_train.csv"])), 1,
+        ("log/phi: No space left on device (ENOSPC)",), absent=("log/phi",)),
     "out-file-is-a-folder": Case(
         lambda env: ["cir", "phrases", "--out", env.tmp], 2,
         ("argument --out:", "is a folder; expected the path of a file to write")),
@@ -415,7 +418,8 @@ CASES = {
 
 @pytest.mark.parametrize("case", list(CASES.values()), ids=list(CASES))
 def test_bad_cli_input_is_one_line(case: Case, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request) -> None:
-    needs_demo = case.build in (_submit_into_used_folder,) or "method-checkpoint" in request.node.callspec.id
+    needs_demo = case.build in (_submit_into_used_folder,) or any(
+        word in request.node.callspec.id for word in ("method-checkpoint", "run-folder"))
     env = Env(tmp=tmp_path, monkeypatch=monkeypatch, weights=request.getfixturevalue("tiny_weights"),
               demo=request.getfixturevalue("cirr_demo") if needs_demo else tmp_path / "no-demo")
     argv = case.build(env)

@@ -211,11 +211,20 @@ class RunFolder:
         fresh = path.is_dir() and not (path / "params.txt").exists() and not has_checkpoints(path)
         if path.exists() and not (adopt_fresh and fresh):
             raise existing_run_error(path)
+        created = not path.exists()
         make_dirs(path / "checkpoints")
-        (path / "tensorboard").mkdir(exist_ok=True)
-        run = cls(path)
-        with atomic_path(path / "params.txt") as tmp:
-            tmp.write_text(format_params(params))
+        run = None
+        try:
+            (path / "tensorboard").mkdir(exist_ok=True)
+            run = cls(path)
+            with atomic_path(path / "params.txt") as tmp:
+                tmp.write_text(format_params(params))
+        except BaseException:  # e.g. a full disk: leave no half-made folder that blocks the name
+            if run is not None:
+                run.close()
+            if created:
+                shutil.rmtree(path, ignore_errors=True)
+            raise
         run.logger.info("run folder %s", path)
         if aside is not None:
             run.logger.info("an earlier failed attempt under this name was moved to %s", aside)
