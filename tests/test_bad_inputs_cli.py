@@ -525,6 +525,8 @@ def test_train_phi_failure_rerun_and_changed_params(tmp_path: Path, monkeypatch:
     code, _, err = run_cli(_lincir(tmp_path, cirr_demo, tiny_weights))
     assert_one_line_error(code, err, 1, ("training failed (RuntimeError: simulated failure)", "is marked FAILED"))
     assert (tmp_path / "log" / "phi" / "FAILED").read_text().startswith("RuntimeError: simulated failure\n")
+    assert "run failed: simulated failure" in (tmp_path / "log" / "phi" / "out.log").read_text()
+    assert "run failed" not in err  # the console has the command's one line only
 
     monkeypatch.setattr(workflows, "train_phi", real_train_phi)
     code, out, err = run_cli(_lincir(tmp_path, cirr_demo, tiny_weights))

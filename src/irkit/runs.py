@@ -254,13 +254,18 @@ class RunFolder:
     @contextlib.contextmanager
     def failure_recorded(self) -> Iterator["RunFolder"]:
         """``with run.failure_recorded(): train...``: an exception marks the folder ``FAILED``
-        (:func:`mark_failed`) and is re-raised; the run is closed either way."""
+        (:func:`mark_failed`, noted in out.log) and is re-raised, an unexpected one as the one-line
+        :class:`~irkit.errors.RunFailed`; the run is closed either way."""
         try:
             yield self
         except BaseException as error:
             mark_failed(self.path, error)
-            self.logger.error("run failed: %s: %s (traceback in %s)", type(error).__name__, error,
-                              self.path / FAILED_MARKER)
+            record = self.logger.makeRecord(self.logger.name, logging.ERROR, __file__, 0,
+                                            "run failed: %s (traceback in %s)",
+                                            (first_line_of(error), self.path / FAILED_MARKER), None)
+            for handler in self.logger.handlers:  # out.log only: the console gets the command's one line
+                if isinstance(handler, logging.FileHandler):
+                    handler.handle(record)
             if isinstance(error, Exception) and not isinstance(error, InputError):
                 raise run_failed(self.path, error) from error
             raise
