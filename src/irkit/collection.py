@@ -17,7 +17,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
@@ -25,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from irkit.errors import InputError
+from irkit.io import make_dirs, make_temp_dir
 
 IMAGE_DIR, TEXT_DIR, METADATA_DIR = "img_emb", "text_emb", "metadata"
 INFO_FILE = "irkit_collection.json"
@@ -83,8 +83,8 @@ def write_embedding_collection(
                              "(expected the same rows)", field="text_embeddings")
     _check_output_folder(folder, overwrite)
 
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    make_dirs(folder.parent)
+    staging = make_temp_dir(folder.parent, prefix=f".{folder.name}.")
     try:
         (staging / IMAGE_DIR).mkdir()
         np.save(staging / IMAGE_DIR / "img_emb_0.npy", image_embeddings.astype(dtype), allow_pickle=False)

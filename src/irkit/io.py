@@ -13,6 +13,61 @@ from typing import Any, Iterator
 from irkit.errors import InputError
 
 
+def current_umask() -> int:
+    """The process umask (read from /proc on Linux; elsewhere set and restored at once)."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def make_temp_dir(parent: os.PathLike | str, prefix: str, suffix: str = ".tmp") -> Path:
+    """A new folder in ``parent`` (``tempfile.mkdtemp``) with the umask's permissions instead of 0700."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=parent))
+    os.chmod(folder, 0o777 & ~current_umask())
+    return folder
+
+
+def _blocking_file(path: Path) -> Path | None:
+    """The first existing non-folder among ``path``'s parents, if any."""
+    for parent in reversed(path.parents):
+        if parent.exists() and not parent.is_dir():
+            return parent
+    return None
+
+
+def check_output_file(path: os.PathLike | str) -> None:
+    """Refuse an output file path that is an existing folder or lies under an existing file."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError("is a folder; expected the path of a file to write", path=path)
+    blocking = _blocking_file(path)
+    if blocking is not None:
+        raise InputError(f"cannot write here: {blocking} is a file, not a folder", path=path)
+
+
+def check_output_folder(path: os.PathLike | str) -> None:
+    """Refuse an output folder path that is an existing file or lies under an existing file."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError("is a file; expected a folder to write into", path=path)
+    blocking = _blocking_file(path)
+    if blocking is not None:
+        raise InputError(f"cannot create this folder: {blocking} is a file, not a folder", path=path)
+
+
+def make_dirs(path: os.PathLike | str) -> Path:
+    """``mkdir -p`` whose failure because a parent is a file is an :class:`InputError`."""
+    path = Path(path)
+    check_output_folder(path)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 @contextlib.contextmanager
 def atomic_path(path: os.PathLike | str) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it onto ``path``.
@@ -21,9 +76,13 @@ def atomic_path(path: os.PathLike | str) -> Iterator[Path]:
     crash never leaves a half-written output behind.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    check_output_file(path)
+    make_dirs(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    try:
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; a plain open() respects the umask
+    finally:
+        os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path

@@ -4,24 +4,39 @@
 open_clip_train writes this layout for CLIP training itself; irkit's other trainers (phi,
 fusion, re-ranker) use :class:`RunFolder` so every run looks the same. A run folder is never
 overwritten: creating an existing one fails, resuming continues it.
+
+Run folder states (docs/formats.md §5): a run that fails after its folder exists gets a
+``FAILED`` file (the error line, then the traceback). A rerun with the same name moves a failed
+run that holds no checkpoint aside to ``<name>.failed-<n>`` and starts afresh; a failed run with
+checkpoints is continued with ``--resume latest``. Resuming with hyper-parameters that differ
+from ``params.txt`` is refused (one line naming the changed keys) unless explicitly allowed;
+then the previous ``params.txt`` is kept as ``params_before_resume_<n>.txt``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import re
+import shutil
 import sys
 import time
+import traceback
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import torch
 
-from irkit.errors import InputError
-from irkit.io import atomic_path
+from irkit.errors import InputError, RunFailed, first_line_of
+from irkit.io import atomic_path, atomic_write_text, make_dirs
 
 _CHECKPOINT_RE = re.compile(r"epoch_(\d+)\.pt$")
+#: Written into a run folder whose training raised: the error line, then the traceback.
+FAILED_MARKER = "FAILED"
+#: Flag (and its wording) that lets a resume continue with changed hyper-parameters.
+ALLOW_PARAM_CHANGE_FLAG = "--allow-param-change"
 
 
 def default_run_name(model: str, lr: float, batch_size: int, **extra: Any) -> str:
@@ -42,6 +57,122 @@ def new_run_dir(log_dir: Path | str = "log", run_name: Optional[str] = None, kin
 def format_params(params: Mapping[str, Any]) -> str:
     """``name: value`` lines sorted by name, as open_clip_train's params.txt."""
     return "".join(f"{name}: {params[name]}\n" for name in sorted(params))
+
+
+def read_params(run_dir: Path | str) -> dict[str, str]:
+    """``<run_dir>/params.txt`` as ``{name: value text}`` (empty when there is none)."""
+    path = Path(run_dir) / "params.txt"
+    if not path.is_file():
+        return {}
+    params = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        name, sep, value = line.partition(": ")
+        if sep:
+            params[name] = value
+        elif line.endswith(":"):  # an empty value
+            params[line[:-1]] = ""
+    return params
+
+
+def changed_params(saved: Mapping[str, str], params: Mapping[str, Any]) -> list[str]:
+    """``name: old -> new`` for every parameter whose text differs (added or removed ones too)."""
+    changes = []
+    for name in sorted(set(saved) | set(params)):
+        old = saved.get(name, "<absent>")
+        new = str(params[name]) if name in params else "<absent>"
+        if old != new:
+            changes.append(f"{name}: {old} -> {new}")
+    return changes
+
+
+def check_resume_params(run_dir: Path | str, params: Mapping[str, Any], allow_change: bool = False,
+                        compared: Optional[Sequence[str]] = None, free: Sequence[str] = ()) -> list[str]:
+    """Refuse to resume ``run_dir`` with ``params`` that differ from its ``params.txt`` (one
+    :class:`InputError` line listing the changes), unless ``allow_change`` or every changed name
+    is in ``free`` (e.g. a longer training); a change that is let through keeps the old file as
+    ``params_before_resume_<n>.txt``. ``compared`` limits the check to those names.
+    Returns the changes."""
+    run_dir = Path(run_dir)
+    saved = read_params(run_dir)
+    if compared is not None:
+        saved = {k: v for k, v in saved.items() if k in compared}
+        params = {k: v for k, v in params.items() if k in compared}
+    changes = changed_params(saved, params)
+    if not changes:
+        return []
+    strict = [change for change in changes if change.split(": ", 1)[0] not in free]
+    if strict and not allow_change:
+        shown = "; ".join(strict[:8]) + (f"; (+{len(strict) - 8} more)" if len(strict) > 8 else "")
+        raise InputError(f"resuming with changed hyper-parameters ({shown}); expected the run's own values, "
+                         f"or pass {ALLOW_PARAM_CHANGE_FLAG} to continue with the new ones (the old params.txt "
+                         "is then kept as params_before_resume_<n>.txt)", path=run_dir / "params.txt")
+    n = 1
+    while (run_dir / f"params_before_resume_{n}.txt").exists():
+        n += 1
+    with atomic_path(run_dir / f"params_before_resume_{n}.txt") as tmp:
+        shutil.copyfile(run_dir / "params.txt", tmp)
+    return changes
+
+
+def latest_checkpoint(checkpoints_dir: Path | str) -> Optional[Path]:
+    """The ``epoch_<n>.pt`` in ``checkpoints_dir`` with the largest n, or None."""
+    found = [(int(m.group(1)), p) for p in Path(checkpoints_dir).glob("epoch_*.pt")
+             if (m := _CHECKPOINT_RE.search(p.name))]
+    return max(found)[1] if found else None
+
+
+def has_checkpoints(run_dir: Path | str) -> bool:
+    """Whether ``<run_dir>/checkpoints`` holds any ``.pt`` file."""
+    return any((Path(run_dir) / "checkpoints").glob("*.pt"))
+
+
+def mark_failed(run_dir: Path | str, error: BaseException) -> Path:
+    """Record in ``<run_dir>/FAILED`` that the run raised ``error`` (first line: the error; then
+    the traceback); returns the marker's path."""
+    marker = Path(run_dir) / FAILED_MARKER
+    head = f"{type(error).__name__}: {error}".splitlines()[0] if str(error) else type(error).__name__
+    body = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    atomic_write_text(marker, f"{head}\n\n{body}")
+    return marker
+
+
+def failure_of(run_dir: Path | str) -> Optional[str]:
+    """The first line of ``<run_dir>/FAILED``, or None for a run not marked failed."""
+    marker = Path(run_dir) / FAILED_MARKER
+    if not marker.is_file():
+        return None
+    return (marker.read_text(encoding="utf-8", errors="replace").splitlines() or [""])[0]
+
+
+def set_aside_failed_run(path: Path | str) -> Optional[Path]:
+    """Move a failed run folder without checkpoints to ``<name>.failed-<n>`` so its name can be
+    used again; returns the new location (None when ``path`` is no such run)."""
+    path = Path(path)
+    if not path.is_dir() or failure_of(path) is None or has_checkpoints(path):
+        return None
+    n = 1
+    while (aside := path.with_name(f"{path.name}.failed-{n}")).exists():
+        n += 1
+    os.rename(path, aside)
+    return aside
+
+
+def run_failed(run_dir: Path | str, error: BaseException) -> RunFailed:
+    """The one-line :class:`RunFailed` for ``error`` raised by the run in ``run_dir`` (marked FAILED)."""
+    first = (str(error).splitlines() or [""])[0]
+    return RunFailed(f"training failed ({type(error).__name__}: {first}); the run folder {run_dir} is marked "
+                     f"{FAILED_MARKER} (traceback inside): rerun with the same --name to start again, or "
+                     "--resume latest when it holds checkpoints", run_dir=run_dir)
+
+
+def existing_run_error(path: Path) -> InputError:
+    """The one-line refusal of an existing run folder (a failed one says so)."""
+    failure = failure_of(path)
+    if failure is not None:
+        return InputError(f"this run failed earlier ({failure}) after writing checkpoints; continue it with "
+                          "--resume latest, or choose another --name", path=path)
+    return InputError("run folder already exists; choose another --name, or resume it with --resume latest",
+                      path=path)
 
 
 class RunFolder:
@@ -73,30 +204,73 @@ class RunFolder:
 
         ``adopt_fresh`` accepts a folder that exists but holds no run yet (no ``params.txt``,
         no checkpoints) — e.g. the folder ``irkit batch run`` made for the executed notebook.
+        A failed run without checkpoints (``FAILED``) is moved aside to ``<name>.failed-<n>``.
         """
         path = Path(log_dir) / name
-        fresh = path.is_dir() and not (path / "params.txt").exists() and not any(
-            (path / "checkpoints").glob("*.pt"))
+        aside = set_aside_failed_run(path)
+        fresh = path.is_dir() and not (path / "params.txt").exists() and not has_checkpoints(path)
         if path.exists() and not (adopt_fresh and fresh):
-            raise InputError(
-                "run folder already exists; choose another --name, or resume it with --resume latest",
-                path=path,
-            )
-        (path / "checkpoints").mkdir(parents=True, exist_ok=True)
-        (path / "tensorboard").mkdir(exist_ok=True)
-        run = cls(path)
-        with atomic_path(path / "params.txt") as tmp:
-            tmp.write_text(format_params(params))
+            raise existing_run_error(path)
+        created = not path.exists()
+        make_dirs(path / "checkpoints")
+        run = None
+        try:
+            (path / "tensorboard").mkdir(exist_ok=True)
+            run = cls(path)
+            with atomic_path(path / "params.txt") as tmp:
+                tmp.write_text(format_params(params))
+        except BaseException:  # e.g. a full disk: leave no half-made folder that blocks the name
+            if run is not None:
+                run.close()
+            if created:
+                shutil.rmtree(path, ignore_errors=True)
+            raise
         run.logger.info("run folder %s", path)
+        if aside is not None:
+            run.logger.info("an earlier failed attempt under this name was moved to %s", aside)
         return run
 
     @classmethod
-    def open_existing(cls, path: Path | str) -> "RunFolder":
-        """Re-open a run folder to resume it."""
+    def open_existing(cls, path: Path | str, params: Optional[Mapping[str, Any]] = None,
+                      allow_param_change: bool = False, free: Sequence[str] = ()) -> "RunFolder":
+        """Re-open a run folder to resume it. With ``params``, changed hyper-parameters are refused
+        unless ``allow_param_change`` or only names in ``free`` changed (:func:`check_resume_params`;
+        then params.txt is rewritten, the old one kept and the change logged in out.log)."""
         path = Path(path)
         if not (path / "params.txt").is_file():
             raise InputError("not an irkit run folder (no params.txt); cannot resume", path=path)
-        return cls(path)
+        changes = check_resume_params(path, params, allow_param_change, free=free) if params is not None else []
+        run = cls(path)
+        if changes:
+            with atomic_path(path / "params.txt") as tmp:
+                tmp.write_text(format_params(params))
+            run.logger.info("resumed with changed hyper-parameters: %s", "; ".join(changes))
+        failure = failure_of(path)
+        if failure is not None:
+            (path / FAILED_MARKER).unlink()
+            run.logger.info("resuming a run that had failed: %s", failure)
+        return run
+
+    @contextlib.contextmanager
+    def failure_recorded(self) -> Iterator["RunFolder"]:
+        """``with run.failure_recorded(): train...``: an exception marks the folder ``FAILED``
+        (:func:`mark_failed`, noted in out.log) and is re-raised, an unexpected one as the one-line
+        :class:`~irkit.errors.RunFailed`; the run is closed either way."""
+        try:
+            yield self
+        except BaseException as error:
+            mark_failed(self.path, error)
+            record = self.logger.makeRecord(self.logger.name, logging.ERROR, __file__, 0,
+                                            "run failed: %s (traceback in %s)",
+                                            (first_line_of(error), self.path / FAILED_MARKER), None)
+            for handler in self.logger.handlers:  # out.log only: the console gets the command's one line
+                if isinstance(handler, logging.FileHandler):
+                    handler.handle(record)
+            if isinstance(error, Exception) and not isinstance(error, InputError):
+                raise run_failed(self.path, error) from error
+            raise
+        finally:
+            self.close()
 
     def log(self, message: str, *args: Any) -> None:
         self.logger.info(message, *args)
@@ -127,9 +301,7 @@ class RunFolder:
 
     def latest_checkpoint(self) -> Optional[Path]:
         """The ``epoch_<n>.pt`` with the largest n, or None."""
-        found = [(int(m.group(1)), p) for p in self.checkpoints_dir.glob("epoch_*.pt")
-                 if (m := _CHECKPOINT_RE.search(p.name))]
-        return max(found)[1] if found else None
+        return latest_checkpoint(self.checkpoints_dir)
 
     def close(self) -> None:
         if self._writer is not None:
@@ -156,17 +328,6 @@ def load_checkpoint(path: Path | str) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - report any unpickling/format problem clearly
-        raise InputError(f"cannot read checkpoint ({torch_load_error_line(e)}); expected a torch state file",
+        raise InputError(f"cannot read checkpoint with torch.load(weights_only=True) ({type(e).__name__}: "
+                         f"{first_line_of(e)}); expected a torch state file of tensors and plain values",
                          path=path) from None
-
-
-def torch_load_error_line(error: BaseException) -> str:
-    """One line for a failed ``torch.load(weights_only=True)``: the refused global when the
-    file holds Python objects (nothing of it ran), else the exception's first line."""
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
-    refused = re.search(r"Unsupported global: GLOBAL (\S+)", text)
-    if refused:
-        return (f"refused to unpickle the global {refused.group(1)}: irkit loads pickled files with "
-                "weights_only=True, which admits tensors and plain containers only (re-save the state_dict)")
-    first = text.strip().splitlines()[0] if text.strip() else ""
-    return f"{type(error).__name__}: {first}"

@@ -74,10 +74,13 @@ class CIRCO(Benchmark):
             targets={q.query_id: q.target for q in split.queries},
         )
 
+    def submission_paths(self, out_dir, split_name) -> list[Path]:
+        return [Path(out_dir) / f"submission_{split_name}.json"]
+
     def write_submission(self, out_dir, splits, rankings, subset_rankings) -> list[Path]:
         if len(splits) != 1:
             raise InputError(f"circo submissions are written for one split, got {len(splits)}")
-        path = Path(out_dir) / f"submission_{splits[0].split}.json"
+        (path,) = self.submission_paths(out_dir, splits[0].split)
         write_circo_submission(path, splits[0], rankings[0])
         return [path]
 

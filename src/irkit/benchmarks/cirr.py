@@ -165,10 +165,13 @@ class CIRR(Benchmark):
             subset_rankings=subset_rankings,
         )
 
+    def submission_paths(self, out_dir, split_name) -> list[Path]:
+        return list(cirr_submission_paths(out_dir, split_name))
+
     def write_submission(self, out_dir, splits, rankings, subset_rankings) -> list[Path]:
         if len(splits) != 1:
             raise InputError(f"cirr submissions are written for one split, got {len(splits)}")
-        recall_path, subset_path = cirr_submission_paths(out_dir, splits[0].split)
+        recall_path, subset_path = self.submission_paths(out_dir, splits[0].split)
         write_cirr_submission(recall_path, subset_path, splits[0], rankings[0], subset_rankings[0])
         return [recall_path, subset_path]
 

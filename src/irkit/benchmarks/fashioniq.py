@@ -70,8 +70,11 @@ class FashionIQ(Benchmark):
             return dict(results[0])
         return combine_categories({s.category: r for s, r in zip(splits, results)})
 
+    def submission_paths(self, out_dir, split_name) -> list[Path]:
+        return [Path(out_dir) / f"fashioniq_{split_name}.json"]
+
     def write_submission(self, out_dir, splits, rankings, subset_rankings) -> list[Path]:
-        path = Path(out_dir) / f"fashioniq_{splits[0].split}.json"
+        (path,) = self.submission_paths(out_dir, splits[0].split)
         write_fashioniq_submission(path, {s.category: s for s in splits},
                                    {s.category: r for s, r in zip(splits, rankings)})
         return [path]

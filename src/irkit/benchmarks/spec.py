@@ -323,6 +323,10 @@ class Benchmark:
 
     # ------------------------------------------------------------------ files
 
+    def submission_paths(self, out_dir: os.PathLike | str, split_name: str) -> list[Path]:
+        """The file(s) :meth:`write_submission` writes into ``out_dir`` for split ``split_name``."""
+        raise InputError(f"{self.name} has no test-server file format", field="dataset")
+
     def write_submission(self, out_dir: os.PathLike | str, splits: Sequence[CIRSplit],
                          rankings: Sequence[Rankings], subset_rankings: Sequence[Optional[Rankings]]) -> list[Path]:
         """Write the test-server file(s) of ranked split(s) into ``out_dir``; returns their paths."""

@@ -100,12 +100,23 @@ def submission_rankings(method: CIRMethod, ctx: CIRContext, split: CIRSplit
                                                    method.gallery_embeddings(ctx, split))
 
 
-def write_method_submission(method: CIRMethod, ctx: CIRContext, splits: Sequence[CIRSplit],
-                            out_dir: os.PathLike | str) -> list[Path]:
-    """Rank test split(s) with ``method`` and write the benchmark's test-server file(s) into
-    ``out_dir`` (atomically); returns their paths."""
+def check_submission_paths(splits: Sequence[CIRSplit], out_dir: os.PathLike | str, overwrite: bool = False) -> None:
+    """Refuse (one :class:`InputError` line) when a submission file of ``splits`` already exists in
+    ``out_dir``, unless ``overwrite``: submission files are never replaced silently."""
     if not splits:
         raise InputError("no split to write a submission for")
+    existing = [p for p in benchmark_of(splits[0]).submission_paths(out_dir, splits[0].split) if p.exists()]
+    if existing and not overwrite:
+        raise InputError(f"submission file exists ({', '.join(p.name for p in existing)}); expected a new file: "
+                         "choose another --out, or pass --overwrite to replace it", path=existing[0])
+
+
+def write_method_submission(method: CIRMethod, ctx: CIRContext, splits: Sequence[CIRSplit],
+                            out_dir: os.PathLike | str, overwrite: bool = False) -> list[Path]:
+    """Rank test split(s) with ``method`` and write the benchmark's test-server file(s) into
+    ``out_dir`` (atomically); returns their paths. Existing submission files are refused before
+    any ranking unless ``overwrite``."""
+    check_submission_paths(splits, out_dir, overwrite)
     ranked = [submission_rankings(method, ctx, split) for split in splits]
     return benchmark_of(splits[0]).write_submission(out_dir, list(splits), [r for r, _ in ranked],
                                                     [s for _, s in ranked])

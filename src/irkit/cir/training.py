@@ -94,16 +94,24 @@ def phi_validator(ctx: CIRContext, method: str, dataset: str, root: Path | str, 
                      include_shared_concept=include_shared_concept, metric=metric)
 
 
+#: Parameters a resume may change without ``allow_param_change``: training longer (``steps``)
+#: alters nothing already done, since the loop's LR is constant after the warm-up. The change
+#: is still recorded (params.txt rewritten, the old one kept, a line in out.log).
+RESUME_MAY_CHANGE = ("steps",)
+
+
 def open_run(log_dir: Path | str, name: Optional[str], params: Mapping[str, Any],
-             resume: Optional[str] = None) -> RunFolder:
+             resume: Optional[str] = None, allow_param_change: bool = False) -> RunFolder:
     """The run folder of a training: a new ``log_dir/<name>`` (default name from the params),
-    or, with ``resume``, the existing one (``resume="latest"`` needs ``name``)."""
+    or, with ``resume``, the existing one (``resume="latest"`` needs ``name``). Resuming with
+    ``params`` that differ from the run's params.txt is refused unless ``allow_param_change``
+    (changes of :data:`RESUME_MAY_CHANGE` are let through and recorded)."""
     if resume is not None:
         if name is None:
             raise InputError("--resume needs --name (the run folder to continue)", field="resume")
         path = Path(log_dir) / name
         if path.exists():
-            return RunFolder.open_existing(path)
+            return RunFolder.open_existing(path, params, allow_param_change, free=RESUME_MAY_CHANGE)
     run_name = name or default_run_name(str(params.get("model", "model")), params.get("learning_rate", 0),
                                         params.get("batch_size", 0), method=params.get("method", "phi"))
     return RunFolder.create(log_dir, run_name, params)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 from typing import Optional, Sequence
 
-from irkit.errors import InputError
+from irkit.errors import InputError, RunFailed
 
 # command group -> module under irkit.cli that defines ``register(subparsers)``.
 # Each registered sub-parser sets ``func`` (called with the parsed args, returns an exit code).
@@ -28,13 +29,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_OS_ERROR_HINTS = {
+    errno.ENOSPC: "the disk is full; free space or write somewhere else (--out, --log-dir, --cache-dir)",
+    errno.EDQUOT: "the disk quota is exhausted; free space or write somewhere else",
+    errno.EACCES: "no permission; choose a location you can write to",
+    errno.EPERM: "operation not permitted; choose a location you can write to",
+    errno.EROFS: "the file system is read-only; write somewhere else",
+    errno.EISDIR: "a folder is where a file was expected",
+    errno.ENOTDIR: "a file is where a folder was expected",
+}
+
+
+def describe_os_error(error: OSError) -> str:
+    """One line for an operating-system error: the file, what happened and what to do."""
+    where = ", ".join(str(name) for name in (error.filename, error.filename2) if name is not None)
+    what = error.strerror or str(error) or type(error).__name__
+    code = errno.errorcode.get(error.errno or -1)
+    hint = _OS_ERROR_HINTS.get(error.errno or -1)
+    text = f"{where}: {what}" if where else what
+    text += f" ({code})" if code else ""
+    return (f"{text}; {hint}" if hint else text).replace("\n", " ")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run one ``irkit`` command; bad input, a failed run or an OS error is one line on stderr
+    (exit 2 for bad input, 1 otherwise)."""
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except InputError as e:
         print(f"irkit: error: {e}", file=sys.stderr)
         return 2
+    except RunFailed as e:
+        print(f"irkit: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"irkit: error: {describe_os_error(e)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -6,14 +6,14 @@ import argparse
 import json
 from pathlib import Path
 
-from irkit.cli.common import non_negative_int
+from irkit.cli.common import non_negative_int, output_folder
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("notebook", type=Path)
     parser.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                         help="notebook parameter (JSON literal or string); repeatable")
-    parser.add_argument("--log-dir", type=Path, default=Path("log"))
+    parser.add_argument("--log-dir", type=output_folder, default=Path("log"))
     parser.add_argument("--name", default=None, help="run (or batch) folder name")
 
 
@@ -31,19 +31,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     grid.set_defaults(func=_grid)
     compare = group.add_parser("compare", help="comparison table (CSV + markdown) of existing notebook runs")
     compare.add_argument("runs", nargs="+", type=Path, help="run folders (each with metrics.json)")
-    compare.add_argument("--out", type=Path, required=True, help="folder for comparison.csv / comparison.md")
+    compare.add_argument("--out", type=output_folder, required=True, help="folder for comparison.csv / comparison.md")
     compare.add_argument("--columns", default=None, help="comma-separated metric columns for the table")
     compare.set_defaults(func=_compare)
     best = group.add_parser("best", help="copy the best reproduce run into best-result-review/")
     best.add_argument("folders", nargs="+", type=Path, help="folders searched for reproduce runs")
-    best.add_argument("--out", type=Path, default=Path("best-result-review"))
+    best.add_argument("--out", type=output_folder, default=Path("best-result-review"))
     best.add_argument("--metric", default="official_mAP@10")
     best.set_defaults(func=_best)
     table = group.add_parser("cir-table", help="CIR comparison table: data, demo CLIP, baselines, LinCIR, SEARLE, "
                                                "fusion rows (resumable)")
     table.add_argument("--data-root", type=Path, required=True,
                        help="holds fashioniq/, cirr/, circo/ (demo data is generated here when absent)")
-    table.add_argument("--out", type=Path, required=True, help="run folder (re-running it resumes)")
+    table.add_argument("--out", type=output_folder, required=True, help="run folder (re-running it resumes)")
     table.add_argument("--scale", default="full", choices=["tiny", "small", "full"])
     table.add_argument("--model", default="irkit-tiny", help="any open_clip model name")
     weights = table.add_mutually_exclusive_group()

@@ -28,7 +28,7 @@ from irkit.cli.cir_options import (
     load_splits,
     loader_options,
 )
-from irkit.cli.common import parse_separator
+from irkit.cli.common import add_allow_param_change_argument, output_file, output_folder, parse_separator
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -46,14 +46,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_data_arguments(submit, default_split=None)
     add_method_arguments(submit)
     add_context_arguments(submit)
-    submit.add_argument("--out", type=Path, required=True, help="output folder for the submission file(s)")
+    submit.add_argument("--out", type=output_folder, required=True,
+                        help="output folder for the submission file(s); existing ones are refused unless --overwrite")
+    submit.add_argument("--overwrite", action="store_true", help="replace existing submission files in --out")
     submit.set_defaults(func=_run_submit)
 
     oti = cir_subparsers.add_parser("oti", help="SEARLE OTI pseudo tokens per image (resumable)")
     add_data_arguments(oti)
     add_context_arguments(oti)
     oti.add_argument("--images", choices=["references", "gallery", "all"], default="references")
-    oti.add_argument("--out", type=Path, required=True, help="OTI folder (re-running resumes it)")
+    oti.add_argument("--out", type=output_folder, required=True, help="OTI folder (re-running resumes it)")
     oti.add_argument("--steps", type=int, default=350)
     oti.add_argument("--oti-batch-size", type=int, default=32, help="images optimised together")
     oti.add_argument("--lr", type=float, default=2e-2)
@@ -95,13 +97,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="searle: regularisation phrases from each image's top-K concepts (published 150; "
                             "OTI uses 15)")
     _add_phrase_arguments(train)
-    train.add_argument("--log-dir", type=Path, default=Path("log"))
+    train.add_argument("--log-dir", type=output_folder, default=Path("log"))
     train.add_argument("--name", default=None, help="run name (default: date-model-lr-batch-method)")
     train.add_argument("--resume", default=None, help="'latest' (with --name) or a checkpoint path")
+    add_allow_param_change_argument(train)
     train.set_defaults(func=_run_train_phi)
 
     phrases = cir_subparsers.add_parser("phrases", help="write the default SEARLE regularisation phrases")
-    phrases.add_argument("--out", type=Path, required=True, help="concept<TAB>phrase file to write")
+    phrases.add_argument("--out", type=output_file, required=True, help="concept<TAB>phrase file to write")
     phrases.add_argument("--concepts", type=Path, default=None)
     phrases.add_argument("--templates", type=Path, default=None)
     phrases.set_defaults(func=_run_phrases)
@@ -126,9 +129,11 @@ def _run_eval(args: argparse.Namespace) -> int:
 
 
 def _run_submit(args: argparse.Namespace) -> int:
-    from irkit.cir.evaluate import write_method_submission
+    from irkit.cir.evaluate import check_submission_paths, write_method_submission
 
-    paths = write_method_submission(build_method(args), cir_context(args), load_splits(args), args.out)
+    splits = load_splits(args)
+    check_submission_paths(splits, args.out, args.overwrite)  # before any model or method is loaded
+    paths = write_method_submission(build_method(args), cir_context(args), splits, args.out, args.overwrite)
     print(json.dumps({"written": [str(p) for p in paths], "method": args.method}))
     return 0
 
@@ -172,23 +177,22 @@ def _run_train_phi(args: argparse.Namespace) -> int:
               "checkpoint": args.checkpoint, "oti": args.oti, "captions": args.captions,
               "val_dataset": args.val_dataset, "val_root": args.val_root, "val_split": args.val_split,
               "masking": args.masking, "top_k_concepts": args.top_k_concepts, **config.to_params()}
-    run = open_run(args.log_dir, args.name, params, args.resume)
-    try:
-        oti = captions = bank = None
-        if args.method == "searle":
-            from irkit.methods.searle import OTITokens
+    # Inputs are read and validated before the run folder exists, so a bad file blocks no --name.
+    oti = captions = bank = None
+    if args.method == "searle":
+        from irkit.methods.searle import OTITokens
 
-            oti, bank = OTITokens.load(args.oti), _phrase_bank(args)
-        else:
-            from irkit.methods.lincir import read_captions
+        oti, bank = OTITokens.load(args.oti), _phrase_bank(args)
+    else:
+        from irkit.methods.lincir import read_captions
 
-            captions = read_captions(args.captions, sep=args.csv_separator, caption_key=args.caption_key)
+        captions = read_captions(args.captions, sep=args.csv_separator, caption_key=args.caption_key)
+    run = open_run(args.log_dir, args.name, params, args.resume, args.allow_param_change)
+    with run.failure_recorded():
         result = train_phi(args.method, ctx.loaded, run, config, oti=oti, captions=captions,
                            phrase_bank=bank, validator=validator, resume=args.resume,
                            temperature=args.temperature, lambda_reg=args.lambda_reg,
                            top_k_concepts=args.top_k_concepts, masking=args.masking)
-    finally:
-        run.close()
     described = describe_result(run, result)
     described.pop("steps")
     print(json.dumps(described))

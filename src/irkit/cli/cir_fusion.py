@@ -30,7 +30,7 @@ from irkit.cli.cir_options import (
     cir_context,
     load_splits,
 )
-from irkit.cli.common import positive_int
+from irkit.cli.common import add_allow_param_change_argument, output_file, output_folder, positive_int
 
 
 def _add_training_arguments(parser: argparse.ArgumentParser, lr: float, wd: float, batch_size: int) -> None:
@@ -48,9 +48,10 @@ def _add_training_arguments(parser: argparse.ArgumentParser, lr: float, wd: floa
     parser.add_argument("--warmup", type=int, default=0, help="linear warm-up steps")
     parser.add_argument("--validate-every", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--log-dir", type=Path, default=Path("log"))
+    parser.add_argument("--log-dir", type=output_folder, default=Path("log"))
     parser.add_argument("--name", default=None, help="run name (default: date-model-lr-batch-kind)")
     parser.add_argument("--resume", default=None, help="'latest' (with --name) or a checkpoint path")
+    add_allow_param_change_argument(parser)
 
 
 def register(cir_subparsers: argparse._SubParsersAction) -> None:
@@ -100,7 +101,7 @@ def register(cir_subparsers: argparse._SubParsersAction) -> None:
     add_method_arguments(stage1)
     add_context_arguments(stage1)
     stage1.add_argument("--k", type=positive_int, default=None, help="candidates per query (default 50 CIRR, 100 FashionIQ)")
-    stage1.add_argument("--out", type=Path, required=True, help="top-K JSON file to write")
+    stage1.add_argument("--out", type=output_file, required=True, help="top-K JSON file to write")
     stage1.set_defaults(func=_run_stage1)
 
     rerank = cir_subparsers.add_parser("rerank", help="stage II: re-rank stage-I candidates; print metrics "
@@ -120,7 +121,7 @@ def register(cir_subparsers: argparse._SubParsersAction) -> None:
                         help="with K below the protocol's depth (50), score the re-ranked top K followed by the "
                              "stage-I candidates after rank K in their stage-I order (how the README table scores "
                              "its K=20 rows; irkit option)")
-    rerank.add_argument("--out", type=Path, default=None, help="write the re-ranked top-K file here")
+    rerank.add_argument("--out", type=output_file, default=None, help="write the re-ranked top-K file here")
     rerank.add_argument("--no-eval", action="store_true", help="only write --out, even on an annotated split")
     rerank.set_defaults(func=_run_rerank)
 
@@ -195,12 +196,10 @@ def _run_train(args: argparse.Namespace) -> int:
                                                                "train_stage1", "negative_pool")}}
     model_config = head_model_config(args.kind, ctx.loaded.embed_dim, **_head_options(args))
     candidates = _reranker_candidates(args, ctx, train_splits, val_splits)
-    run = open_run(args.log_dir, args.name, params, args.resume)
-    try:
+    run = open_run(args.log_dir, args.name, params, args.resume, args.allow_param_change)
+    with run.failure_recorded():
         result = train_head(args.kind, ctx, train_splits, run, config, model_config, val_splits, args.val_metric,
                             args.resume, **candidates)
-    finally:
-        run.close()
     print(json.dumps(describe_result(run, result)))
     return 0
 

@@ -38,6 +38,67 @@ def _bounded_int(text: str, low: int, what: str) -> int:
     return value
 
 
+def output_file(text: str) -> Path:
+    """argparse type: the path of a file to write; an existing folder there, or an existing file
+    among its parents, is refused up front."""
+    from irkit.io import check_output_file
+
+    return _checked_path(text, check_output_file)
+
+
+def output_folder(text: str) -> Path:
+    """argparse type: a folder to write into; an existing file there, or among its parents, is refused."""
+    from irkit.io import check_output_folder
+
+    return _checked_path(text, check_output_folder)
+
+
+def _checked_path(text: str, check: Any) -> Path:
+    from irkit.errors import InputError
+
+    path = Path(text)
+    try:
+        check(path)
+    except InputError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return path
+
+
+def device_name(text: str) -> str:
+    """argparse type: a torch device that exists here (``cpu``, ``cuda``, ``cuda:1``, ``mps``);
+    ``--device cuda`` without a CUDA GPU is refused up front, not after loading the data."""
+    value = text.strip().lower()
+    if value == "cpu":
+        return value
+    import torch
+
+    try:
+        device = torch.device(value)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"unknown device {text!r}; expected cpu, cuda, cuda:<index> or mps") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise argparse.ArgumentTypeError(
+                f"{text!r} needs a CUDA GPU, but none is available here (torch.cuda.is_available() is False); "
+                "use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: there are {torch.cuda.device_count()} CUDA device(s) (indices from 0)")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r} needs Apple's MPS backend, which is not available here; "
+                                         "use --device cpu")
+    elif device.type not in ("cuda", "mps"):
+        raise argparse.ArgumentTypeError(f"unsupported device {text!r}; expected cpu, cuda, cuda:<index> or mps")
+    return value
+
+
+def add_allow_param_change_argument(parser: argparse.ArgumentParser) -> None:
+    """``--allow-param-change``: resume a run with hyper-parameters that differ from its params.txt."""
+    parser.add_argument("--allow-param-change", action="store_true",
+                        help="with --resume: continue even though hyper-parameters differ from the run's "
+                             "params.txt (the old file is kept as params_before_resume_<n>.txt)")
+
+
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """``--model/--pretrained|--checkpoint/--transform/--device/--precision``."""
     parser.add_argument("--model", default="irkit-tiny", help="any open_clip model name (default irkit-tiny)")
@@ -48,7 +109,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--transform", default="square", choices=["square", "targetpad", "center", "magiclens"],
                         help="image preprocessing (square = black padding to a square, as published; "
                              "magiclens = MagicLens's largest centred square crop + antialiased resize)")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", type=device_name, default="cpu",
+                        help="cpu (default), cuda, cuda:<index> or mps; checked before anything runs")
     parser.add_argument("--precision", default="fp32")
 
 

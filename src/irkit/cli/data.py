@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from irkit.cli.common import positive_int
+from irkit.cli.common import output_folder, positive_int
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -34,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Write the demo datasets in their published layouts (plus irkit_attributes.jsonl "
                     "sidecars, captions/*.csv and demo_manifest.json). The same seed and scale give "
                     "byte-identical files; a folder made with another seed/scale is never written into.")
-    demo.add_argument("--out", default="data/demo", help="output folder (new, empty, or a compatible demo folder)")
+    demo.add_argument("--out", type=output_folder, default="data/demo", help="output folder (new, empty, or a compatible demo folder)")
     demo.add_argument("--seed", type=int, default=0, help="random seed (non-negative integer)")
     demo.add_argument("--scale", choices=list(SCALES), default="tiny",
                       help="tiny: seconds (tests); small: a few hundred images per dataset; "

@@ -6,7 +6,14 @@ import argparse
 import json
 from pathlib import Path
 
-from irkit.cli.common import add_encoding_arguments, add_model_arguments, cache_dir, load_model, positive_int
+from irkit.cli.common import (
+    add_encoding_arguments,
+    add_model_arguments,
+    cache_dir,
+    load_model,
+    output_folder,
+    positive_int,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -20,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_model_arguments(images)
     images.add_argument("--images", type=Path, required=True,
                         help="image folder (recursive) or a text file with one image path per line")
-    images.add_argument("--out", type=Path, required=True, help="new collection folder")
+    images.add_argument("--out", type=output_folder, required=True, help="new collection folder")
     add_encoding_arguments(images)
     images.add_argument("--dtype", default="float16", choices=["float16", "float32"])
     images.set_defaults(func=_run_images)

@@ -6,7 +6,15 @@ import argparse
 import json
 from pathlib import Path
 
-from irkit.cli.common import add_encoding_arguments, add_model_arguments, cache_dir, load_model, positive_int
+from irkit.cli.common import (
+    add_encoding_arguments,
+    add_model_arguments,
+    cache_dir,
+    load_model,
+    output_file,
+    output_folder,
+    positive_int,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -23,11 +31,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               "(published); strip: drop 'A '/'This is a ' and the final '.' (published "
                               "non-prompt variant); none: queries as given; auto: the best of the three on "
                               "the labelled val split (<root>/val/val_label.txt)")
-    traffic.add_argument("--out", type=Path, required=True, help="output folder")
+    traffic.add_argument("--out", type=output_folder, required=True, help="output folder")
     traffic.add_argument("--k", type=positive_int, default=10, help="answers per query (the challenge and --submission need 10)")
     traffic.add_argument("--num-vehicle-queries", type=int, default=None,
                          help="override the detected number of leading vehicle queries")
-    traffic.add_argument("--submission", type=Path, default=None,
+    traffic.add_argument("--submission", type=output_file, default=None,
                          help="also merge the two result files into this submission.json")
     add_model_arguments(traffic)
     add_encoding_arguments(traffic)
@@ -37,7 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     merge.add_argument("--vehicle", type=Path, required=True, help="vehicle_results.json")
     merge.add_argument("--person", type=Path, required=True, help="person_results.json")
     merge.add_argument("--test-text", type=Path, required=True, help="test/test_text.txt")
-    merge.add_argument("--out", type=Path, required=True, help="submission.json to write")
+    merge.add_argument("--out", type=output_file, required=True, help="submission.json to write")
     merge.set_defaults(func=_run_merge)
 
 

@@ -6,7 +6,14 @@ import argparse
 import json
 from pathlib import Path
 
-from irkit.cli.common import add_encoding_arguments, add_model_arguments, cache_dir, load_model, parse_separator
+from irkit.cli.common import (
+    add_encoding_arguments,
+    add_model_arguments,
+    cache_dir,
+    load_model,
+    output_file,
+    parse_separator,
+)
 from irkit.errors import InputError
 
 
@@ -19,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Colours/types come from closed sets (+ synonyms); the rest of a phrase is the brand. "
                     "Each list in car_attribute.json is sorted by frequency (most frequent first), ties by name.")
     attributes.add_argument("--labels", type=Path, nargs="+", required=True, help="*_label.txt file(s)")
-    attributes.add_argument("--out", type=Path, required=True, help="car_attribute.json to write")
+    attributes.add_argument("--out", type=output_file, required=True, help="car_attribute.json to write")
     attributes.add_argument("--split-out", type=Path, default=None,
                             help="folder for vehicle_label.txt and person_label.txt (all inputs, in order)")
     attributes.add_argument("--closed-colors", action="store_true",
@@ -33,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     augment.add_argument("--images", type=Path, required=True, help="<split>_images folder")
     augment.add_argument("--vocab", type=Path, default=None,
                          help="car_attribute.json with the candidate values (default: irkit's bundled vocabulary)")
-    augment.add_argument("--out", type=Path, required=True, help="augmented label file to write")
+    augment.add_argument("--out", type=output_file, required=True, help="augmented label file to write")
     augment.add_argument("--truth", type=Path, default=None,
                          help="per-image attribute sidecar (irkit_attributes.jsonl) to score the filled slots; "
                               "default: <dataset root>/irkit_attributes.jsonl when present")
@@ -44,7 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     csv = group.add_parser("csv", help="open_clip training CSV (filepath/title, absolute paths) from labels")
     csv.add_argument("--labels", type=Path, required=True, help="(augmented) label file")
     csv.add_argument("--images", type=Path, required=True, help="folder of the labelled images")
-    csv.add_argument("--out", type=Path, required=True, help="CSV to write (+ <csv>.json recording the separator)")
+    csv.add_argument("--out", type=output_file, required=True, help="CSV to write (+ <csv>.json recording the separator)")
     csv.add_argument("--caption", choices=["aug", "text"], default="aug",
                      help="aug = augmented caption (4th column), text = original sentence")
     csv.add_argument("--sep", type=parse_separator, default="\t", help="separator: tab (default), comma, ...")

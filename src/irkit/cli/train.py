@@ -6,7 +6,13 @@ import argparse
 import json
 from pathlib import Path
 
-from irkit.cli.common import non_negative_int, parse_separator, positive_int
+from irkit.cli.common import (
+    add_allow_param_change_argument,
+    non_negative_int,
+    output_folder,
+    parse_separator,
+    positive_int,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -16,7 +22,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "clip",
         help="contrastive training from scratch (no --pretrained) or low-LR fine-tuning (with --pretrained)",
         description="Wraps open_clip_train: run folder log/<name>/{out.log,params.txt,checkpoints/,"
-                    "results.jsonl,tensorboard/}; an existing run folder is never overwritten.",
+                    "results.jsonl,tensorboard/}; an existing run folder is never overwritten. Every input is "
+                    "checked before the folder is made; a run that fails later is marked FAILED (rerun "
+                    "with the same --name to start again, or --resume latest when it has checkpoints).",
     )
     clip.add_argument("--train-csv", type=Path, required=True, help="tab-separated filepath/title CSV")
     clip.add_argument("--val-csv", type=Path, default=None)
@@ -33,9 +41,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     clip.add_argument("--seed", type=int, default=0)
     clip.add_argument("--precision", default="auto")
     clip.add_argument("--transform", default="square", choices=["square", "targetpad", "center"])
-    clip.add_argument("--log-dir", type=Path, default=Path("log"))
+    clip.add_argument("--log-dir", type=output_folder, default=Path("log"))
     clip.add_argument("--name", default=None, help="run name (default: date-model-lr-batch-...)")
     clip.add_argument("--resume", default=None, help="'latest' (with --name) or a checkpoint path")
+    add_allow_param_change_argument(clip)
     clip.add_argument("--save-frequency", type=int, default=1)
     clip.add_argument("--csv-separator", type=parse_separator, default="\t",
                       help="CSV separator: tab (default), comma, semicolon, pipe or one character")
@@ -52,7 +61,7 @@ def _run_clip(args: argparse.Namespace) -> int:
         workers=args.workers, seed=args.seed, precision=args.precision, transform=args.transform,
         log_dir=args.log_dir, name=args.name, resume=args.resume, save_frequency=args.save_frequency,
         csv_separator=args.csv_separator,
-    ))
+    ), allow_param_change=args.allow_param_change)
     print(json.dumps({"run_dir": str(result.run_dir), "final_checkpoint": str(result.final_checkpoint),
                       "results": result.results[-1] if result.results else None}))
     return 0

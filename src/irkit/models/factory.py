@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from irkit.errors import InputError
+from irkit.errors import InputError, first_line_of
 from irkit.io import atomic_path, file_sha256
 from irkit.transforms import TRANSFORM_NAMES, TransformConfig, build_transform
 
@@ -99,7 +99,7 @@ def _known_models() -> list[str]:
     return open_clip.list_models()
 
 
-def _check_model_name(model_name: str) -> tuple[Optional[str], str]:
+def check_model_name(model_name: str) -> tuple[Optional[str], str]:
     """Return ``(schema, name)``; unknown built-in names raise InputError with close matches."""
     schema, identifier = open_clip.factory.parse_model_name(model_name)
     if schema == "local-dir":
@@ -189,14 +189,14 @@ def read_state_dict(path: Union[str, Path]) -> dict[str, torch.Tensor]:
         try:
             raw = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:
-            detail = next((ln.strip() for ln in str(e).splitlines() if "Unsupported global" in ln),
-                          str(e).splitlines()[0])
+            detail = first_line_of(e)
             raise InputError(
                 "checkpoint cannot be read with torch.load(weights_only=True): it holds pickled Python "
                 f"objects besides tensors ({detail}). Re-save only its state_dict, or convert it to "
                 ".safetensors", path=path) from None
         except (RuntimeError, EOFError, OSError, ValueError) as e:
-            raise InputError(f"not a readable PyTorch checkpoint ({type(e).__name__}: {e})", path=path) from None
+            raise InputError(f"not a readable PyTorch checkpoint ({type(e).__name__}: {first_line_of(e)})",
+                             path=path) from None
     if isinstance(raw, dict) and "state_dict" in raw:
         raw = raw["state_dict"]
     if not isinstance(raw, dict) or not raw:
@@ -399,7 +399,7 @@ def create_model(
                          field="transform")
     if pretrained and checkpoint:
         raise InputError("give either a pretrained tag or a checkpoint path, not both", field="checkpoint")
-    schema, name = _check_model_name(model_name)
+    schema, name = check_model_name(model_name)
     if pretrained and _looks_like_path(str(pretrained)) and schema is None:
         checkpoint, pretrained = pretrained, None
     if checkpoint is not None:

@@ -18,9 +18,18 @@ only builds its arguments and wraps four things it cannot do on its own:
    that write would leave a truncated file that ``--resume latest`` then picks. irkit makes
    those writes atomic (temporary file + rename) for the duration of training.
 
-It also validates the CSV files before launching (the most reported open_clip training
-error is ``KeyError: 'filepath'`` from a separator mismatch) and mirrors open_clip's
-``checkpoints/results.jsonl`` to ``<run>/results.jsonl`` (docs/formats.md §5).
+5. **Safe checkpoint loading**: open_clip_train's ``--resume`` reads with its own ``torch.load``
+   without ``weights_only`` (safe only by torch's default, which ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1``
+   turns off); irkit replaces that one call by ``torch.load(weights_only=True)`` for the run.
+
+Before anything is created it validates every input, so a bad one is one line and leaves no run
+folder: the CSV files (the most reported open_clip training error is ``KeyError: 'filepath'``
+from a separator mismatch) and that every image path is a file PIL identifies as an image, the
+model name, ``--pretrained`` (a tag of that model, or a local file read with
+``weights_only=True``), ``--resume`` (read with ``weights_only=True``, with the keys
+open_clip_train needs) and, on resume, that the hyper-parameters match the run's params.txt.
+A failure after the folder exists marks it ``FAILED`` (:mod:`irkit.runs`). It mirrors
+open_clip's ``checkpoints/results.jsonl`` to ``<run>/results.jsonl`` (docs/formats.md §5).
 """
 
 from __future__ import annotations
@@ -38,7 +47,7 @@ from typing import Any, Iterator, Optional
 import numpy as np
 import torch
 
-from irkit.errors import InputError
+from irkit.errors import InputError, first_line_of
 from irkit.io import atomic_path
 
 
@@ -194,6 +203,7 @@ def _patched_open_clip_train(config: ClipTrainConfig) -> Iterator[Any]:
     original_create = oct_main.create_model_and_transforms
     original_train_one_epoch = oct_main.train_one_epoch
     original_setup_logging = oct_main.setup_logging
+    original_pt_load = oct_main.pt_load
     original_save = torch.save
 
     def create_model_and_transforms(*args: Any, **kwargs: Any):
@@ -222,6 +232,7 @@ def _patched_open_clip_train(config: ClipTrainConfig) -> Iterator[Any]:
     oct_main.create_model_and_transforms = create_model_and_transforms
     oct_main.train_one_epoch = train_one_epoch
     oct_main.setup_logging = setup_logging
+    oct_main.pt_load = load_resume_checkpoint  # the --resume read, weights_only=True whatever the environment
     torch.save = _atomic_torch_save(original_save)
     try:
         with _restored_logging():
@@ -230,6 +241,7 @@ def _patched_open_clip_train(config: ClipTrainConfig) -> Iterator[Any]:
         oct_main.create_model_and_transforms = original_create
         oct_main.train_one_epoch = original_train_one_epoch
         oct_main.setup_logging = original_setup_logging
+        oct_main.pt_load = original_pt_load
         torch.save = original_save
 
 
@@ -240,53 +252,179 @@ class ClipTrainResult:
     results: list[dict[str, Any]]
 
 
+def load_resume_checkpoint(file_path: str | os.PathLike, map_location: Any = None) -> Any:
+    """open_clip_train's ``pt_load`` for local files, read with ``torch.load(weights_only=True)``
+    (an explicit ``weights_only=True`` is not overridden by ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``)."""
+    path = Path(file_path)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling/format problem is one clear line
+        raise InputError(f"cannot read checkpoint with torch.load(weights_only=True) ({type(e).__name__}: "
+                         f"{first_line_of(e)}); expected an open_clip_train checkpoint or a state dict of tensors",
+                         path=path) from None
+
+
+def check_resume_checkpoint(path: Path) -> None:
+    """``--resume`` file: readable with ``weights_only=True`` and holding what open_clip_train
+    reads: ``epoch``, ``state_dict`` and ``optimizer`` (a training checkpoint) or a bare state dict."""
+    if not path.is_file():
+        raise InputError("resume checkpoint not found (expected an open_clip_train epoch_<n>.pt)", path=path)
+    checkpoint = load_resume_checkpoint(path, map_location="cpu")
+    if not isinstance(checkpoint, dict) or not checkpoint:
+        raise InputError(f"checkpoint holds {type(checkpoint).__name__}; expected a dict (an open_clip_train "
+                         "checkpoint or a state dict)", path=path)
+    if "epoch" in checkpoint:
+        missing = [key for key in ("state_dict", "optimizer") if key not in checkpoint]
+        if missing:
+            raise InputError(f"training checkpoint lacks {', '.join(missing)}; expected the keys epoch, "
+                             "state_dict and optimizer (as open_clip_train writes)", path=path)
+        if not isinstance(checkpoint["state_dict"], dict) or not checkpoint["state_dict"]:
+            raise InputError("'state_dict' is empty or not a dict; expected parameter name -> tensor",
+                             path=path, field="state_dict")
+    elif not all(isinstance(value, torch.Tensor) for value in checkpoint.values()):
+        raise InputError("checkpoint has no 'epoch' and is not a state dict of tensors; expected an "
+                         "open_clip_train checkpoint (epoch, state_dict, optimizer) or a state dict", path=path)
+
+
+_WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+
+
+def _is_weights_file(value: str) -> bool:
+    """Whether ``--pretrained`` names a local file rather than an open_clip tag."""
+    return os.sep in value or "/" in value or value.endswith(_WEIGHT_SUFFIXES) or os.path.exists(value)
+
+
+def check_model_and_weights(config: ClipTrainConfig) -> None:
+    """The model name is an open_clip or irkit config; ``pretrained`` is a tag of that model or a
+    local weights file readable with ``weights_only=True`` (or safetensors)."""
+    import open_clip
+
+    import irkit.models  # noqa: F401  (registers irkit's model configs with open_clip)
+    from irkit.models.factory import check_model_name, read_state_dict
+
+    schema, name = check_model_name(config.model)
+    if not config.pretrained:
+        return
+    if _is_weights_file(config.pretrained):
+        if not Path(config.pretrained).is_file():
+            raise InputError("pretrained checkpoint file not found", path=config.pretrained, field="pretrained")
+        read_state_dict(config.pretrained)  # weights_only=True / safetensors; tensors only
+    elif schema is None and not open_clip.get_pretrained_cfg(name, config.pretrained):
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        raise InputError(f"'{config.pretrained}' is neither a pretrained tag of model '{name}' nor an existing "
+                         f"file (tags: {', '.join(tags) if tags else 'none'})", field="pretrained")
+
+
 def validate_training_csv(path: Path, config: ClipTrainConfig) -> int:
-    """Check the CSV the way open_clip_train will read it; return its row count."""
+    """Check the CSV the way open_clip_train will read it and that every image path is a file PIL
+    identifies as an image (headers only: no pixel decoding); return its row count."""
+    from PIL import Image
+
     from irkit.data.captions import load_caption_csv
 
     records = load_caption_csv(path, sep=config.csv_separator, img_key=config.csv_img_key,
                                caption_key=config.csv_caption_key, check_images=True)
     if not records:
         raise InputError("training CSV has no rows", path=path)
+    for record in records:
+        try:
+            with Image.open(record.filepath) as image:
+                image.size  # noqa: B018 - the header is read by open()
+        except Exception as e:  # noqa: BLE001 - any unreadable file is one clear line
+            target = f" (a link to {os.path.realpath(record.filepath)})" if os.path.islink(record.filepath) else ""
+            detail = (str(e).splitlines() or [type(e).__name__])[0]
+            raise InputError(f"{record.filepath}{target} is not an image file ({detail}); expected an image "
+                             "PIL can read (JPEG, PNG, ...)", path=path, line=record.line,
+                             field=config.csv_img_key) from None
     return len(records)
 
 
-def train_clip(config: ClipTrainConfig) -> ClipTrainResult:
+#: open_clip_train parameters that do not change the trained weights (not compared on resume).
+_NOT_HYPER_PARAMETERS = {"resume", "name", "logs", "device", "workers", "log_every_n_steps", "report_to",
+                         "save_frequency"}
+
+
+def open_clip_params(config: ClipTrainConfig) -> dict[str, Any]:
+    """The hyper-parameters irkit passes, as open_clip_train parses them and writes to params.txt."""
+    from open_clip_train.params import parse_args
+
+    argv = open_clip_argv(config)
+    names = {token[2:].replace("-", "_") for token in argv if token.startswith("--")}
+    parsed = vars(parse_args(argv))
+    return {name: parsed[name] for name in sorted(names - _NOT_HYPER_PARAMETERS) if name in parsed}
+
+
+def _prepare_run_dir(config: ClipTrainConfig, run_dir: Path, allow_param_change: bool) -> None:
+    """Refuse what cannot be run into ``run_dir``; set a failed attempt aside; check resume params."""
+    from irkit.runs import (
+        FAILED_MARKER,
+        check_resume_params,
+        existing_run_error,
+        latest_checkpoint,
+        set_aside_failed_run,
+    )
+
+    if config.resume is None:
+        if run_dir.exists() and set_aside_failed_run(run_dir) is None:
+            raise existing_run_error(run_dir)
+        return
+    if config.resume == "latest":
+        latest = latest_checkpoint(run_dir / "checkpoints")
+        if latest is None:
+            raise InputError("cannot resume: no checkpoints/epoch_<n>.pt in this run", path=run_dir)
+        check_resume_checkpoint(latest)
+    else:
+        if run_dir.exists():
+            raise InputError("resuming from a checkpoint file starts a new run folder, and this one exists; "
+                             "choose another --name, or continue this run with --resume latest", path=run_dir)
+        check_resume_checkpoint(Path(config.resume))
+        return
+    check_resume_params(run_dir, open_clip_params(config), allow_param_change,
+                        compared=list(open_clip_params(config)))
+    (run_dir / FAILED_MARKER).unlink(missing_ok=True)  # this attempt decides the run's state now
+
+
+def train_clip(config: ClipTrainConfig, allow_param_change: bool = False) -> ClipTrainResult:
     """Train (or fine-tune) an open_clip model on caption CSVs; returns the run folder.
 
-    A new run refuses an existing run folder; ``resume="latest"`` continues it.
+    A new run refuses an existing run folder (a failed one without checkpoints is set aside);
+    ``resume="latest"`` continues it, refusing changed hyper-parameters unless
+    ``allow_param_change``. Every input is checked before the folder is created; a failure
+    afterwards marks the folder ``FAILED`` and raises :class:`~irkit.errors.RunFailed`.
     """
+    from irkit.runs import mark_failed, run_failed
+
     config = _resolve(config)
     if config.name is None:
         if config.resume == "latest":
             raise InputError("--resume latest needs --name of the run to continue", field="name")
         config.name = default_clip_run_name(config)
     run_dir = Path(config.log_dir) / config.name
-    if config.resume is None and run_dir.exists():
-        raise InputError("run folder already exists; pick another --name or pass --resume latest",
-                         path=run_dir)
-    if config.resume == "latest" and not (run_dir / "checkpoints").is_dir():
-        raise InputError("cannot resume: no checkpoints folder in this run", path=run_dir)
-    if config.resume not in (None, "latest") and not Path(config.resume).is_file():
-        raise InputError("resume checkpoint not found", path=config.resume)
-    if config.pretrained and (os.sep in config.pretrained or config.pretrained.endswith(
-            (".pt", ".pth", ".bin", ".safetensors"))) and not Path(config.pretrained).is_file():
-        raise InputError("pretrained checkpoint file not found", path=config.pretrained)
+    check_model_and_weights(config)
     for csv_path in filter(None, (config.train_csv, config.val_csv)):
         validate_training_csv(Path(csv_path), config)
+    _prepare_run_dir(config, run_dir, allow_param_change)
 
-    with _patched_open_clip_train(config) as oct_main:
-        status = oct_main.main(open_clip_argv(config))
-    if status not in (None, 0):
-        raise RuntimeError(f"open_clip_train exited with status {status}; see {run_dir / 'out.log'}")
+    try:
+        with _patched_open_clip_train(config) as oct_main:
+            status = oct_main.main(open_clip_argv(config))
+        if status not in (None, 0):
+            raise RuntimeError(f"open_clip_train exited with status {status}")
+        final = run_dir / "checkpoints" / f"epoch_{config.epochs}.pt"
+        if not final.is_file():
+            raise RuntimeError(f"training finished without its final checkpoint {final}")
+    except BaseException as error:
+        if not run_dir.is_dir():
+            raise
+        mark_failed(run_dir, error)
+        if isinstance(error, Exception):
+            raise run_failed(run_dir, error) from error
+        raise
 
     results_src = run_dir / "checkpoints" / "results.jsonl"
     if results_src.is_file():
         with atomic_path(run_dir / "results.jsonl") as tmp:
             shutil.copyfile(results_src, tmp)
-    final = run_dir / "checkpoints" / f"epoch_{config.epochs}.pt"
-    if not final.is_file():
-        raise RuntimeError(f"training finished without its final checkpoint {final}")
     from irkit.runs import read_results
 
     return ClipTrainResult(run_dir=run_dir, final_checkpoint=final, results=read_results(run_dir))

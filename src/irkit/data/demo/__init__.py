@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -51,7 +50,7 @@ from irkit.data.demo.genecis import generate_genecis
 from irkit.data.demo.jobs import JobRunner, default_workers
 from irkit.data.demo.traffic import generate_traffic
 from irkit.errors import InputError
-from irkit.io import atomic_write_json, atomic_write_text, read_json
+from irkit.io import atomic_write_json, atomic_write_text, make_temp_dir, read_json
 
 __all__ = ["ALL", "DATASETS", "MANIFEST_NAME", "SCALES", "DemoDifficulty", "DemoScale", "generate_demo",
            "parse_datasets"]
@@ -164,7 +163,7 @@ def generate_demo(out: os.PathLike | str, seed: int = 0, scale: str = "tiny", da
                 raise InputError(f"'{dataset}/' exists but {MANIFEST_NAME} does not list it (an interrupted run?); "
                                  f"expected it absent: remove it and run again", path=final)
             started = time.perf_counter()
-            staging = Path(tempfile.mkdtemp(prefix=f".{dataset}.partial-", dir=out))
+            staging = make_temp_dir(out, prefix=f".{dataset}.partial-", suffix="")
             try:
                 result = _GENERATORS[dataset](staging, seed, scale_spec, difficulty, runner)
                 os.replace(staging, final)
