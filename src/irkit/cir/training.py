@@ -97,7 +97,28 @@ def phi_validator(ctx: CIRContext, method: str, dataset: str, root: Path | str, 
 def open_run(log_dir: Path | str, name: Optional[str], params: Mapping[str, Any],
              resume: Optional[str] = None) -> RunFolder:
     """The run folder of a training: a new ``log_dir/<name>`` (default name from the params),
-    or, with ``resume``, the existing one (``resume="latest"`` needs ``name``)."""
+    or, with ``resume``, the existing one (``resume="latest"`` needs ``name``).
+
+    Under torchrun rank 0 opens it (``params`` gain ``processes``) and the other ranks get a
+    :class:`irkit.runs.FollowerRun` of the same folder, which writes nothing."""
+    from irkit import distributed
+    from irkit.runs import FollowerRun
+
+    if not distributed.init_process_group():
+        return open_run_folder(log_dir, name, params, resume)
+    opened: list[RunFolder] = []
+
+    def open_on_main() -> str:
+        opened.append(open_run_folder(log_dir, name, {**params, "processes": distributed.world_size()}, resume))
+        return str(opened[0].path)
+
+    path = distributed.run_on_main(open_on_main)
+    return opened[0] if opened else FollowerRun(path)
+
+
+def open_run_folder(log_dir: Path | str, name: Optional[str], params: Mapping[str, Any],
+                    resume: Optional[str] = None) -> RunFolder:
+    """:func:`open_run` in this process alone."""
     if resume is not None:
         if name is None:
             raise InputError("--resume needs --name (the run folder to continue)", field="resume")

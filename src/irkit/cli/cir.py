@@ -143,10 +143,12 @@ def _run_oti(args: argparse.Namespace) -> int:
 
 
 def _run_train_phi(args: argparse.Namespace) -> int:
+    from irkit import distributed
     from irkit.cir.training import TrainingConfig, open_run, phi_validator
     from irkit.errors import InputError
     from irkit.workflows.cir import describe_result, train_phi
 
+    distributed.init_process_group()  # under torchrun: before the model picks its device
     if args.method == "searle" and args.oti is None:
         raise InputError("searle phi training needs --oti (an OTI folder from `irkit cir oti`)", field="oti")
     if args.method == "lincir" and args.captions is None:
@@ -181,9 +183,10 @@ def _run_train_phi(args: argparse.Namespace) -> int:
                            temperature=args.temperature, lambda_reg=args.lambda_reg)
     finally:
         run.close()
-    described = describe_result(run, result)
-    described.pop("steps")
-    print(json.dumps(described))
+    if distributed.is_main():
+        described = describe_result(run, result)
+        described.pop("steps")
+        print(json.dumps(described))
     return 0
 
 

@@ -24,6 +24,7 @@ from typing import Any, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from irkit import distributed
 from irkit.cir.context import frozen, model_device
 from irkit.cir.registry import register_method
 from irkit.cir.training import TrainingConfig, Validator, train_with_validation
@@ -163,18 +164,26 @@ def train_phi_lincir(loaded: Any, captions: Sequence[str], run: Any, config: Tra
     spans_cache: dict[int, list[tuple[int, int]]] = {}
 
     def loss_fn(rows: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        rows_list = [int(i) for i in rows]
-        todo = [i for i in dict.fromkeys(rows_list) if i not in spans_cache]
+        # Several processes: this rank parses, encodes and scores its rows of the global batch;
+        # phi (cheap) runs on the whole batch so noise and dropout are drawn as in one process.
+        local = distributed.local_rows(len(rows))
+        mine = [int(i) for i in rows[local]]
+        # One draw of the global RNG seeds the random word of each keyword-less caption by its
+        # position in the global batch, so the masks do not depend on how the batch is split.
+        mask_seed = int(torch.randint(0, 2 ** 62, (1,)))
+        todo = [i for i in dict.fromkeys(mine) if i not in spans_cache]
         for i, doc in zip(todo, nlp.pipe([cleaned[i] for i in todo])):
             spans_cache[i] = keyword_spans(doc)
-        masked = [mask_text(cleaned[i], spans_cache[i]) for i in rows_list]
+        masked = [mask_text(cleaned[i], spans_cache[i], None if spans_cache[i] else
+                            torch.Generator().manual_seed(mask_seed + local.start + j)) for j, i in enumerate(mine)]
         with torch.no_grad():
-            original = model.encode_text(tokenizer([cleaned[i] for i in rows_list]).to(device)).float()
+            original_mine = model.encode_text(tokenizer([cleaned[i] for i in mine]).to(device)).float()
+            original = distributed.gather_rows(original_mine)
         noise = torch.rand(original.shape[0], 1, device=device) * torch.randn_like(original) * noise_scale
-        tokens = phi(original + noise)
+        tokens = phi(original + noise)[local]
         predicted = encode_with_pseudo_tokens(model, tokenize_masked(tokenizer, masked), tokens, placeholder_id, "all")
-        loss = F.mse_loss(predicted.float(), original)
-        keyword_rate = sum(bool(spans_cache[i]) for i in rows_list) / len(rows_list)
+        loss = F.mse_loss(predicted.float(), original_mine) * distributed.local_share(len(rows))
+        keyword_rate = sum(bool(spans_cache[i]) for i in mine) / len(mine)
         return loss, {"keyword_rate": keyword_rate}
 
     extra = {"method": "lincir", "model_name": loaded.model_name, "weights_id": loaded.weights_id,

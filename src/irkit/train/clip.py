@@ -18,6 +18,16 @@ only builds its arguments and wraps four things it cannot do on its own:
    that write would leave a truncated file that ``--resume latest`` then picks. irkit makes
    those writes atomic (temporary file + rename) for the duration of training.
 
+5. **Several processes** (``torchrun ... -m irkit train clip`` or ``irkit train clip --nproc N``):
+   open_clip_train joins the process group itself (gloo on CPU, NCCL on GPU) and wraps the model
+   in DistributedDataParallel; irkit passes ``--batch-size`` as the *global* batch (each rank
+   gets ``batch / N``) and ``--gather-with-grad --local-loss`` so the contrastive loss sees the
+   whole global batch and its gradient equals one process's; open_clip_train's
+   ``device_ids=[cpu]`` (refused by DistributedDataParallel for CPU modules) is dropped on CPU.
+   On GPU ``--use-bn-sync`` gives BatchNorm towers (ResNets) global-batch statistics; torch's
+   SyncBatchNorm has no CPU kernel, so on CPU a BatchNorm tower normalises per rank (a ViT has
+   no BatchNorm and matches one process). Rank 0 alone checks and writes the run folder.
+
 It also validates the CSV files before launching (the most reported open_clip training
 error is ``KeyError: 'filepath'`` from a separator mismatch) and mirrors open_clip's
 ``checkpoints/results.jsonl`` to ``<run>/results.jsonl`` (docs/formats.md §5).
@@ -38,6 +48,7 @@ from typing import Any, Iterator, Optional
 import numpy as np
 import torch
 
+from irkit.distributed import launched_rank, launched_world_size
 from irkit.errors import InputError
 from irkit.io import atomic_path
 
@@ -110,7 +121,7 @@ def open_clip_argv(config: ClipTrainConfig) -> list[str]:
         "--wd", str(config.wd),
         "--warmup", str(config.warmup),
         "--lr-scheduler", config.lr_scheduler,
-        "--batch-size", str(config.batch_size),
+        "--batch-size", str(_per_rank_batch(config.batch_size)),
         "--workers", str(config.workers),
         "--seed", str(config.seed),
         "--precision", config.precision,
@@ -129,7 +140,20 @@ def open_clip_argv(config: ClipTrainConfig) -> list[str]:
         argv += ["--resume", str(config.resume)]
     if not torch.cuda.is_available():
         argv += ["--device", "cpu"]
+    if launched_world_size() > 1:
+        argv += ["--gather-with-grad", "--local-loss"]  # in-batch negatives over the global batch
+        if torch.cuda.is_available():
+            argv += ["--use-bn-sync"]  # BatchNorm towers (ResNets) use global-batch statistics
     return argv + list(config.extra_args)
+
+
+def _per_rank_batch(batch_size: int) -> int:
+    """open_clip_train's ``--batch-size`` is per process; irkit's is the global batch."""
+    size = launched_world_size()
+    if batch_size % size:
+        raise InputError(f"--batch-size {batch_size} is the global batch and must be divisible by the "
+                         f"{size} processes", field="batch_size")
+    return batch_size // size
 
 
 def _seed_everything(seed: int) -> None:
@@ -195,6 +219,15 @@ def _patched_open_clip_train(config: ClipTrainConfig) -> Iterator[Any]:
     original_train_one_epoch = oct_main.train_one_epoch
     original_setup_logging = oct_main.setup_logging
     original_save = torch.save
+    original_ddp = torch.nn.parallel.DistributedDataParallel
+
+    class DistributedDataParallel(original_ddp):
+        """open_clip_train passes ``device_ids=[device]`` even on CPU, which DDP refuses."""
+
+        def __init__(self, module: torch.nn.Module, device_ids: Any = None, *args: Any, **kwargs: Any) -> None:
+            if device_ids and all(torch.device(d).type == "cpu" for d in device_ids):
+                device_ids = None
+            super().__init__(module, device_ids, *args, **kwargs)
 
     def create_model_and_transforms(*args: Any, **kwargs: Any):
         model, preprocess_train, preprocess_val = original_create(*args, **kwargs)
@@ -223,6 +256,7 @@ def _patched_open_clip_train(config: ClipTrainConfig) -> Iterator[Any]:
     oct_main.train_one_epoch = train_one_epoch
     oct_main.setup_logging = setup_logging
     torch.save = _atomic_torch_save(original_save)
+    torch.nn.parallel.DistributedDataParallel = DistributedDataParallel
     try:
         with _restored_logging():
             yield oct_main
@@ -231,6 +265,7 @@ def _patched_open_clip_train(config: ClipTrainConfig) -> Iterator[Any]:
         oct_main.train_one_epoch = original_train_one_epoch
         oct_main.setup_logging = original_setup_logging
         torch.save = original_save
+        torch.nn.parallel.DistributedDataParallel = original_ddp
 
 
 @dataclass
@@ -262,7 +297,9 @@ def train_clip(config: ClipTrainConfig) -> ClipTrainResult:
             raise InputError("--resume latest needs --name of the run to continue", field="name")
         config.name = default_clip_run_name(config)
     run_dir = Path(config.log_dir) / config.name
-    if config.resume is None and run_dir.exists():
+    main_rank = launched_rank() == 0  # under torchrun rank 0 alone creates and checks the run folder
+    _per_rank_batch(config.batch_size)
+    if main_rank and config.resume is None and run_dir.exists():
         raise InputError("run folder already exists; pick another --name or pass --resume latest",
                          path=run_dir)
     if config.resume == "latest" and not (run_dir / "checkpoints").is_dir():
@@ -279,12 +316,14 @@ def train_clip(config: ClipTrainConfig) -> ClipTrainResult:
         status = oct_main.main(open_clip_argv(config))
     if status not in (None, 0):
         raise RuntimeError(f"open_clip_train exited with status {status}; see {run_dir / 'out.log'}")
+    final = run_dir / "checkpoints" / f"epoch_{config.epochs}.pt"
+    if not main_rank:
+        return ClipTrainResult(run_dir=run_dir, final_checkpoint=final, results=[])
 
     results_src = run_dir / "checkpoints" / "results.jsonl"
     if results_src.is_file():
         with atomic_path(run_dir / "results.jsonl") as tmp:
             shutil.copyfile(results_src, tmp)
-    final = run_dir / "checkpoints" / f"epoch_{config.epochs}.pt"
     if not final.is_file():
         raise RuntimeError(f"training finished without its final checkpoint {final}")
     from irkit.runs import read_results
