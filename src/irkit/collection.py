@@ -273,16 +273,11 @@ def embed_images_to_collection(
     """Embed ``paths`` with ``loaded`` and write them as a collection at ``folder``.
 
     Metadata columns: ``image_path`` (absolute) and ``image_name`` (relative to ``root`` when
-    given and containing the file, else the file name).
+    given and containing the file, else the file name). One process; under torchrun
+    :func:`irkit.sharded_embedding.embed_images_sharded` writes one shard per rank.
     """
-    from irkit import distributed
     from irkit.embeddings import encode_image_files
 
-    if distributed.is_distributed():
-        from irkit.sharded_embedding import embed_images_sharded
-
-        return embed_images_sharded(loaded, paths, folder, cache_dir=cache_dir, batch_size=batch_size,
-                                    num_workers=num_workers, dtype=dtype, root=root)
     _check_output_folder(Path(folder), overwrite=False)  # fail before the (long) encoding
     embeddings = encode_image_files(loaded, paths, batch_size=batch_size, num_workers=num_workers,
                                     cache_dir=cache_dir)

@@ -39,13 +39,15 @@ def _run_images(args: argparse.Namespace) -> int:
     from irkit import distributed
     from irkit.collection import embed_images_to_collection
     from irkit.embeddings import collect_image_paths
+    from irkit.sharded_embedding import embed_images_sharded
 
     distributed.init_process_group()  # under torchrun: one shard per rank (irkit.sharded_embedding)
     paths = collect_image_paths(args.images)
     loaded = load_model(args)
     root = args.images if args.images.is_dir() else args.images.parent
-    out = embed_images_to_collection(loaded, paths, args.out, cache_dir=cache_dir(args), batch_size=args.batch_size,
-                                     num_workers=args.num_workers, dtype=args.dtype, root=root)
+    embed = embed_images_sharded if distributed.is_distributed() else embed_images_to_collection
+    out = embed(loaded, paths, args.out, cache_dir=cache_dir(args), batch_size=args.batch_size,
+                num_workers=args.num_workers, dtype=args.dtype, root=root)
     if distributed.is_main():
         print(json.dumps({"collection": str(out), "images": len(paths), "dim": loaded.embed_dim,
                           "model": loaded.model_name, "weights_id": loaded.weights_id,
