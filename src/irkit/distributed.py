@@ -18,7 +18,7 @@ from __future__ import annotations
 import datetime
 import os
 import warnings
-from typing import Any, Callable, Optional, TypeVar
+from typing import Any, Callable, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -105,7 +105,14 @@ def shard_bounds(count: int, shard: int, shards: int) -> tuple[int, int]:
 
 
 def local_rows(count: int) -> slice:
-    """This rank's contiguous rows of a global batch of ``count`` rows (all rows in one process)."""
+    """This rank's contiguous rows of a global batch of ``count`` rows (all rows in one process).
+
+    A batch with fewer rows than processes is refused (some rank would have nothing to train on).
+    """
+    if count < world_size():
+        raise InputError(f"a global batch of {count} rows cannot be split over {world_size()} processes; "
+                         "expected a batch size (and training set) of at least one row per process",
+                         field="batch_size")
     start, stop = shard_bounds(count, rank(), world_size())
     return slice(start, stop)
 
@@ -189,19 +196,3 @@ def wrap_for_training(module: torch.nn.Module) -> torch.nn.Module:
     on_gpu = parameter is not None and parameter.device.type == "cuda"
     return torch.nn.parallel.DistributedDataParallel(
         module, device_ids=[parameter.device] if on_gpu else None)
-
-
-def check_divisible(batch_size: int, what: str = "batch size") -> int:
-    """The per-rank share of a global ``batch_size``; refuses a size the ranks cannot split evenly."""
-    size = world_size() if is_distributed() else launched_world_size()
-    if batch_size % size:
-        raise InputError(f"{what} {batch_size} is the global batch and must be divisible by the "
-                         f"{size} processes", field="batch_size")
-    return batch_size // size
-
-
-def describe() -> Optional[dict[str, Any]]:
-    """``{"world_size", "backend"}`` inside a process group (for run params), else None."""
-    if not is_distributed():
-        return None
-    return {"world_size": world_size(), "backend": str(dist.get_backend())}
