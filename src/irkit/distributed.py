@@ -148,8 +148,8 @@ def gather_rows(tensor: torch.Tensor) -> torch.Tensor:
         padded = torch.cat([tensor, filler], dim=0)
     with warnings.catch_warnings():  # deprecated in favour of a private module; still the public API
         warnings.filterwarnings("ignore", category=FutureWarning, message=".*all_gather is deprecated.*")
-        parts = dist_fn.all_gather(padded.contiguous())
-    return torch.cat([part[:size] for part, size in zip(parts, sizes)], dim=0)
+        parts = dist_fn.all_gather(padded.to(_collective_device()).contiguous())
+    return torch.cat([part[:size] for part, size in zip(parts, sizes)], dim=0).to(tensor.device)
 
 
 def mean_over_ranks(value: torch.Tensor | float) -> float:

@@ -87,8 +87,10 @@ def keyword_spans(doc: Any) -> list[tuple[int, int]]:
     return spans
 
 
-def mask_text(text: str, spans: Sequence[tuple[int, int]], generator: Optional[torch.Generator] = None) -> str:
-    """``text`` with each span replaced by ``$``; without spans one random word; empty -> ``a photo of $``."""
+def mask_text(text: str, spans: Sequence[tuple[int, int]], generator: Optional[torch.Generator] = None,
+              word: Optional[int] = None) -> str:
+    """``text`` with each span replaced by ``$``; without spans one random word (``word``, the
+    index among ``text.split()``, when already drawn); empty -> ``a photo of $``."""
     if spans:
         out, cursor = [], 0
         for start, end in spans:
@@ -100,7 +102,7 @@ def mask_text(text: str, spans: Sequence[tuple[int, int]], generator: Optional[t
     words = text.split()
     if not words:
         return FALLBACK_PROMPT
-    words[int(torch.randint(len(words), (1,), generator=generator))] = PLACEHOLDER
+    words[int(torch.randint(len(words), (1,), generator=generator)) if word is None else word] = PLACEHOLDER
     return " ".join(words)
 
 
@@ -168,14 +170,16 @@ def train_phi_lincir(loaded: Any, captions: Sequence[str], run: Any, config: Tra
         # phi (cheap) runs on the whole batch so noise and dropout are drawn as in one process.
         local = distributed.local_rows(len(rows))
         mine = [int(i) for i in rows[local]]
-        # One draw of the global RNG seeds the random word of each keyword-less caption by its
-        # position in the global batch, so the masks do not depend on how the batch is split.
-        mask_seed = int(torch.randint(0, 2 ** 62, (1,)))
         todo = [i for i in dict.fromkeys(mine) if i not in spans_cache]
         for i, doc in zip(todo, nlp.pipe([cleaned[i] for i in todo])):
             spans_cache[i] = keyword_spans(doc)
-        masked = [mask_text(cleaned[i], spans_cache[i], None if spans_cache[i] else
-                            torch.Generator().manual_seed(mask_seed + local.start + j)) for j, i in enumerate(mine)]
+        # The random word of each keyword-less caption is drawn from the global RNG in the
+        # global batch's row order, as one process draws it: ranks exchange their rows' word
+        # counts (0 = no draw) and every rank makes every draw.
+        counts = [0 if spans_cache[i] else len(cleaned[i].split()) for i in mine]
+        all_counts = distributed.gather_rows(torch.tensor(counts, dtype=torch.long)).tolist()
+        words = [int(torch.randint(n, (1,))) if n else None for n in all_counts][local]
+        masked = [mask_text(cleaned[i], spans_cache[i], word=w) for i, w in zip(mine, words)]
         with torch.no_grad():
             original_mine = model.encode_text(tokenizer([cleaned[i] for i in mine]).to(device)).float()
             original = distributed.gather_rows(original_mine)

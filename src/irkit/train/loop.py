@@ -277,8 +277,8 @@ def train(
     latest_path: Optional[Path] = None
     compute_loss = distributed.wrap_for_training(LossModule(model, loss_fn))
     model.train()
-    bar = tqdm(total=max_steps, initial=min(step, max_steps), desc="train", disable=not progress or not distributed.is_main(),
-               unit="step")
+    bar = tqdm(total=max_steps, initial=min(step, max_steps), desc="train", unit="step",
+               disable=not progress or not distributed.is_main())
     try:
         while step < max_steps:
             batches_seen = 0
