@@ -281,13 +281,21 @@ def embed_images_to_collection(
     """Embed ``paths`` with ``loaded`` and write them as a collection at ``folder``.
 
     Metadata columns: ``image_path`` (absolute) and ``image_name`` (relative to ``root`` when
-    given and containing the file, else the file name).
+    given and containing the file, else the file name). One process; under torchrun
+    :func:`irkit.sharded_embedding.embed_images_sharded` writes one shard per rank.
     """
     from irkit.embeddings import encode_image_files
 
     _check_output_folder(Path(folder), overwrite=False)  # fail before the (long) encoding
     embeddings = encode_image_files(loaded, paths, batch_size=batch_size, num_workers=num_workers,
                                     cache_dir=cache_dir)
+    return write_embedding_collection(folder, embeddings, image_metadata(paths, root), dtype=dtype,
+                                      info=collection_info(loaded))
+
+
+def image_metadata(paths: list[Path], root: Optional[os.PathLike | str] = None) -> pd.DataFrame:
+    """Metadata rows of image files: ``image_path`` (absolute) and ``image_name`` (relative to
+    ``root`` when given and containing the file, else the file name)."""
     root_path = Path(root).resolve() if root is not None else None
     names = []
     for path in paths:
@@ -296,7 +304,20 @@ def embed_images_to_collection(
             names.append(absolute.relative_to(root_path).as_posix())
         else:
             names.append(absolute.name)
-    metadata = pd.DataFrame({"image_path": [str(Path(p).resolve()) for p in paths], "image_name": names})
-    info = {"model_name": loaded.model_name, "weights_id": loaded.weights_id,
+    return pd.DataFrame({"image_path": [str(Path(p).resolve()) for p in paths], "image_name": names})
+
+
+def collection_info(loaded: Any) -> dict[str, Any]:
+    """The model identity a collection records in ``irkit_collection.json``."""
+    return {"model_name": loaded.model_name, "weights_id": loaded.weights_id,
             "transform": loaded.transform_config.to_dict(), "precision": loaded.precision}
-    return write_embedding_collection(folder, embeddings, metadata, dtype=dtype, info=info)
+
+
+def check_output_folder(folder: os.PathLike | str, overwrite: bool = False) -> None:
+    """Refuse an existing non-empty (or non-folder) output path unless ``overwrite``."""
+    _check_output_folder(Path(folder), overwrite)
+
+
+def swap_into_place(staging: os.PathLike | str, folder: os.PathLike | str) -> None:
+    """Rename a finished ``staging`` folder onto ``folder`` (an existing one replaced only after success)."""
+    _swap_into_place(Path(staging), Path(folder))

@@ -331,3 +331,59 @@ def load_checkpoint(path: Path | str) -> dict[str, Any]:
         raise InputError(f"cannot read checkpoint with torch.load(weights_only=True) ({type(e).__name__}: "
                          f"{first_line_of(e)}); expected a torch state file of tensors and plain values",
                          path=path) from None
+
+
+class _SilentWriter:
+    """A TensorBoard writer stand-in that records nothing."""
+
+    def add_scalar(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    @contextlib.contextmanager
+    def failure_recorded(self) -> Iterator["RunFolder"]:
+        """Rank 0 records a failure; here the error only propagates."""
+        yield self
+
+    def close(self) -> None:
+        pass
+
+
+class FollowerRun(RunFolder):
+    """The run folder as seen by ranks other than 0 of a multi-process run: it reads the folder
+    (checkpoints to resume from) but writes nothing — rank 0 owns ``out.log``, TensorBoard,
+    ``results.jsonl`` and the checkpoints, so the layout equals a one-process run's."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self.checkpoints_dir = self.path / "checkpoints"
+        self.tensorboard_dir = self.path / "tensorboard"
+        self._writer = None
+        self.logger = logging.getLogger(f"irkit.run.follower.{self.path.resolve()}")
+        self.logger.propagate = False
+        if not self.logger.handlers:
+            self.logger.addHandler(logging.NullHandler())
+
+    def log(self, message: str, *args: Any) -> None:
+        pass
+
+    def append_results(self, record: Mapping[str, Any]) -> None:
+        pass
+
+    @property
+    def tensorboard(self) -> _SilentWriter:
+        return _SilentWriter()
+
+    def save_checkpoint(self, state: Mapping[str, Any], epoch: int, name: Optional[str] = None) -> Path:
+        """The path rank 0 writes; nothing is written here."""
+        return self.checkpoints_dir / (name or f"epoch_{epoch}.pt")
+
+    @contextlib.contextmanager
+    def failure_recorded(self) -> Iterator["RunFolder"]:
+        """Rank 0 records a failure; here the error only propagates."""
+        yield self
+
+    def close(self) -> None:
+        pass

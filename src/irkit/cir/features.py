@@ -452,17 +452,29 @@ class TripletBatches:
 
 
 def in_batch_contrastive_loss(logits: torch.Tensor, target_index: torch.Tensor,
-                              extra_logits: Optional[torch.Tensor] = None) -> torch.Tensor:
+                              extra_logits: Optional[torch.Tensor] = None,
+                              rows: Optional[slice] = None) -> torch.Tensor:
     """Cross-entropy of [B, B] query-vs-batch-target logits against the diagonal.
 
     Where two queries of the batch share a target image (same ``target_index``), the
     duplicate off-diagonal entry is masked out so the true target is never a negative.
     ``extra_logits`` [B, N]: each query's own further negatives (hard negatives; -inf
     entries are ignored), appended to its row of candidates.
+
+    Several processes: ``rows`` (:func:`irkit.distributed.local_rows`) are this rank's queries;
+    ``logits`` [b, B] and ``extra_logits`` [b, N] hold only those rows against all B targets
+    of the global batch (``target_index`` [B]); the mean over the b rows is scaled by
+    :func:`irkit.distributed.local_share` so the rank-averaged gradient is the global one.
     """
-    same_target = target_index[:, None] == target_index[None, :]
-    duplicates = same_target & ~torch.eye(len(target_index), dtype=torch.bool, device=logits.device)
-    logits = logits.masked_fill(duplicates, float("-inf"))
+    from irkit import distributed
+
+    count = len(target_index)
+    rows = rows if rows is not None else slice(0, count)
+    positives = torch.arange(rows.start, rows.stop, device=logits.device)
+    same_target = target_index[rows][:, None] == target_index[None, :]
+    not_positive = torch.ones_like(same_target)
+    not_positive[torch.arange(len(positives)), positives] = False
+    logits = logits.masked_fill(same_target & not_positive, float("-inf"))
     if extra_logits is not None:
         logits = torch.cat([logits, extra_logits], dim=1)
-    return F.cross_entropy(logits, torch.arange(len(target_index), device=logits.device))
+    return F.cross_entropy(logits, positives) * distributed.local_share(count)

@@ -105,7 +105,29 @@ def open_run(log_dir: Path | str, name: Optional[str], params: Mapping[str, Any]
     """The run folder of a training: a new ``log_dir/<name>`` (default name from the params),
     or, with ``resume``, the existing one (``resume="latest"`` needs ``name``). Resuming with
     ``params`` that differ from the run's params.txt is refused unless ``allow_param_change``
-    (changes of :data:`RESUME_MAY_CHANGE` are let through and recorded)."""
+    (changes of :data:`RESUME_MAY_CHANGE` are let through and recorded).
+
+    Under torchrun rank 0 opens it (``params`` gain ``processes``) and the other ranks get a
+    :class:`irkit.runs.FollowerRun` of the same folder, which writes nothing."""
+    from irkit import distributed
+    from irkit.runs import FollowerRun
+
+    if not distributed.init_process_group():
+        return open_run_folder(log_dir, name, params, resume, allow_param_change)
+    opened: list[RunFolder] = []
+
+    def open_on_main() -> str:
+        opened.append(open_run_folder(log_dir, name, {**params, "processes": distributed.world_size()}, resume,
+                                      allow_param_change))
+        return str(opened[0].path)
+
+    path = distributed.run_on_main(open_on_main)
+    return opened[0] if opened else FollowerRun(path)
+
+
+def open_run_folder(log_dir: Path | str, name: Optional[str], params: Mapping[str, Any],
+                    resume: Optional[str] = None, allow_param_change: bool = False) -> RunFolder:
+    """:func:`open_run` in this process alone."""
     if resume is not None:
         if name is None:
             raise InputError("--resume needs --name (the run folder to continue)", field="resume")

@@ -55,6 +55,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run one ``irkit`` command; bad input, a failed run or an OS error is one line on stderr
     (exit 2 for bad input, 1 otherwise)."""
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # commands that re-launch themselves (--nproc)
     try:
         return int(args.func(args) or 0)
     except InputError as e:

@@ -155,10 +155,12 @@ def _run_oti(args: argparse.Namespace) -> int:
 
 
 def _run_train_phi(args: argparse.Namespace) -> int:
+    from irkit import distributed
     from irkit.cir.training import TrainingConfig, open_run, phi_validator
     from irkit.errors import InputError
     from irkit.workflows.cir import describe_result, train_phi
 
+    distributed.init_process_group()  # under torchrun: before the model picks its device
     if args.method == "searle" and args.oti is None:
         raise InputError("searle phi training needs --oti (an OTI folder from `irkit cir oti`)", field="oti")
     if args.method == "lincir" and args.captions is None:
@@ -193,9 +195,10 @@ def _run_train_phi(args: argparse.Namespace) -> int:
                            phrase_bank=bank, validator=validator, resume=args.resume,
                            temperature=args.temperature, lambda_reg=args.lambda_reg,
                            top_k_concepts=args.top_k_concepts, masking=args.masking)
-    described = describe_result(run, result)
-    described.pop("steps")
-    print(json.dumps(described))
+    if distributed.is_main():
+        described = describe_result(run, result)
+        described.pop("steps")
+        print(json.dumps(described))
     return 0
 
 

@@ -182,9 +182,11 @@ def _reranker_candidates(args: argparse.Namespace, ctx: Any, train_splits: list[
 
 
 def _run_train(args: argparse.Namespace) -> int:
+    from irkit import distributed
     from irkit.cir.training import open_run
     from irkit.workflows.cir import describe_result, head_model_config, train_head
 
+    distributed.init_process_group()  # under torchrun: before the model picks its device
     config = _training_config(args)
     ctx = cir_context(args)
     train_splits, val_splits = load_splits(args), _val_splits(args)
@@ -200,7 +202,8 @@ def _run_train(args: argparse.Namespace) -> int:
     with run.failure_recorded():
         result = train_head(args.kind, ctx, train_splits, run, config, model_config, val_splits, args.val_metric,
                             args.resume, **candidates)
-    print(json.dumps(describe_result(run, result)))
+    if distributed.is_main():
+        print(json.dumps(describe_result(run, result)))
     return 0
 
 

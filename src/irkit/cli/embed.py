@@ -23,7 +23,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     images = group.add_parser(
         "images", help="embed an image folder (or a list file) into a collection folder",
         description="Writes clip-retrieval's layout: img_emb/img_emb_0.npy, metadata/metadata_0.parquet "
-                    "(image_path, image_name) and irkit_collection.json; usable by autofaiss.")
+                    "(image_path, image_name) and irkit_collection.json; usable by autofaiss. Under "
+                    "`torchrun --nproc_per_node N -m irkit embed images ...` each rank writes its own shard "
+                    "img_emb_<rank>.npy into <out>.partial/ (re-running after a kill keeps finished shards).")
     add_model_arguments(images)
     images.add_argument("--images", type=Path, required=True,
                         help="image folder (recursive) or a text file with one image path per line")
@@ -41,16 +43,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_images(args: argparse.Namespace) -> int:
+    from irkit import distributed
     from irkit.collection import embed_images_to_collection
     from irkit.embeddings import collect_image_paths
+    from irkit.sharded_embedding import embed_images_sharded
 
+    distributed.init_process_group()  # under torchrun: one shard per rank (irkit.sharded_embedding)
     paths = collect_image_paths(args.images)
     loaded = load_model(args)
     root = args.images if args.images.is_dir() else args.images.parent
-    out = embed_images_to_collection(loaded, paths, args.out, cache_dir=cache_dir(args), batch_size=args.batch_size,
-                                     num_workers=args.num_workers, dtype=args.dtype, root=root)
-    print(json.dumps({"collection": str(out), "images": len(paths), "dim": loaded.embed_dim,
-                      "model": loaded.model_name, "weights_id": loaded.weights_id}))
+    embed = embed_images_sharded if distributed.is_distributed() else embed_images_to_collection
+    out = embed(loaded, paths, args.out, cache_dir=cache_dir(args), batch_size=args.batch_size,
+                num_workers=args.num_workers, dtype=args.dtype, root=root)
+    if distributed.is_main():
+        print(json.dumps({"collection": str(out), "images": len(paths), "dim": loaded.embed_dim,
+                          "model": loaded.model_name, "weights_id": loaded.weights_id,
+                          "processes": distributed.world_size()}))
     return 0
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 from irkit.cli.common import (
@@ -36,7 +38,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     clip.add_argument("--warmup", type=int, default=None)
     clip.add_argument("--lr-scheduler", default="cosine", choices=["cosine", "const", "const-cooldown"],
                       help="open_clip_train's LR schedule after the linear warm-up")
-    clip.add_argument("--batch-size", type=positive_int, default=None)
+    clip.add_argument("--batch-size", type=positive_int, default=None,
+                      help="global batch (split over the processes under torchrun / --nproc)")
     clip.add_argument("--workers", type=non_negative_int, default=1)
     clip.add_argument("--seed", type=int, default=0)
     clip.add_argument("--precision", default="auto")
@@ -48,11 +51,37 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     clip.add_argument("--save-frequency", type=int, default=1)
     clip.add_argument("--csv-separator", type=parse_separator, default="\t",
                       help="CSV separator: tab (default), comma, semicolon, pipe or one character")
+    clip.add_argument("--nproc", type=positive_int, default=1,
+                      help="processes on this machine (one per GPU): runs `torchrun --standalone --nproc_per_node "
+                           "N -m irkit train clip ...`; --batch-size stays the global batch. For several machines "
+                           "run torchrun yourself with --nnodes/--node_rank/--master_addr")
     clip.set_defaults(func=_run_clip)
 
 
+def relaunch_argv(argv: list[str], nproc: int) -> list[str]:
+    """``argv`` (irkit's arguments with ``--nproc N``) as a ``torchrun --standalone`` command line."""
+    rest, skip = [], False
+    for item in argv:
+        if skip:
+            skip = False
+        elif item == "--nproc":
+            skip = True
+        elif not item.startswith("--nproc="):
+            rest.append(item)
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+            "-m", "irkit", *rest]
+
+
 def _run_clip(args: argparse.Namespace) -> int:
+    from irkit.distributed import launched_rank, launched_world_size
+    from irkit.errors import InputError
     from irkit.train.clip import ClipTrainConfig, train_clip
+
+    if args.nproc > 1:
+        if launched_world_size() > 1:
+            raise InputError("--nproc is for a plain `irkit train clip`; under torchrun leave it out "
+                             "(torchrun's --nproc_per_node sets the processes)", field="nproc")
+        return subprocess.run(relaunch_argv(args.argv, args.nproc), check=False).returncode
 
     result = train_clip(ClipTrainConfig(
         train_csv=args.train_csv, val_csv=args.val_csv, model=args.model, pretrained=args.pretrained,
@@ -62,6 +91,7 @@ def _run_clip(args: argparse.Namespace) -> int:
         log_dir=args.log_dir, name=args.name, resume=args.resume, save_frequency=args.save_frequency,
         csv_separator=args.csv_separator,
     ), allow_param_change=args.allow_param_change)
-    print(json.dumps({"run_dir": str(result.run_dir), "final_checkpoint": str(result.final_checkpoint),
-                      "results": result.results[-1] if result.results else None}))
+    if launched_rank() == 0:
+        print(json.dumps({"run_dir": str(result.run_dir), "final_checkpoint": str(result.final_checkpoint),
+                          "results": result.results[-1] if result.results else None}))
     return 0

@@ -15,6 +15,7 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 import torch
 
+from irkit import distributed
 from irkit.cir.context import CIRContext, l2_normalize
 from irkit.cir.features import in_batch_contrastive_loss
 from irkit.cir.registry import EmbeddingMethod, register_method
@@ -30,9 +31,13 @@ KIND = "combiner"
 
 
 def combiner_loss(model: Combiner, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """CLIP4Cir's loss: CE of the scaled combined-query vs batch-target logits."""
-    return in_batch_contrastive_loss(model(batch["reference"], batch["text"], batch["target"]),
-                                     batch["target_index"])
+    """CLIP4Cir's loss: CE of the scaled combined-query vs batch-target logits.
+
+    Several processes: each rank combines its rows of the global batch against all targets
+    (targets are frozen features, so no gathering is needed)."""
+    rows = distributed.local_rows(len(batch["target_index"]))
+    return in_batch_contrastive_loss(model(batch["reference"][rows], batch["text"][rows], batch["target"]),
+                                     batch["target_index"], rows=rows)
 
 
 @register_method("combiner")

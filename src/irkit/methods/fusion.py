@@ -25,6 +25,7 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 import torch
 
+from irkit import distributed
 from irkit.cir.context import CIRContext
 from irkit.cir.features import in_batch_contrastive_loss
 from irkit.cir.registry import EmbeddingMethod, register_method
@@ -43,11 +44,15 @@ MAX_LOGIT_SCALE = 100.0
 
 
 def fusion_loss(model: MagicLensFusion, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-    """In-batch contrastive loss of fused queries against fused (empty-instruction) targets."""
-    queries = model(batch["reference"], batch["text"])
-    targets = model.encode_targets(batch["target"], batch["empty_text"])
+    """In-batch contrastive loss of fused queries against fused (empty-instruction) targets.
+
+    Several processes: each rank fuses its rows of the global batch; the targets of all ranks
+    are gathered (with gradient) so every query still sees the whole batch's targets."""
+    rows = distributed.local_rows(len(batch["target_index"]))
+    queries = model(batch["reference"][rows], batch["text"][rows])
+    targets = distributed.gather_rows(model.encode_targets(batch["target"][rows], batch["empty_text"]))
     scale = model.logit_scale.exp().clamp(max=MAX_LOGIT_SCALE)
-    loss = in_batch_contrastive_loss(scale * queries @ targets.T, batch["target_index"])
+    loss = in_batch_contrastive_loss(scale * queries @ targets.T, batch["target_index"], rows=rows)
     return loss, {"logit_scale": scale.detach().item()}
 
 

@@ -35,6 +35,7 @@ from typing import Any, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from irkit import distributed
 from irkit.cir.context import frozen, model_device
 from irkit.cir.registry import register_method
 from irkit.cir.training import TrainingConfig, Validator, train_with_validation
@@ -105,8 +106,10 @@ def keyword_spans(doc: Any) -> list[tuple[int, int]]:
     return spans
 
 
-def mask_text(text: str, spans: Sequence[tuple[int, int]], generator: Optional[torch.Generator] = None) -> str:
-    """``text`` with each span replaced by ``$``; without spans one random word; empty -> ``a photo of $``."""
+def mask_text(text: str, spans: Sequence[tuple[int, int]], generator: Optional[torch.Generator] = None,
+              word: Optional[int] = None) -> str:
+    """``text`` with each span replaced by ``$``; without spans one random word (``word``, the
+    index among ``text.split()``, when already drawn); empty -> ``a photo of $``."""
     if spans:
         out, cursor = [], 0
         for start, end in spans:
@@ -118,7 +121,7 @@ def mask_text(text: str, spans: Sequence[tuple[int, int]], generator: Optional[t
     words = text.split()
     if not words:
         return FALLBACK_PROMPT
-    words[int(torch.randint(len(words), (1,), generator=generator))] = PLACEHOLDER
+    words[int(torch.randint(len(words), (1,), generator=generator)) if word is None else word] = PLACEHOLDER
     return " ".join(words)
 
 
@@ -270,24 +273,38 @@ def train_phi_lincir(loaded: Any, captions: Sequence[str], run: Any, config: Tra
     fallback_rng = random.Random(config.seed)
 
     def loss_fn(rows: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        rows_list = [int(i) for i in rows]
-        todo = [i for i in dict.fromkeys(rows_list) if i not in spans_cache]
+        # Several processes: this rank encodes and scores its rows of the global batch; phi
+        # (cheap) runs on the whole batch so noise and dropout are drawn as in one process.
+        local = distributed.local_rows(len(rows))
+        all_rows = [int(i) for i in rows]
+        mine = all_rows[local]
+        # The published fallback draws from one RNG in the global batch's order: every rank
+        # parses and masks every row of the batch, then keeps its own.
+        parsed = all_rows if published else mine
+        todo = [i for i in dict.fromkeys(parsed) if i not in spans_cache]
         for i, doc in zip(todo, nlp.pipe([cleaned[i] for i in todo])):
             spans_cache[i] = keyword_texts(doc) if published else keyword_spans(doc)
         if published:
-            masked = [mask_published(cleaned[i], spans_cache[i], fallback_rng) for i in rows_list]
-            original_ids = tokenize_published(tokenizer, [cleaned[i] for i in rows_list])
+            masked = [mask_published(cleaned[i], spans_cache[i], fallback_rng) for i in all_rows][local]
+            original_ids = tokenize_published(tokenizer, [cleaned[i] for i in mine])
             masked_ids = tokenize_published(tokenizer, masked)
         else:
-            masked = [mask_text(cleaned[i], spans_cache[i]) for i in rows_list]
-            original_ids, masked_ids = tokenizer([cleaned[i] for i in rows_list]), tokenize_masked(tokenizer, masked)
+            # The random word of each keyword-less caption is drawn from the global RNG in the
+            # global batch's row order, as one process draws it: ranks exchange their rows' word
+            # counts (0 = no draw) and every rank makes every draw.
+            counts = [0 if spans_cache[i] else len(cleaned[i].split()) for i in mine]
+            all_counts = distributed.gather_rows(torch.tensor(counts, dtype=torch.long)).tolist()
+            words = [int(torch.randint(n, (1,))) if n else None for n in all_counts][local]
+            masked = [mask_text(cleaned[i], spans_cache[i], word=w) for i, w in zip(mine, words)]
+            original_ids, masked_ids = tokenizer([cleaned[i] for i in mine]), tokenize_masked(tokenizer, masked)
         with torch.no_grad():
-            original = model.encode_text(original_ids.to(device)).float()
+            original_mine = model.encode_text(original_ids.to(device)).float()
+            original = distributed.gather_rows(original_mine)
         noise = torch.rand(original.shape[0], 1, device=device) * torch.randn_like(original) * noise_scale
-        tokens = phi(original + noise)
+        tokens = phi(original + noise)[local]
         predicted = encode_with_pseudo_tokens(model, masked_ids, tokens, placeholder_id, "all")
-        loss = F.mse_loss(predicted.float(), original)
-        keyword_rate = sum(bool(spans_cache[i]) for i in rows_list) / len(rows_list)
+        loss = F.mse_loss(predicted.float(), original_mine) * distributed.local_share(len(rows))
+        keyword_rate = sum(bool(spans_cache[i]) for i in mine) / len(mine)
         return loss, {"keyword_rate": keyword_rate}
 
     extra = {"method": "lincir", "model_name": loaded.model_name, "weights_id": loaded.weights_id,

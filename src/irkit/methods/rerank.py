@@ -29,6 +29,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from irkit import distributed
 from irkit.benchmarks import benchmark_of
 from irkit.cir.context import CIRContext
 from irkit.cir.features import image_tokens_for, in_batch_contrastive_loss
@@ -372,18 +373,19 @@ def reranker_loss(model: CrossEncoderReranker, batch: dict[str, torch.Tensor]) -
     With hard negatives in the batch (``negative`` [B, N, D], ``negative_tokens``,
     ``negative_mask``) each query's row also holds its own N stage-I negatives.
     """
-    reference, text = batch["reference"], batch["text"]
+    rows = distributed.local_rows(len(batch["target_index"]))  # this rank's queries (all in one process)
+    reference, text = batch["reference"][rows], batch["text"][rows]
     logits = model.score_matrix(reference, text, batch["target"], batch["target_tokens"])
     extra = None
     if "negative" in batch:
-        size, count, dim = batch["negative"].shape
-        negatives = batch["negative"].reshape(size * count, dim)
-        tokens = batch["negative_tokens"].flatten(0, 1)
+        size, count, dim = batch["negative"][rows].shape
+        negatives = batch["negative"][rows].reshape(size * count, dim)
+        tokens = batch["negative_tokens"][rows].flatten(0, 1)
         memory = model.candidate_memory(negatives, tokens)
         extra = model.score_pairs(reference.repeat_interleave(count, dim=0), text.repeat_interleave(count, dim=0),
                                   negatives, memory, torch.arange(size * count)).view(size, count)
-        extra = extra.masked_fill(~batch["negative_mask"], float("-inf"))
-    return in_batch_contrastive_loss(logits, batch["target_index"], extra)
+        extra = extra.masked_fill(~batch["negative_mask"][rows], float("-inf"))
+    return in_batch_contrastive_loss(logits, batch["target_index"], extra, rows=rows)
 
 
 def train_reranker(ctx: CIRContext, train_splits: Sequence[CIRSplit], run: RunFolder, config: TrainingConfig,

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from irkit import distributed
 from irkit.cir.context import CIRContext, frozen, model_device, raw_image_embeddings
 from irkit.cir.registry import register_method
 from irkit.cir.training import TrainingConfig, Validator, train_with_validation
@@ -407,11 +408,15 @@ def train_phi_searle(loaded: Any, oti: OTITokens, run: Any, config: TrainingConf
         nearest_concepts = encoded.top_concepts(features, top_k_concepts)
 
         def loss_fn(rows: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+            # Several processes: phi, its dropout, the phrase draws and the in-batch distillation
+            # loss cover the whole global batch on every rank (cheap); the text-encoder
+            # regulariser runs on this rank's rows only, scaled to its share of the batch mean.
+            local = distributed.local_rows(len(rows))
             predicted = phi(features[rows].to(device))
             loss_distil = symmetric_contrastive_loss(targets[rows].to(device), predicted, temperature)
             phrase_rows = encoded.sample(nearest_concepts[rows])
-            loss_reg = phrase_regulariser(model, placeholder_id, predicted, encoded, phrase_rows)
-            loss = lambda_distil * loss_distil + lambda_reg * loss_reg
+            loss_reg = phrase_regulariser(model, placeholder_id, predicted[local], encoded, phrase_rows[local])
+            loss = lambda_distil * loss_distil + lambda_reg * loss_reg * distributed.local_share(len(rows))
             return loss, {"loss_distil": float(loss_distil.detach()), "loss_reg": float(loss_reg.detach())}
 
         extra = {"method": "searle", "model_name": loaded.model_name, "weights_id": loaded.weights_id,

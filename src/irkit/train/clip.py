@@ -17,10 +17,18 @@ only builds its arguments and wraps four things it cannot do on its own:
 4. **Atomic checkpoints**: open_clip_train writes ``epoch_<n>.pt`` in place; a kill during
    that write would leave a truncated file that ``--resume latest`` then picks. irkit makes
    those writes atomic (temporary file + rename) for the duration of training.
-
 5. **Safe checkpoint loading**: open_clip_train's ``--resume`` reads with its own ``torch.load``
    without ``weights_only`` (safe only by torch's default, which ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1``
    turns off); irkit replaces that one call by ``torch.load(weights_only=True)`` for the run.
+6. **Several processes** (``torchrun ... -m irkit train clip`` or ``irkit train clip --nproc N``):
+   open_clip_train joins the process group itself (gloo on CPU, NCCL on GPU) and wraps the model
+   in DistributedDataParallel; irkit passes ``--batch-size`` as the *global* batch (each rank
+   gets ``batch / N``) and ``--gather-with-grad --local-loss`` so the contrastive loss sees the
+   whole global batch and its gradient equals one process's; open_clip_train's
+   ``device_ids=[cpu]`` (refused by DistributedDataParallel for CPU modules) is dropped on CPU.
+   On GPU ``--use-bn-sync`` gives BatchNorm towers (ResNets) global-batch statistics; torch's
+   SyncBatchNorm has no CPU kernel, so on CPU a BatchNorm tower normalises per rank (a ViT has
+   no BatchNorm and matches one process). Rank 0 alone checks and writes the run folder.
 
 Before anything is created it validates every input, so a bad one is one line and leaves no run
 folder: the CSV files (the most reported open_clip training error is ``KeyError: 'filepath'``
@@ -47,6 +55,7 @@ from typing import Any, Iterator, Optional
 import numpy as np
 import torch
 
+from irkit.distributed import launched_rank, launched_world_size
 from irkit.errors import InputError, first_line_of
 from irkit.io import atomic_path
 
@@ -119,7 +128,7 @@ def open_clip_argv(config: ClipTrainConfig) -> list[str]:
         "--wd", str(config.wd),
         "--warmup", str(config.warmup),
         "--lr-scheduler", config.lr_scheduler,
-        "--batch-size", str(config.batch_size),
+        "--batch-size", str(_per_rank_batch(config.batch_size)),
         "--workers", str(config.workers),
         "--seed", str(config.seed),
         "--precision", config.precision,
@@ -138,7 +147,20 @@ def open_clip_argv(config: ClipTrainConfig) -> list[str]:
         argv += ["--resume", str(config.resume)]
     if not torch.cuda.is_available():
         argv += ["--device", "cpu"]
+    if launched_world_size() > 1:
+        argv += ["--gather-with-grad", "--local-loss"]  # in-batch negatives over the global batch
+        if torch.cuda.is_available():
+            argv += ["--use-bn-sync"]  # BatchNorm towers (ResNets) use global-batch statistics
     return argv + list(config.extra_args)
+
+
+def _per_rank_batch(batch_size: int) -> int:
+    """open_clip_train's ``--batch-size`` is per process; irkit's is the global batch."""
+    size = launched_world_size()
+    if batch_size % size:
+        raise InputError(f"--batch-size {batch_size} is the global batch and must be divisible by the "
+                         f"{size} processes", field="batch_size")
+    return batch_size // size
 
 
 def _seed_everything(seed: int) -> None:
@@ -205,6 +227,15 @@ def _patched_open_clip_train(config: ClipTrainConfig) -> Iterator[Any]:
     original_setup_logging = oct_main.setup_logging
     original_pt_load = oct_main.pt_load
     original_save = torch.save
+    original_ddp = torch.nn.parallel.DistributedDataParallel
+
+    class DistributedDataParallel(original_ddp):
+        """open_clip_train passes ``device_ids=[device]`` even on CPU, which DDP refuses."""
+
+        def __init__(self, module: torch.nn.Module, device_ids: Any = None, *args: Any, **kwargs: Any) -> None:
+            if device_ids and all(torch.device(d).type == "cpu" for d in device_ids):
+                device_ids = None
+            super().__init__(module, device_ids, *args, **kwargs)
 
     def create_model_and_transforms(*args: Any, **kwargs: Any):
         model, preprocess_train, preprocess_val = original_create(*args, **kwargs)
@@ -234,6 +265,7 @@ def _patched_open_clip_train(config: ClipTrainConfig) -> Iterator[Any]:
     oct_main.setup_logging = setup_logging
     oct_main.pt_load = load_resume_checkpoint  # the --resume read, weights_only=True whatever the environment
     torch.save = _atomic_torch_save(original_save)
+    torch.nn.parallel.DistributedDataParallel = DistributedDataParallel
     try:
         with _restored_logging():
             yield oct_main
@@ -243,6 +275,7 @@ def _patched_open_clip_train(config: ClipTrainConfig) -> Iterator[Any]:
         oct_main.setup_logging = original_setup_logging
         oct_main.pt_load = original_pt_load
         torch.save = original_save
+        torch.nn.parallel.DistributedDataParallel = original_ddp
 
 
 @dataclass
@@ -401,9 +434,12 @@ def train_clip(config: ClipTrainConfig, allow_param_change: bool = False) -> Cli
         config.name = default_clip_run_name(config)
     run_dir = Path(config.log_dir) / config.name
     check_model_and_weights(config)
+    main_rank = launched_rank() == 0  # under torchrun rank 0 alone creates and checks the run folder
+    _per_rank_batch(config.batch_size)
     for csv_path in filter(None, (config.train_csv, config.val_csv)):
         validate_training_csv(Path(csv_path), config)
-    _prepare_run_dir(config, run_dir, allow_param_change)
+    if main_rank:
+        _prepare_run_dir(config, run_dir, allow_param_change)
 
     try:
         with _patched_open_clip_train(config) as oct_main:
@@ -411,10 +447,12 @@ def train_clip(config: ClipTrainConfig, allow_param_change: bool = False) -> Cli
         if status not in (None, 0):
             raise RuntimeError(f"open_clip_train exited with status {status}")
         final = run_dir / "checkpoints" / f"epoch_{config.epochs}.pt"
+        if not main_rank:
+            return ClipTrainResult(run_dir=run_dir, final_checkpoint=final, results=[])
         if not final.is_file():
             raise RuntimeError(f"training finished without its final checkpoint {final}")
     except BaseException as error:
-        if not run_dir.is_dir():
+        if not run_dir.is_dir() or not main_rank:
             raise
         mark_failed(run_dir, error)
         if isinstance(error, Exception):

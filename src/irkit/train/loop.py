@@ -18,6 +18,15 @@ order of an epoch from the epoch index alone (e.g. a generator seeded with
 ``(seed, epoch)``), never from the global RNG; the resumed run then re-creates the
 interrupted epoch, skips the batches already used, restores the RNG states and ends with
 the same weights as an uninterrupted run.
+
+Several processes (``torchrun --nproc_per_node N -m irkit cir train-... ``): every rank draws
+the same global batches; the loss function computes its rank's rows
+(:func:`irkit.distributed.local_rows`, scaled by :func:`irkit.distributed.local_share`, with
+in-batch negatives gathered by :func:`irkit.distributed.gather_rows`) and is run through
+DistributedDataParallel, which averages the gradients: the update equals one process's with
+the same global batch. Rank 0 alone validates and writes the run folder and checkpoints
+(others see it as a :class:`irkit.runs.FollowerRun`); the logged loss is the mean over ranks,
+i.e. the global-batch loss.
 """
 
 from __future__ import annotations
@@ -31,8 +40,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from irkit import distributed
 from irkit.errors import InputError
-from irkit.runs import RunFolder, load_checkpoint
+from irkit.runs import FollowerRun, RunFolder, load_checkpoint
 
 #: ``loss_fn(batch)`` returns the loss, or ``(loss, {name: float-like})`` extra values to log.
 LossOutput = Union[torch.Tensor, tuple[torch.Tensor, Mapping[str, Any]]]
@@ -95,6 +105,33 @@ def _epoch_batches(train_batches: Any, epoch: int) -> Iterable[Any]:
     if callable(train_batches):
         return train_batches(epoch)
     raise TypeError("train_batches must be callable(epoch) -> batches, or have set_epoch(epoch) and __iter__")
+
+
+class LossModule(torch.nn.Module):
+    """``forward(batch) = loss_fn(batch)`` over ``model``'s parameters: the module
+    DistributedDataParallel wraps so that its gradient averaging covers whatever the loss calls."""
+
+    def __init__(self, model: torch.nn.Module, loss_fn: Callable[[Any], LossOutput]) -> None:
+        super().__init__()
+        self.model, self.loss_fn = model, loss_fn
+
+    def forward(self, batch: Any) -> LossOutput:
+        return self.loss_fn(batch)
+
+
+def sync_rng_from_main() -> None:
+    """Give every rank rank 0's global RNG states (CPU torch, NumPy, Python, current CUDA device)."""
+    if not distributed.is_distributed():
+        return
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    state = distributed.broadcast_object(state)
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"])
 
 
 def _split_loss(output: LossOutput) -> tuple[torch.Tensor, dict[str, float]]:
@@ -175,6 +212,9 @@ def train(
     if best_mode not in ("max", "min"):
         raise InputError(f"best_mode is {best_mode!r}; expected 'max' or 'min'", field="best_mode")
     extra = dict(extra_state or {})
+    distributed.init_process_group()
+    if not distributed.is_main() and not isinstance(run, FollowerRun):
+        run = FollowerRun(run.path)  # rank 0 alone writes the run folder
     step, epoch, batch_in_epoch = 0, 0, 0
     best_value: Optional[float] = None
     best_step: Optional[int] = None
@@ -211,8 +251,13 @@ def train(
     def validate() -> None:
         nonlocal best_value, best_step, last_metrics
         model.eval()
-        with torch.no_grad():
-            metrics = {name: float(value) for name, value in val_fn(model).items()}
+
+        def evaluate() -> dict[str, float]:
+            with torch.no_grad():
+                return {name: float(value) for name, value in val_fn(model).items()}
+
+        metrics = distributed.run_on_main(evaluate)  # rank 0 validates; the others wait for its metrics
+        sync_rng_from_main()
         model.train()
         last_metrics = metrics
         for name, value in metrics.items():
@@ -230,8 +275,10 @@ def train(
             run.log("new best %s=%.4f at step %d", best_metric, best_value, step)
 
     latest_path: Optional[Path] = None
+    compute_loss = distributed.wrap_for_training(LossModule(model, loss_fn))
     model.train()
-    bar = tqdm(total=max_steps, initial=min(step, max_steps), desc="train", disable=not progress, unit="step")
+    bar = tqdm(total=max_steps, initial=min(step, max_steps), desc="train", unit="step",
+               disable=not progress or not distributed.is_main())
     try:
         while step < max_steps:
             batches_seen = 0
@@ -245,7 +292,7 @@ def train(
                     saved_rng = None
                 if lr_schedule is not None:
                     lr_schedule(step)
-                loss, logs = _split_loss(loss_fn(batch))
+                loss, logs = _split_loss(compute_loss(batch))
                 if not torch.isfinite(loss.detach()):
                     raise FloatingPointError(f"loss is {loss.item()} at step {step}; lower the learning rate")
                 optimizer.zero_grad(set_to_none=True)
@@ -258,11 +305,13 @@ def train(
                 bar.update(1)
                 if step % max(log_every, 1) == 0 or step == max_steps:
                     lr = optimizer.param_groups[0]["lr"]
-                    run.tensorboard.add_scalar("train/loss", loss.item(), step)
+                    loss_value = distributed.mean_over_ranks(loss.item())  # the global-batch loss
+                    logs = {name: distributed.mean_over_ranks(value) for name, value in logs.items()}
+                    run.tensorboard.add_scalar("train/loss", loss_value, step)
                     run.tensorboard.add_scalar("train/lr", lr, step)
                     for name, value in logs.items():
                         run.tensorboard.add_scalar(f"train/{name}", value, step)
-                    run.log("step %d/%d epoch %d loss %.5f lr %.3g%s", step, max_steps, epoch, loss.item(), lr,
+                    run.log("step %d/%d epoch %d loss %.5f lr %.3g%s", step, max_steps, epoch, loss_value, lr,
                             "".join(f" {k} {v:.4g}" for k, v in logs.items()))
                 if val_fn is not None and ((val_every and step % val_every == 0) or step == max_steps):
                     validate()
@@ -286,6 +335,7 @@ def train(
     finally:
         bar.close()
         run.tensorboard.flush()
+    distributed.barrier()  # rank 0's last checkpoint is on disk before any rank returns
     best_path = run.checkpoints_dir / BEST_NAME
     return TrainResult(step=step, epoch=epoch, best_value=best_value, best_step=best_step,
                        last_metrics=last_metrics, latest_checkpoint=latest_path,
