@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from irkit.errors import InputError
+from irkit.finite import require_finite
 
 IMAGE_DIR, TEXT_DIR, METADATA_DIR = "img_emb", "text_emb", "metadata"
 INFO_FILE = "irkit_collection.json"
@@ -40,6 +41,8 @@ def _check_normalised(embeddings: np.ndarray, source: os.PathLike | str | None, 
         raise InputError(f"{what} must hold floats, got dtype {embeddings.dtype}", path=source)
     if len(embeddings) == 0:
         return
+    require_finite(embeddings, what, "this collection (rebuild it with 'irkit embed images')" if source
+                   else "the embedding model", path=source)
     norms = np.linalg.norm(embeddings.astype(np.float32), axis=1)
     tolerance = _NORM_TOLERANCE.get(embeddings.dtype, 1e-3)
     bad = np.flatnonzero(~(np.abs(norms - 1.0) <= tolerance))
@@ -241,6 +244,7 @@ def search_collection(
                          f"gives {loaded.embed_dim}-d (expected the model that built the collection)", path=folder)
     if k <= 0:
         raise InputError(f"k must be positive, got {k}", field="k")
+    require_query_texts(queries)
     scores, indices = search(loaded.encode_texts(queries), embeddings, k)
     records = metadata.to_dict(orient="records")
     results = []
@@ -250,6 +254,16 @@ def search_collection(
                 for rank, (score, index) in enumerate(zip(row_scores, row_indices))]
         results.append({"query": query, "results": hits})
     return results
+
+
+def require_query_texts(queries: list[str], source: os.PathLike | str | None = None) -> list[str]:
+    """``queries`` unchanged when none is empty or whitespace-only; else one InputError naming the
+    1-based query number (an empty query would be answered with arbitrary images)."""
+    for number, query in enumerate(queries, start=1):
+        if not isinstance(query, str) or not query.strip():
+            raise InputError(f"query {number} of {len(queries)} is empty; expected a non-empty query text",
+                             path=source, field="query")
+    return queries
 
 
 def _json_value(value: Any) -> Any:
@@ -269,17 +283,22 @@ def embed_images_to_collection(
     num_workers: int = 2,
     dtype: str = "float16",
     root: Optional[os.PathLike | str] = None,
+    reader: Any = None,
 ) -> Path:
     """Embed ``paths`` with ``loaded`` and write them as a collection at ``folder``.
 
     Metadata columns: ``image_path`` (absolute) and ``image_name`` (relative to ``root`` when
-    given and containing the file, else the file name).
+    given and containing the file, else the file name). ``reader``: an
+    :class:`irkit.transforms.ImageReader` (default: the user-folder reader, EXIF orientation
+    applied); recorded in ``irkit_collection.json``.
     """
     from irkit.embeddings import encode_image_files
+    from irkit.transforms import USER_FOLDER_READER
 
+    reader = reader or USER_FOLDER_READER
     _check_output_folder(Path(folder), overwrite=False)  # fail before the (long) encoding
     embeddings = encode_image_files(loaded, paths, batch_size=batch_size, num_workers=num_workers,
-                                    cache_dir=cache_dir)
+                                    cache_dir=cache_dir, reader=reader)
     root_path = Path(root).resolve() if root is not None else None
     names = []
     for path in paths:
@@ -290,5 +309,6 @@ def embed_images_to_collection(
             names.append(absolute.name)
     metadata = pd.DataFrame({"image_path": [str(Path(p).resolve()) for p in paths], "image_name": names})
     info = {"model_name": loaded.model_name, "weights_id": loaded.weights_id,
-            "transform": loaded.transform_config.to_dict(), "precision": loaded.precision}
+            "transform": loaded.transform_config.to_dict(), "precision": loaded.precision,
+            "reader": reader.to_dict()}
     return write_embedding_collection(folder, embeddings, metadata, dtype=dtype, info=info)

@@ -6,7 +6,14 @@ import argparse
 import json
 from pathlib import Path
 
-from irkit.cli.common import add_encoding_arguments, add_model_arguments, cache_dir, load_model, positive_int
+from irkit.cli.common import (
+    add_encoding_arguments,
+    add_model_arguments,
+    cache_dir,
+    image_reader,
+    load_model,
+    positive_int,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -41,7 +48,8 @@ def _run_images(args: argparse.Namespace) -> int:
     loaded = load_model(args)
     root = args.images if args.images.is_dir() else args.images.parent
     out = embed_images_to_collection(loaded, paths, args.out, cache_dir=cache_dir(args), batch_size=args.batch_size,
-                                     num_workers=args.num_workers, dtype=args.dtype, root=root)
+                                     num_workers=args.num_workers, dtype=args.dtype, root=root,
+                                     reader=image_reader(args, exif_default=True))
     print(json.dumps({"collection": str(out), "images": len(paths), "dim": loaded.embed_dim,
                       "model": loaded.model_name, "weights_id": loaded.weights_id}))
     return 0

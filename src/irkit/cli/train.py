@@ -39,6 +39,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     clip.add_argument("--save-frequency", type=int, default=1)
     clip.add_argument("--csv-separator", type=parse_separator, default="\t",
                       help="CSV separator: tab (default), comma, semicolon, pipe or one character")
+    clip.add_argument("--exif-transpose", action=argparse.BooleanOptionalAction, default=True,
+                      help="apply the images' EXIF orientation (default on; recorded in params.txt)")
+    clip.add_argument("--max-image-pixels", type=positive_int, default=64_000_000,
+                      help="refuse images with more pixels (width x height) before decoding (default 8000 x 8000)")
     clip.set_defaults(func=_run_clip)
 
 
@@ -51,7 +55,8 @@ def _run_clip(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         workers=args.workers, seed=args.seed, precision=args.precision, transform=args.transform,
         log_dir=args.log_dir, name=args.name, resume=args.resume, save_frequency=args.save_frequency,
-        csv_separator=args.csv_separator,
+        csv_separator=args.csv_separator, exif_transpose=args.exif_transpose,
+        max_image_pixels=args.max_image_pixels,
     ))
     print(json.dumps({"run_dir": str(result.run_dir), "final_checkpoint": str(result.final_checkpoint),
                       "results": result.results[-1] if result.results else None}))
