@@ -101,7 +101,8 @@ class LoadedModel:
         for start in tqdm(starts, desc="texts", unit="batch", disable=len(texts) <= 4 * batch_size):
             chunk = texts[start:start + batch_size]
             out[start:start + len(chunk)] = self.encode_text_tokens(self.tokenizer(chunk)).cpu().numpy()
-        return require_finite(out, "text embeddings", f"model '{self.model_name}' ({self.weights_source or self.weights_id})",
+        return require_finite(out, "text embeddings",
+                              f"model '{self.model_name}' ({self.weights_source or self.weights_id})",
                               path=self.checkpoint_path)
 
 
