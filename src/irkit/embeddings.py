@@ -18,9 +18,9 @@ Cache: ``<cache_dir>/<key>.npy`` + ``<key>.json``. The key is a hash of everythi
 changes the result: model name, weights id (checkpoint content hash / pretrained tag /
 random-init seed), precision, transform config (incl. image size), the image reader (EXIF
 orientation on/off, pixel limit), the ordered list of (absolute path, size, BLAKE2b-128 of the
-file's bytes) — content, not mtime: a file rewritten at the same size with its mtime kept
-(``cp -p``, ``rsync -t``, tar) gets a new key —, normalised or raw (``kind``:
-``image_embeddings`` or ``image_features_raw``) and :data:`CACHE_FORMAT_VERSION`. The json stores that key material,
+file's bytes), normalised or raw (``kind``: ``image_embeddings`` or ``image_features_raw``)
+and :data:`CACHE_FORMAT_VERSION`. Content, not mtime: a file rewritten at the same size with
+its mtime kept (``cp -p``, ``rsync -t``, tar) gets a new key. The json stores that key material,
 the sha256 of the npy bytes, shape and dtype; a cached array is used only when all of them
 match, otherwise (e.g. a truncated or corrupt file) it is recomputed with a warning. Embeddings
 are checked to be finite where they are computed (a NaN/Inf names the model's weights) and

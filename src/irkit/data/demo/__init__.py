@@ -216,8 +216,9 @@ def generate_demo(out: os.PathLike | str, seed: int = 0, scale: str = "tiny", da
     ``full`` (>= 3,000 gallery images per dataset). ``workers``: rendering processes (default:
     the CPUs available, at most 2). Datasets already present in a compatible ``out`` are kept
     (reported under ``skipped``) when every file matches the manifest's digests; a damaged one
-    (missing or changed file) is regenerated, with a warning naming the file. Summary keys: ``out``, ``seed``, ``scale``, ``generated``,
-    ``skipped``, ``counts`` (dataset -> split -> numbers), ``seconds`` (dataset -> wall time).
+    (missing or changed file) is regenerated, with a warning naming the file. Summary keys:
+    ``out``, ``seed``, ``scale``, ``generated``, ``skipped``, ``counts`` (dataset -> split ->
+    numbers), ``seconds`` (dataset -> wall time).
     """
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise InputError(f"seed must be a non-negative integer, got {seed!r}", field="seed")
