@@ -133,6 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model", default="irkit-tiny")
     parser.add_argument("--pretrained", default=None)
     parser.add_argument("--checkpoint", type=Path, default=None)
+    parser.add_argument("--random-init", action="store_true", help="random weights on purpose (timing only)")
     parser.add_argument("--transform", default="square")
     parser.add_argument("--images", type=Path, default=None, help="image folder or list (default: generate)")
     parser.add_argument("--n", type=int, default=512, help="number of images (generated, or first n)")
@@ -147,6 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(threads)
     workers = args.num_workers if args.num_workers is not None else threads
     loaded = create_model(args.model, pretrained=args.pretrained, checkpoint=args.checkpoint,
+                          random_init=args.random_init,
                           transform=args.transform)
     with tempfile.TemporaryDirectory(prefix="irkit-bench-") as tmp:
         if args.images is None:

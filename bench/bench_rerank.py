@@ -59,6 +59,7 @@ def main() -> None:
     parser.add_argument("--model", default="irkit-tiny")
     parser.add_argument("--pretrained", default=None)
     parser.add_argument("--checkpoint", default=None, help="backbone checkpoint")
+    parser.add_argument("--random-init", action="store_true", help="random weights on purpose (timing only)")
     parser.add_argument("--stage1", default="image-text-sum", help="stage-I method (registered name)")
     parser.add_argument("--stage1-checkpoint", default=None, help="checkpoint of a trained stage-I head "
                                                                    "(e.g. magiclens best.pt)")
@@ -77,7 +78,8 @@ def main() -> None:
         root = demo / args.dataset
     options = {"category": args.category} if args.dataset == "fashioniq" else {}
     (split,) = load_cir_splits(args.dataset, root, args.split, **options)
-    loaded = create_model(args.model, pretrained=args.pretrained, checkpoint=args.checkpoint)
+    loaded = create_model(args.model, pretrained=args.pretrained, checkpoint=args.checkpoint,
+                          random_init=args.random_init)
     ctx = CIRContext(loaded, cache_dir=args.cache_dir, batch_size=64, num_workers=0)
     stage1_method = create_method(args.stage1, **({"checkpoint": args.stage1_checkpoint}
                                                    if args.stage1_checkpoint else {}))

@@ -17,4 +17,5 @@ def make_demo(root: Path) -> Path:
 
 def tiny_context(cache_dir: Path) -> CIRContext:
     """An untrained (seeded) irkit-tiny backbone with an embedding cache; no worker processes."""
-    return CIRContext(create_model("irkit-tiny", seed=0), cache_dir=cache_dir, batch_size=32, num_workers=0)
+    return CIRContext(create_model("irkit-tiny", seed=0, random_init=True), cache_dir=cache_dir, batch_size=32,
+                      num_workers=0)

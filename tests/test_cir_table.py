@@ -180,5 +180,7 @@ def test_bad_inputs_are_refused(tmp_path):
         run_cir_table(tmp_path / "d", tmp_path / "other", scale="tiny", fusion=False)
     real = tmp_path / "real"
     (real / "cirr").mkdir(parents=True)
+    weights = tmp_path / "clip.safetensors"  # --no-clip-training needs weights; the data check comes first
+    weights.write_bytes(b"not read")
     with pytest.raises(InputError, match="not an irkit demo folder"):
-        run_cir_table(real, tmp_path / "o2", scale="tiny", fusion=False, train_clip=False)
+        run_cir_table(real, tmp_path / "o2", scale="tiny", fusion=False, train_clip=False, checkpoint=weights)

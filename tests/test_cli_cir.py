@@ -14,7 +14,7 @@ from irkit.cli import main
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO_ROOT / "notebooks" / "zero-shot-cir.ipynb"
-FAST = ["--num-workers", "0", "--batch-size", "32"]
+FAST = ["--num-workers", "0", "--batch-size", "32", "--random-init"]
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +106,7 @@ def test_cirr_text_only_metrics_match_a_hand_computation(demo, work, capsys):
                                  "text-only", "--cache-dir", "none", *FAST], capsys)
     assert code == 0, err
     split = load_dataset("cirr", demo / "cirr", "val")
-    loaded = create_model("irkit-tiny")
+    loaded = create_model("irkit-tiny", random_init=True)
     gallery = np.stack([_image_embedding(loaded, split.image_path(i)) for i in split.gallery])
     texts = loaded.encode_texts([q.captions[0] for q in split.queries])
     hits = {1: 0, 5: 0, 10: 0}
@@ -212,7 +212,8 @@ def test_notebook_runs_at_tiny_scale(work, monkeypatch):
     papermill.execute_notebook(
         str(NOTEBOOK), str(output), kernel_name="python3", progress_bar=False, cwd=str(work),
         parameters={"data_root": str(work / "nb-demo"), "dataset": "cirr", "method": "lincir", "lincir_steps": 2,
-                    "cache_dir": str(work / "nb-cache"), "run_dir": str(run_dir), "num_queries": 2})
+                    "cache_dir": str(work / "nb-cache"), "run_dir": str(run_dir), "num_queries": 2,
+                    "random_init": True})
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["method"] == "lincir" and metrics["protocol"].startswith("cirr-val")
     assert (run_dir / "phi" / "checkpoints" / "best.pt").is_file()

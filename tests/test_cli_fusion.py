@@ -31,7 +31,7 @@ def _run(capsys, *argv) -> dict:
 def _common(demo, dataset, split="val"):
     root, cache = demo
     return ["--dataset", dataset, "--root", root / dataset, "--split", split,
-            "--cache-dir", cache, "--num-workers", "0"]
+            "--cache-dir", cache, "--num-workers", "0", "--random-init"]
 
 
 def _training(demo, dataset, tmp_path, name, steps):
@@ -132,7 +132,7 @@ def test_fusion_rerank_notebook(demo, tmp_path):
     notebook = Path(__file__).resolve().parents[1] / "notebooks" / "fusion-rerank.ipynb"
     run_dir = run_notebook(notebook, {"data_root": str(root), "cache_dir": str(cache), "steps": 2,
                                       "validate_every": 2, "batch_size": 4, "hard_negatives": 2,
-                                      "negative_pool": 6}, log_dir=tmp_path, name="nb")
+                                      "negative_pool": 6, "random_init": True}, log_dir=tmp_path, name="nb")
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert set(metrics["results"]) == {"image-text-sum", "magiclens", "combiner", "magiclens, projector off",
                                        "rerank (stage I: magiclens)"}

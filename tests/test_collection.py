@@ -148,7 +148,7 @@ def test_cli_embed_images_and_search(tmp_path, capsys, monkeypatch):
         Image.fromarray(rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)).save(images / name)
     out, cache = tmp_path / "collection", tmp_path / "cache"
     code = irkit_main(["embed", "images", "--images", str(images), "--out", str(out),
-                       "--cache-dir", str(cache), "--num-workers", "0", "--dtype", "float32"])
+                       "--cache-dir", str(cache), "--num-workers", "0", "--dtype", "float32", "--random-init"])
     assert code == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["images"] == 3 and summary["weights_id"] == "random-init:0"
@@ -157,13 +157,14 @@ def test_cli_embed_images_and_search(tmp_path, capsys, monkeypatch):
     assert metadata["image_name"].tolist() == ["a.jpg", "b.png", "sub/c.jpg"]
     assert len(list(cache.glob("*.npy"))) == 1
 
-    code = irkit_main(["embed", "search", "--collection", str(out), "--query", "a red car", "-k", "2"])
+    code = irkit_main(["embed", "search", "--collection", str(out), "--query", "a red car", "-k", "2",
+                       "--random-init"])
     assert code == 0
     (result,) = json.loads(capsys.readouterr().out)
     assert result["query"] == "a red car" and [h["rank"] for h in result["results"]] == [1, 2]
     scores = [h["score"] for h in result["results"]]
     assert scores[0] >= scores[1]
 
-    code = irkit_main(["embed", "images", "--images", str(images), "--out", str(out)])
+    code = irkit_main(["embed", "images", "--images", str(images), "--out", str(out), "--random-init"])
     assert code == 2
     assert "already exists" in capsys.readouterr().err

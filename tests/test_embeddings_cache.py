@@ -47,7 +47,7 @@ class CountingModel:
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
-    save_weights(create_model("irkit-tiny", seed=3), path)
+    save_weights(create_model("irkit-tiny", seed=3, random_init=True), path)
     return path
 
 
@@ -172,9 +172,9 @@ def test_unchanged_key_reuses_cache(tmp_path, checkpoint, images):
 
 def test_changed_checkpoint_content_recomputes(tmp_path, images):
     cache, path = tmp_path / "cache", tmp_path / "model.safetensors"
-    save_weights(create_model(seed=4), path)
+    save_weights(create_model(seed=4, random_init=True), path)
     first = encode_image_files(create_model(checkpoint=path), images, num_workers=0, cache_dir=cache)
-    save_weights(create_model(seed=5), path)  # same path, different content
+    save_weights(create_model(seed=5, random_init=True), path)  # same path, different content
     counter = CountingModel(create_model(checkpoint=path))
     second = encode_image_files(counter.loaded, images, num_workers=0, cache_dir=cache)
     assert counter.images == 5
@@ -206,7 +206,16 @@ def test_changed_file_list_recomputes(tmp_path, checkpoint, images):
     stat = images[0].stat()
     os.utime(images[0], ns=(stat.st_atime_ns, stat.st_mtime_ns + 10_000_000))
     encode_image_files(counter.loaded, images, num_workers=0, cache_dir=cache)
-    assert counter.images == 11 + 5  # modified mtime -> new key
+    assert counter.images == 11  # only the mtime changed, the bytes did not -> same key, reused
+
+    data = bytearray(images[0].read_bytes())
+    data[-1] ^= 0x01  # same size; then the old mtime is put back, as cp -p / rsync -t / tar do
+    stat = images[0].stat()
+    images[0].write_bytes(bytes(data))
+    os.utime(images[0], ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert images[0].stat().st_size == stat.st_size and images[0].stat().st_mtime_ns == stat.st_mtime_ns
+    encode_image_files(counter.loaded, images, num_workers=0, cache_dir=cache)
+    assert counter.images == 11 + 5  # changed content at the same size and mtime -> new key
 
     encode_image_files(counter.loaded, images, num_workers=0, cache_dir=cache)
     assert counter.images == 16  # unchanged since -> reused

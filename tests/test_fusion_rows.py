@@ -44,9 +44,9 @@ def _run(tmp_path_factory):
     generate_demo(base / "data", seed=0, scale="tiny", datasets=("fashioniq", "cirr", "circo"), workers=1,
                   progress=False)
     setup = CIRBenchSetup(data_root=base / "data", out_dir=base / "out", cache_dir=base / "cache", scale="tiny",
-                          workers=0, budgets={"rerank_ks": KS, "unrelated_stage_steps": 7})
+                          workers=0, budgets={"rerank_ks": KS, "unrelated_stage_steps": 7}, random_init=True)
     rows = fr.fusion_rows(setup)
-    ctx = CIRContext(create_model("irkit-tiny", seed=0), cache_dir=base / "cache", num_workers=0)
+    ctx = CIRContext(create_model("irkit-tiny", seed=0, random_init=True), cache_dir=base / "cache", num_workers=0)
     return setup, rows, ctx
 
 

@@ -33,7 +33,7 @@ TASKS = ("focus_attribute", "change_attribute", "focus_object", "change_object")
 def demo(tmp_path_factory):
     root = tmp_path_factory.mktemp("genecis_methods")
     generate_demo(root / "data", seed=0, scale="tiny", datasets=("genecis",), workers=1, progress=False)
-    loaded = create_model("irkit-tiny", seed=0)
+    loaded = create_model("irkit-tiny", seed=0, random_init=True)
     ctx = CIRContext(loaded, cache_dir=root / "cache", num_workers=0)
     splits = load_cir_splits("genecis", root / "data" / "genecis", "val", crop_dir=root / "crops")
     return root, ctx, splits
@@ -106,7 +106,7 @@ def test_cir_eval_cli_on_genecis_equals_the_library(demo):
     root, ctx, splits = demo
     argv = [sys.executable, "-m", "irkit", "cir", "eval", "--dataset", "genecis", "--root",
             str(root / "data" / "genecis"), "--method", "image-text-sum", "--cache-dir", str(root / "cache"),
-            "--num-workers", "0"]
+            "--num-workers", "0", "--random-init"]
     env = {**os.environ, "IRKIT_CACHE_DIR": str(root / "cli-cache")}  # the crops go there, not under ~
     done = subprocess.run(argv, capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-2000:]

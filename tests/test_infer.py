@@ -217,7 +217,7 @@ def test_infer_and_merge_on_demo_data(demo_traffic: Path, tmp_path: Path) -> Non
 
     root = demo_traffic
     split = load_traffic(root, "test")
-    loaded = create_model("irkit-tiny")
+    loaded = create_model("irkit-tiny", random_init=True)
     out = tmp_path / "infer"
     inference = infer_traffic(split, loaded, prompt="suffix", out_dir=out, cache_dir=tmp_path / "cache")
     queries = (root / "test" / "test_text.txt").read_text().splitlines()
@@ -253,7 +253,7 @@ def test_infer_and_merge_on_demo_data(demo_traffic: Path, tmp_path: Path) -> Non
 def test_cli_infer_strip_with_submission(demo_traffic: Path, tmp_path: Path, capsys) -> None:
     out, submission = tmp_path / "infer", tmp_path / "submission.json"
     assert cli_main(["infer", "traffic", "--root", str(demo_traffic), "--prompt", "strip", "--out", str(out),
-                     "--submission", str(submission), "--batch-size", "16"]) == 0
+                     "--submission", str(submission), "--batch-size", "16", "--random-init"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["prompt"] == "strip" and summary["submission"] == str(submission)
     queries = (demo_traffic / "test" / "test_text.txt").read_text().splitlines()
@@ -264,18 +264,18 @@ def test_cli_infer_auto_prompt_uses_the_val_choice(demo_traffic: Path, tmp_path:
     """--prompt auto answers with the variant whose val official mAP@10 is highest (first on ties),
     and its result files equal a run with that variant named explicitly."""
     assert cli_main(["infer", "traffic", "--root", str(demo_traffic), "--prompt", "auto", "--out",
-                     str(tmp_path / "auto"), "--batch-size", "16"]) == 0
+                     str(tmp_path / "auto"), "--batch-size", "16", "--random-init"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     val_scores = {v: m["official_mAP@10"] for v, m in summary["prompt_selection"]["metrics"].items()}
     chosen = next(v for v in ("suffix", "strip", "none") if val_scores[v] == max(val_scores.values()))
     assert summary["prompt"] == summary["prompt_selection"]["chosen"] == chosen
     assert cli_main(["infer", "traffic", "--root", str(demo_traffic), "--prompt", chosen, "--out",
-                     str(tmp_path / "named"), "--batch-size", "16"]) == 0
+                     str(tmp_path / "named"), "--batch-size", "16", "--random-init"]) == 0
     for name in ("vehicle_results.json", "person_results.json"):
         assert json.loads((tmp_path / "auto" / name).read_text()) == json.loads((tmp_path / "named" / name).read_text())
     # An override outside [0, number of queries] is one clean error (exit 2).
     assert cli_main(["infer", "traffic", "--root", str(demo_traffic), "--out", str(tmp_path / "x"),
-                     "--num-vehicle-queries", "999"]) == 2
+                     "--num-vehicle-queries", "999", "--random-init"]) == 2
     assert "outside" in capsys.readouterr().err
 
 

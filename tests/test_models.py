@@ -25,7 +25,7 @@ IMAGE_SIZE = TINY_CONFIG["vision_cfg"]["image_size"]
 @pytest.fixture(scope="module")
 def source_model():
     """irkit-tiny with seed-1 weights: the weights every checkpoint test saves and reloads."""
-    return create_model("irkit-tiny", seed=1)
+    return create_model("irkit-tiny", seed=1, random_init=True)
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +60,8 @@ def test_encoded_images_can_feed_a_trained_module(source_model, probe_pixels):
 
 
 def test_random_init_is_seeded(source_model, probe_pixels):
-    same = create_model("irkit-tiny", seed=1)
-    other = create_model("irkit-tiny", seed=2)
+    same = create_model("irkit-tiny", seed=1, random_init=True)
+    other = create_model("irkit-tiny", seed=2, random_init=True)
     assert torch.equal(image_features(same, probe_pixels), image_features(source_model, probe_pixels))
     assert not torch.allclose(image_features(other, probe_pixels), image_features(source_model, probe_pixels))
 
@@ -189,8 +189,8 @@ def test_hub_access_switches_hf_offline_mode_when_unreachable(monkeypatch):
 
 def test_other_argument_errors(tmp_path):
     with pytest.raises(InputError, match="unknown transform"):
-        create_model(transform="letterbox")
+        create_model(transform="letterbox", random_init=True)
     with pytest.raises(InputError, match="unknown precision"):
-        create_model(precision="fp8")
+        create_model(precision="fp8", random_init=True)
     with pytest.raises(InputError, match="not both"):
         create_model(pretrained="openai", checkpoint=tmp_path / "x.pt")

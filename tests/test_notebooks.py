@@ -168,7 +168,8 @@ def test_grid_runs_each_combination_into_its_own_folder_and_tabulates(tiny_demo:
     comparison table whose cells equal each run's own metrics.json."""
     argv = [sys.executable, "-m", "irkit", "batch", "grid", str(REPO / "notebooks" / "quick-review.ipynb"),
             "--grid", "prompt=suffix,strip", "-p", "data_root", str(tiny_demo), "-p", "workers", "0",
-            "-p", "cache_dir", str(tmp_path / "cache"), "--log-dir", str(tmp_path), "--name", "grid",
+            "-p", "cache_dir", str(tmp_path / "cache"), "-p", "random_init", "true", "--log-dir", str(tmp_path),
+            "--name", "grid",
             "--columns", "trained.official_mAP@10,trained.R@1"]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -355,7 +355,8 @@ def test_augment_cli_on_demo_data(demo_traffic: Path, tmp_path: Path, capsys) ->
     out = tmp_path / "train_label_aug.txt"
     assert cli_main(["preprocess", "augment", "--labels", str(root / "train" / "train_label.txt"),
                      "--images", str(root / "train" / "train_images"), "--vocab", str(vocab_path),
-                     "--model", "irkit-tiny", "--out", str(out), "--cache-dir", str(tmp_path / "cache")]) == 0
+                     "--model", "irkit-tiny", "--random-init", "--out", str(out),
+                     "--cache-dir", str(tmp_path / "cache")]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     vocab = load_car_attribute(vocab_path)
     original = read_label_file(root / "train" / "train_label.txt")

@@ -21,7 +21,7 @@ TOLERANCE = 1e-5
 def tiny():
     from irkit.models import create_model
 
-    return create_model("irkit-tiny", seed=0)
+    return create_model("irkit-tiny", seed=0, random_init=True)
 
 
 def _word_id(tokenizer, word: str) -> int:

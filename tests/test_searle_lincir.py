@@ -55,7 +55,7 @@ from irkit.runs import RunFolder
 def tiny():
     from irkit.models import create_model
 
-    return create_model("irkit-tiny", seed=0)
+    return create_model("irkit-tiny", seed=0, random_init=True)
 
 
 @pytest.fixture(scope="module")

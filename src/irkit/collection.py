@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from irkit.errors import InputError
+from irkit.finite import require_finite
 from irkit.io import make_dirs, make_temp_dir
 
 IMAGE_DIR, TEXT_DIR, METADATA_DIR = "img_emb", "text_emb", "metadata"
@@ -40,6 +41,8 @@ def _check_normalised(embeddings: np.ndarray, source: os.PathLike | str | None, 
         raise InputError(f"{what} must hold floats, got dtype {embeddings.dtype}", path=source)
     if len(embeddings) == 0:
         return
+    require_finite(embeddings, what, "this collection (rebuild it with 'irkit embed images')" if source
+                   else "the embedding model", path=source)
     norms = np.linalg.norm(embeddings.astype(np.float32), axis=1)
     tolerance = _NORM_TOLERANCE.get(embeddings.dtype, 1e-3)
     bad = np.flatnonzero(~(np.abs(norms - 1.0) <= tolerance))
@@ -249,6 +252,7 @@ def search_collection(
     check_collection_model(loaded, folder, embeddings.shape[1])
     if k <= 0:
         raise InputError(f"k must be positive, got {k}", field="k")
+    require_query_texts(queries)
     scores, indices = search(loaded.encode_texts(queries), embeddings, k)
     records = metadata.to_dict(orient="records")
     results = []
@@ -258,6 +262,16 @@ def search_collection(
                 for rank, (score, index) in enumerate(zip(row_scores, row_indices))]
         results.append({"query": query, "results": hits})
     return results
+
+
+def require_query_texts(queries: list[str], source: os.PathLike | str | None = None) -> list[str]:
+    """``queries`` unchanged when none is empty or whitespace-only; else one InputError naming the
+    1-based query number (an empty query would be answered with arbitrary images)."""
+    for number, query in enumerate(queries, start=1):
+        if not isinstance(query, str) or not query.strip():
+            raise InputError(f"query {number} of {len(queries)} is empty; expected a non-empty query text",
+                             path=source, field="query")
+    return queries
 
 
 def _json_value(value: Any) -> Any:
@@ -277,20 +291,25 @@ def embed_images_to_collection(
     num_workers: int = 2,
     dtype: str = "float16",
     root: Optional[os.PathLike | str] = None,
+    reader: Any = None,
 ) -> Path:
     """Embed ``paths`` with ``loaded`` and write them as a collection at ``folder``.
 
     Metadata columns: ``image_path`` (absolute) and ``image_name`` (relative to ``root`` when
     given and containing the file, else the file name). One process; under torchrun
     :func:`irkit.sharded_embedding.embed_images_sharded` writes one shard per rank.
+    ``reader``: an :class:`irkit.transforms.ImageReader` (default: the user-folder reader, EXIF
+    orientation applied); recorded in ``irkit_collection.json``.
     """
     from irkit.embeddings import encode_image_files
+    from irkit.transforms import USER_FOLDER_READER
 
+    reader = reader or USER_FOLDER_READER
     _check_output_folder(Path(folder), overwrite=False)  # fail before the (long) encoding
     embeddings = encode_image_files(loaded, paths, batch_size=batch_size, num_workers=num_workers,
-                                    cache_dir=cache_dir)
+                                    cache_dir=cache_dir, reader=reader)
     return write_embedding_collection(folder, embeddings, image_metadata(paths, root), dtype=dtype,
-                                      info=collection_info(loaded))
+                                      info=collection_info(loaded, reader))
 
 
 def image_metadata(paths: list[Path], root: Optional[os.PathLike | str] = None) -> pd.DataFrame:
@@ -307,10 +326,14 @@ def image_metadata(paths: list[Path], root: Optional[os.PathLike | str] = None) 
     return pd.DataFrame({"image_path": [str(Path(p).resolve()) for p in paths], "image_name": names})
 
 
-def collection_info(loaded: Any) -> dict[str, Any]:
-    """The model identity a collection records in ``irkit_collection.json``."""
+def collection_info(loaded: Any, reader: Any = None) -> dict[str, Any]:
+    """The model identity (and the image ``reader``'s settings) a collection records in
+    ``irkit_collection.json``."""
+    from irkit.transforms import USER_FOLDER_READER
+
     return {"model_name": loaded.model_name, "weights_id": loaded.weights_id,
-            "transform": loaded.transform_config.to_dict(), "precision": loaded.precision}
+            "transform": loaded.transform_config.to_dict(), "precision": loaded.precision,
+            "reader": (reader or USER_FOLDER_READER).to_dict()}
 
 
 def check_output_folder(folder: os.PathLike | str, overwrite: bool = False) -> None:

@@ -16,11 +16,15 @@ into batches handled by DataLoader worker processes:
 
 Cache: ``<cache_dir>/<key>.npy`` + ``<key>.json``. The key is a hash of everything that
 changes the result: model name, weights id (checkpoint content hash / pretrained tag /
-random-init seed), precision, transform config (incl. image size), the ordered list of
-(absolute path, size, mtime_ns), normalised or raw (``kind``: ``image_embeddings`` or
-``image_features_raw``) and :data:`CACHE_FORMAT_VERSION`. The json stores that key material,
+random-init seed), precision, transform config (incl. image size), the image reader (EXIF
+orientation on/off, pixel limit), the ordered list of (absolute path, size, BLAKE2b-128 of the
+file's bytes), normalised or raw (``kind``: ``image_embeddings`` or ``image_features_raw``)
+and :data:`CACHE_FORMAT_VERSION`. Content, not mtime: a file rewritten at the same size with
+its mtime kept (``cp -p``, ``rsync -t``, tar) gets a new key. The json stores that key material,
 the sha256 of the npy bytes, shape and dtype; a cached array is used only when all of them
-match, otherwise (e.g. a truncated or corrupt file) it is recomputed with a warning.
+match, otherwise (e.g. a truncated or corrupt file) it is recomputed with a warning. Embeddings
+are checked to be finite where they are computed (a NaN/Inf names the model's weights) and
+where a cache entry is read (a NaN/Inf names the cached file).
 Normalised and raw entries are kept apart rather than normalising cached raw rows on read:
 that is bit-identical on CPU, but on an accelerator the encoder normalises on the device, so
 rows normalised on read could differ in the last bit from today's.
@@ -39,20 +43,20 @@ from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from irkit.errors import InputError
+from irkit.finite import require_finite
 from irkit.io import atomic_write_bytes, atomic_write_json, stable_hash
-from irkit.transforms import to_rgb
+from irkit.transforms import USER_FOLDER_READER, ImageReader
 
 if TYPE_CHECKING:  # pragma: no cover
     from irkit.models import LoadedModel
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 2  # 2: content hashes instead of mtimes; the image reader in the key
 NUM_THREADS_ENV = "IRKIT_NUM_THREADS"
 
 
@@ -109,9 +113,9 @@ class ImageBatches(Dataset):
     """
 
     def __init__(self, loaded: "LoadedModel", paths: Sequence[Path], batch_size: int, encode: bool,
-                 normalize: bool = True) -> None:
+                 normalize: bool = True, reader: ImageReader = USER_FOLDER_READER) -> None:
         self.loaded, self.paths, self.batch_size, self.encode = loaded, list(paths), batch_size, encode
-        self.normalize = normalize
+        self.normalize, self.reader = normalize, reader
 
     def __len__(self) -> int:
         return -(-len(self.paths) // self.batch_size)
@@ -121,8 +125,9 @@ class ImageBatches(Dataset):
         pixels, errors = [], []
         for row in range(first, min(first + self.batch_size, len(self.paths))):
             try:
-                with Image.open(self.paths[row]) as image:
-                    pixels.append(self.loaded.preprocess(to_rgb(image)))
+                pixels.append(self.loaded.preprocess(self.reader.open(self.paths[row])))
+            except InputError as e:  # over the pixel limit: the reader's own line
+                errors.append((row, f"{INPUT_ERROR_MARK}{e.detail}"))
             except Exception as e:  # undecodable, truncated, not an image ...
                 errors.append((row, f"{type(e).__name__}: {e}"))
         if errors:
@@ -138,18 +143,30 @@ class ImageFileDataset(Dataset):
     """Item i = ``(i, pixels [3, S, S] or None, error message or None)`` — one image at a time,
     for callers that run their own model pass (unnormalised features, patch tokens)."""
 
-    def __init__(self, paths: Sequence[Path], preprocess: Any) -> None:
-        self.paths, self.preprocess = list(paths), preprocess
+    def __init__(self, paths: Sequence[Path], preprocess: Any, reader: ImageReader = USER_FOLDER_READER) -> None:
+        self.paths, self.preprocess, self.reader = list(paths), preprocess, reader
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[int, Optional[torch.Tensor], Optional[str]]:
         try:
-            with Image.open(self.paths[index]) as image:
-                return index, self.preprocess(to_rgb(image)), None
+            return index, self.preprocess(self.reader.open(self.paths[index])), None
+        except InputError as e:  # over the pixel limit: the reader's own line
+            return index, None, f"{INPUT_ERROR_MARK}{e.detail}"
         except Exception as e:  # undecodable, truncated, not an image ...
             return index, None, f"{type(e).__name__}: {e}"
+
+
+#: Prefix of a worker's error message that is already a complete InputError detail.
+INPUT_ERROR_MARK = "input-error:"
+
+
+def decode_error(path: Path, message: str) -> InputError:
+    """The one-line InputError for a worker's error ``message`` about the image at ``path``."""
+    if message.startswith(INPUT_ERROR_MARK):
+        return InputError(message[len(INPUT_ERROR_MARK):], path=path)
+    return InputError(f"cannot decode image ({message}); expected a readable image file", path=path)
 
 
 def collate_decoded(items: list[tuple[int, Optional[torch.Tensor], Optional[str]]]):
@@ -164,28 +181,60 @@ def _unchanged(item: Any) -> Any:
     return item
 
 
+#: Bytes read at a time when hashing a file's content.
+HASH_CHUNK = 1 << 20
+
+
+def content_hash(path: Path) -> str:
+    """BLAKE2b-128 hex digest of the file's bytes (the content part of a cache key)."""
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        while chunk := f.read(HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def file_fingerprints(paths: Sequence[Path]) -> list[list[Any]]:
-    """``[absolute path, size, mtime_ns]`` per file; a missing file raises InputError."""
+    """``[absolute path, size, BLAKE2b-128 of the bytes]`` per file; a missing file raises InputError.
+
+    Content, not mtime: a file changed at the same size with its mtime kept gets another
+    fingerprint (cost: one read of each file per call; bench/bench_cache_hash.py measures it
+    against decoding).
+    """
     fingerprints = []
     for path in paths:
         absolute = Path(os.path.abspath(path))
         try:
             st = absolute.stat()
+            if not absolute.is_file():
+                raise InputError("expected an image file, found a directory or special file", path=path)
+            digest = content_hash(absolute)
         except FileNotFoundError:
             raise InputError("image file not found", path=path) from None
         except OSError as e:
             raise InputError(f"image file cannot be read ({e.strerror})", path=path) from None
-        if not absolute.is_file():
-            raise InputError("expected an image file, found a directory or special file", path=path)
-        fingerprints.append([str(absolute), int(st.st_size), int(st.st_mtime_ns)])
+        fingerprints.append([str(absolute), int(st.st_size), digest])
     return fingerprints
 
 
+def require_finite_embeddings(embeddings: np.ndarray, loaded: "LoadedModel", what: str) -> np.ndarray:
+    """``embeddings`` unchanged when every value is finite; else one InputError naming the model's
+    weights (a checkpoint with NaN/Inf weights, or one that overflows in this precision)."""
+    return require_finite(embeddings, what, f"model '{loaded.model_name}' ({describe_weights(loaded)})",
+                          path=getattr(loaded, "checkpoint_path", None))
+
+
+def describe_weights(loaded: Any) -> str:
+    """``checkpoint PATH`` / ``pretrained tag T`` / ``random init (seed S)`` / the weights id."""
+    return getattr(loaded, "weights_source", None) or f"weights {loaded.weights_id}"
+
+
 def _encode_uncached(loaded: "LoadedModel", paths: Sequence[Path], batch_size: int, num_workers: int,
-                     desc: str, encode_in_workers: Optional[bool] = None, normalize: bool = True) -> np.ndarray:
+                     desc: str, encode_in_workers: Optional[bool] = None, normalize: bool = True,
+                     reader: ImageReader = USER_FOLDER_READER) -> np.ndarray:
     """Embed ``paths`` without the cache (see :func:`encode_image_files` for the process layout)."""
     embeddings = np.zeros((len(paths), loaded.embed_dim), dtype=np.float32)
-    batches = ImageBatches(loaded, paths, batch_size, encode=True, normalize=normalize)
+    batches = ImageBatches(loaded, paths, batch_size, encode=True, normalize=normalize, reader=reader)
     workers = max(0, min(num_workers, len(batches)))
     if encode_in_workers is None:
         encode_in_workers = torch.device(loaded.device).type == "cpu"
@@ -197,22 +246,22 @@ def _encode_uncached(loaded: "LoadedModel", paths: Sequence[Path], batch_size: i
         for first, result, errors in loader:
             if errors:
                 row, message = errors[0]
-                raise InputError(f"cannot decode image ({message}); expected a readable image file",
-                                 path=paths[row])
+                raise decode_error(paths[row], message)
             if not batches.encode:
                 result = encode_pixels(loaded, result, normalize).cpu().numpy()
             embeddings[first:first + len(result)] = result
             bar.update(len(result))
-    return embeddings
+    return require_finite_embeddings(embeddings, loaded, "image embeddings")
 
 
 # --------------------------------------------------------------------------- cache
 
 def image_cache_material(loaded: "LoadedModel", fingerprints: list[list[Any]],
-                         normalize: bool = True) -> dict[str, Any]:
+                         normalize: bool = True, reader: ImageReader = USER_FOLDER_READER) -> dict[str, Any]:
     """Everything that determines the embeddings of these files (JSON-normalised).
 
-    ``kind`` is ``image_embeddings`` (L2-normalised) or ``image_features_raw`` (``normalize=False``).
+    ``kind`` is ``image_embeddings`` (L2-normalised) or ``image_features_raw`` (``normalize=False``);
+    ``reader`` is how the files were read (EXIF orientation, pixel limit).
     """
     material = {
         "irkit_cache_format": CACHE_FORMAT_VERSION,
@@ -222,6 +271,7 @@ def image_cache_material(loaded: "LoadedModel", fingerprints: list[list[Any]],
         "precision": loaded.precision,
         "transform": loaded.transform_config.to_dict(),
         "image_size": loaded.image_size,
+        "reader": reader.to_dict(),
         "files": fingerprints,
     }
     return json.loads(json.dumps(material))
@@ -260,6 +310,9 @@ def load_cached_array(cache_dir: Path, key: str, material: dict[str, Any],
             or array.shape[0] != (len(material["files"]) if num_rows is None else num_rows):
         log.warning("embedding cache %s has an unexpected shape/dtype; recomputing", npy_path)
         return None
+    if np.issubdtype(array.dtype, np.floating):
+        require_finite(array, "cached embeddings", "the embedding cache entry (delete it to recompute)",
+                       path=npy_path)
     return array
 
 
@@ -286,6 +339,7 @@ def encode_image_files(
     desc: str = "images",
     encode_in_workers: Optional[bool] = None,
     normalize: bool = True,
+    reader: ImageReader = USER_FOLDER_READER,
 ) -> np.ndarray:
     """Embed image files -> ``[N, D]`` float32 L2-normalised rows, in the order of ``paths``.
 
@@ -297,7 +351,9 @@ def encode_image_files(
     result is read from / written to the on-disk cache (module docstring).
     ``encode_in_workers`` overrides the layout (default: True on CPU, False on accelerators);
     it never changes the result, so it is not part of the cache key.
-    A missing or undecodable image raises :class:`InputError` naming the file.
+    ``reader``: how files are read (EXIF orientation, pixel limit); default: the user-folder
+    reader (orientation applied). A missing, undecodable or oversized image raises
+    :class:`InputError` naming the file; a non-finite embedding one naming the weights.
     """
     if batch_size <= 0:
         raise InputError(f"batch size must be positive, got {batch_size}", field="batch_size")
@@ -306,15 +362,15 @@ def encode_image_files(
     if not paths:
         return np.zeros((0, loaded.embed_dim), dtype=np.float32)
     if cache_dir is None:
-        return _encode_uncached(loaded, paths, batch_size, num_workers, desc, encode_in_workers, normalize)
+        return _encode_uncached(loaded, paths, batch_size, num_workers, desc, encode_in_workers, normalize, reader)
     cache_dir = Path(cache_dir)
-    material = image_cache_material(loaded, fingerprints, normalize)
+    material = image_cache_material(loaded, fingerprints, normalize, reader)
     key = stable_hash(material)
     cached = load_cached_array(cache_dir, key, material)
     if cached is not None:
         log.info("embedding cache hit %s (%d images)", key[:12], len(paths))
         return cached.astype(np.float32, copy=False)
-    embeddings = _encode_uncached(loaded, paths, batch_size, num_workers, desc, encode_in_workers, normalize)
+    embeddings = _encode_uncached(loaded, paths, batch_size, num_workers, desc, encode_in_workers, normalize, reader)
     save_cached_array(cache_dir, key, material, embeddings)
     return embeddings
 

@@ -54,16 +54,16 @@ def partial_folder(folder: os.PathLike | str) -> Path:
 
 
 def shard_plan(loaded: Any, paths: list[Path], dtype: str, root: Optional[os.PathLike | str],
-               shards: int) -> dict[str, Any]:
-    """Everything the shards depend on: file fingerprints (path, size, mtime), model identity,
-    dtype, metadata root and the number of shards."""
+               shards: int, reader: Any = None) -> dict[str, Any]:
+    """Everything the shards depend on: file fingerprints (path, size, content hash), model
+    identity and image reader, dtype, metadata root and the number of shards."""
     from irkit.embeddings import file_fingerprints
 
     return json.loads(json.dumps({
         "format": PLAN_FORMAT, "shards": shards, "count": len(paths),
         "files_sha256": stable_hash(file_fingerprints(paths)),
         "root": str(Path(root).resolve()) if root is not None else None,
-        "dtype": dtype, "model": collection_info(loaded), "image_size": loaded.image_size,
+        "dtype": dtype, "model": collection_info(loaded, reader), "image_size": loaded.image_size,
     }))
 
 
@@ -144,8 +144,9 @@ def _finish(folder: Path, partial: Path, plan: dict[str, Any], dim: int, info: d
 def embed_images_sharded(loaded: Any, paths: list[Path], folder: os.PathLike | str,
                          cache_dir: Optional[os.PathLike | str] = None, batch_size: int = 64,
                          num_workers: int = 2, dtype: str = "float16",
-                         root: Optional[os.PathLike | str] = None) -> Path:
-    """Embed ``paths`` into the collection ``folder``, one shard per rank (module docstring).
+                         root: Optional[os.PathLike | str] = None, reader: Any = None) -> Path:
+    """Embed ``paths`` into the collection ``folder``, one shard per rank (module docstring);
+    ``reader`` as in :func:`irkit.collection.embed_images_to_collection`.
 
     Call on every rank of a process group (:func:`irkit.distributed.init_process_group`).
     Returns ``folder`` on every rank once rank 0 has put the finished collection in place.
@@ -157,13 +158,13 @@ def embed_images_sharded(loaded: Any, paths: list[Path], folder: os.PathLike | s
     folder, paths = Path(folder), [Path(p) for p in paths]
     partial = partial_folder(folder)
     shard, shards = distributed.rank(), distributed.world_size()
-    plan = shard_plan(loaded, paths, dtype, root, shards)
+    plan = shard_plan(loaded, paths, dtype, root, shards, reader)
     distributed.run_on_main(lambda: _prepare(folder, partial, plan))
     start, stop = distributed.shard_bounds(len(paths), shard, shards)
     if not shard_is_done(partial, shard, plan, stop - start):
         embeddings = encode_image_files(loaded, paths[start:stop], batch_size=batch_size, num_workers=num_workers,
-                                        cache_dir=cache_dir, desc=f"images (shard {shard}/{shards})")
+                                        cache_dir=cache_dir, desc=f"images (shard {shard}/{shards})", reader=reader)
         write_shard(partial, shard, embeddings, image_metadata(paths[start:stop], root), dtype, plan)
     distributed.barrier()
     return distributed.run_on_main(lambda: _finish(folder, partial, plan, int(loaded.embed_dim),
-                                                   collection_info(loaded)))
+                                                   collection_info(loaded, reader)))

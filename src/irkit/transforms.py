@@ -29,12 +29,14 @@ aspect ratio 0.9-1.11. No flips and no colour jitter: captions name colours and 
 
 from __future__ import annotations
 
+import os
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 
@@ -137,6 +139,75 @@ def to_rgb(image: Image.Image) -> Image.Image:
         scale = 1.0
     eight_bit = np.clip(np.rint(values * scale), 0, 255).astype(np.uint8)
     return Image.fromarray(eight_bit, "L").convert("RGB")
+
+
+#: Default pixel limit of :class:`ImageReader` (width x height): 64 megapixels, e.g. 8000 x 8000.
+#: Above it an image is refused before decoding (a decoded 64 MP RGB image already holds 192 MB,
+#: and resizing it needs a few copies, per worker process).
+DEFAULT_MAX_IMAGE_PIXELS = 64_000_000
+
+
+@dataclass(frozen=True)
+class ImageReader:
+    """How an image file becomes an 8-bit RGB PIL image, before any transform.
+
+    ``exif_transpose``: apply the EXIF orientation tag (``ImageOps.exif_transpose``), as photo
+    viewers do. On for user folders (collections, traffic, training); off for the published
+    CIR benchmarks, whose published code opens images with plain PIL (``BENCHMARK_READER``).
+    ``max_pixels``: width x height above which a file is refused before it is decoded.
+    Both change the pixels, so both are part of every embedding cache key (:meth:`to_dict`).
+    """
+
+    exif_transpose: bool = True
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max_pixels, bool) or not isinstance(self.max_pixels, int) or self.max_pixels <= 0:
+            raise InputError(f"the image pixel limit must be a positive integer, got {self.max_pixels!r}",
+                             field="max_image_pixels")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly form (used in cache keys and run parameters)."""
+        return {"exif_transpose": bool(self.exif_transpose), "max_pixels": int(self.max_pixels)}
+
+    def prepare(self, image: Image.Image, path: Optional[Union[str, os.PathLike]] = None) -> Image.Image:
+        """An opened (not yet decoded) ``image`` -> 8-bit RGB: pixel limit checked first (PIL
+        knows the size before decoding), then the EXIF orientation (when on), then :func:`to_rgb`."""
+        width, height = image.size
+        if width * height > self.max_pixels:
+            raise InputError(
+                f"image is {width} x {height} = {width * height:,} pixels, over the limit of "
+                f"{self.max_pixels:,}; expected a smaller image (raise the limit with --max-image-pixels)",
+                path=path)
+        if self.exif_transpose:
+            image = ImageOps.exif_transpose(image)
+        return to_rgb(image)
+
+    def open(self, path: Union[str, os.PathLike]) -> Image.Image:
+        """Read the image file at ``path`` -> 8-bit RGB (decoded; the file is closed).
+
+        Over the pixel limit: :class:`InputError` naming the file, never PIL's decompression-bomb
+        warning or error (its own limit is lifted to ours when ours is higher).
+        """
+        if Image.MAX_IMAGE_PIXELS is not None and self.max_pixels > Image.MAX_IMAGE_PIXELS:
+            Image.MAX_IMAGE_PIXELS = self.max_pixels  # PIL would refuse what the user allowed
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(path) as image:
+                    rgb = self.prepare(image, path)
+                    rgb.load()
+                    return rgb
+        except Image.DecompressionBombError as e:
+            raise InputError(f"image is over the pixel limit of {self.max_pixels:,} ({e}); expected a smaller "
+                             "image (raise the limit with --max-image-pixels)", path=path) from None
+
+
+#: The reader for user folders (collections, traffic, training): EXIF orientation applied.
+USER_FOLDER_READER = ImageReader(exif_transpose=True)
+#: The reader for the published CIR benchmarks (CIRR, FashionIQ, CIRCO, GeneCIS): plain PIL
+#: open + RGB as their published code does, no EXIF orientation.
+BENCHMARK_READER = ImageReader(exif_transpose=False)
 
 
 def _pad_centred(image: Image.Image, width: int, height: int, fill: int) -> Image.Image:

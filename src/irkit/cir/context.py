@@ -17,7 +17,9 @@ import numpy as np
 import torch
 
 from irkit.data.records import CIRSplit
+from irkit.finite import require_finite
 from irkit.io import stable_hash
+from irkit.transforms import BENCHMARK_READER, ImageReader
 
 #: Version of the query-embedding cache entries (bump when their meaning changes).
 QUERY_CACHE_FORMAT = 1
@@ -57,23 +59,29 @@ def encode_token_ids(model: torch.nn.Module, token_ids: torch.Tensor, batch_size
 
 
 def raw_image_embeddings(loaded: Any, paths: Sequence[Path | str], batch_size: int = 64, num_workers: int = 2,
-                         cache_dir: Optional[Path | str] = None) -> np.ndarray:
+                         cache_dir: Optional[Path | str] = None, reader: ImageReader = BENCHMARK_READER) -> np.ndarray:
     """[N, d] float32 UNnormalised image embeddings (phi's and the heads' input) of image files, in
-    order, through :func:`irkit.embeddings.encode_image_files`' on-disk cache."""
+    order, through :func:`irkit.embeddings.encode_image_files`' on-disk cache. ``reader``: how the
+    files are read (default: the benchmark reader, no EXIF orientation, as published)."""
     from irkit.embeddings import encode_image_files
 
     return encode_image_files(loaded, paths, batch_size=batch_size, num_workers=num_workers, cache_dir=cache_dir,
-                              normalize=False)
+                              normalize=False, reader=reader)
 
 
 @dataclass
 class CIRContext:
-    """What every method needs: the backbone (a ``irkit.models.LoadedModel``) and the cache."""
+    """What every method needs: the backbone (a ``irkit.models.LoadedModel``) and the cache.
+
+    ``reader``: how image files are read; default the published benchmarks' way (plain PIL
+    open + RGB, no EXIF orientation; :data:`irkit.transforms.BENCHMARK_READER`).
+    """
 
     loaded: Any  # irkit.models.LoadedModel (kept untyped to avoid importing the factory here)
     cache_dir: Optional[Path] = None
     batch_size: int = 64
     num_workers: int = 2
+    reader: ImageReader = BENCHMARK_READER
 
     def image_embeddings(self, split: CIRSplit, image_ids: Sequence[str]) -> np.ndarray:
         """[N, d] float32 L2-normalised image embeddings of ``image_ids`` (cached on disk)."""
@@ -82,13 +90,13 @@ class CIRContext:
         paths = [split.image_path(i) for i in image_ids]
         return encode_image_files(
             self.loaded, paths, batch_size=self.batch_size, num_workers=self.num_workers,
-            cache_dir=self.cache_dir,
+            cache_dir=self.cache_dir, reader=self.reader,
         )
 
     def raw_image_embeddings(self, split: CIRSplit, image_ids: Sequence[str]) -> np.ndarray:
         """[N, d] float32 UNnormalised image embeddings of ``image_ids`` of ``split``."""
         return raw_image_embeddings(self.loaded, [split.image_path(i) for i in image_ids], self.batch_size,
-                                    self.num_workers, self.cache_dir)
+                                    self.num_workers, self.cache_dir, self.reader)
 
     def query_embeddings(self, method: Any, split: CIRSplit) -> np.ndarray:
         """[Q, d] ``method.query_embeddings(self, split)`` of an embedding method, cached on disk
@@ -99,10 +107,11 @@ class CIRContext:
 
         identity = method.cache_identity() if self.cache_dir is not None else None
         if identity is None:
-            return method.query_embeddings(self, split)
+            return self._finite_queries(method, method.query_embeddings(self, split))
         references = list(dict.fromkeys(q.reference for q in split.queries))
         # the backbone's identity and the reference files, as the image cache states them
-        material = image_cache_material(self.loaded, file_fingerprints([split.image_path(i) for i in references]))
+        material = image_cache_material(self.loaded, file_fingerprints([split.image_path(i) for i in references]),
+                                        reader=self.reader)
         material.update(json.loads(json.dumps({
             "query_cache_format": QUERY_CACHE_FORMAT, "kind": "cir_query_embeddings", "method": method.name,
             "identity": identity, "device": str(self.loaded.device), "dataset": split.dataset,
@@ -113,9 +122,15 @@ class CIRContext:
         cached = load_cached_array(Path(self.cache_dir), key, material, num_rows=len(split.queries))
         if cached is not None:
             return cached.astype(np.float32, copy=False)
-        embeddings = method.query_embeddings(self, split)
+        embeddings = self._finite_queries(method, method.query_embeddings(self, split))
         save_cached_array(Path(self.cache_dir), key, material, np.asarray(embeddings, np.float32))
         return embeddings
+
+    def _finite_queries(self, method: Any, embeddings: Any) -> Any:
+        source = getattr(self.loaded, "weights_source", "") or getattr(self.loaded, "weights_id", "")
+        return require_finite(embeddings, f"query embeddings of method '{method.name}'",
+                              f"that method on model '{getattr(self.loaded, 'model_name', '?')}' ({source}) "
+                              "— check the method's checkpoint and the backbone's weights")
 
     def text_embeddings(self, texts: Sequence[str]) -> np.ndarray:
         """[N, d] float32 L2-normalised text embeddings."""

@@ -33,7 +33,10 @@ from irkit.benchmarks import benchmark_of
 from irkit.cir.context import CIRContext, encode_token_ids
 from irkit.data.records import CIRSplit
 from irkit.errors import InputError
+from irkit.finite import require_finite
 from irkit.io import stable_hash
+from irkit.models import warn_truncated
+from irkit.transforms import BENCHMARK_READER, ImageReader
 
 #: In-process memo of encoded features (validation re-encodes the same split many times).
 _MEMO: "OrderedDict[str, Any]" = OrderedDict()
@@ -68,7 +71,10 @@ def raw_text_embeddings(loaded: Any, texts: Sequence[str], batch_size: int = 256
     def compute() -> np.ndarray:
         if not unique:
             return np.zeros((0, loaded.embed_dim), np.float32)
-        return encode_token_ids(loaded.model, loaded.tokenizer(unique), batch_size).numpy().astype(np.float32)
+        warn_truncated(loaded.tokenizer, unique, f"model '{loaded.model_name}'")
+        encoded = encode_token_ids(loaded.model, loaded.tokenizer(unique), batch_size).numpy().astype(np.float32)
+        return require_finite(encoded, "text embeddings", f"model '{loaded.model_name}' "
+                              f"({getattr(loaded, 'weights_source', '') or loaded.weights_id})")
 
     encoded = _memoised({"kind": "raw_text", **_model_key(loaded), "texts": unique}, compute)
     position = {text: i for i, text in enumerate(unique)}
@@ -79,8 +85,9 @@ def memoised_raw_image_embeddings(ctx: CIRContext, split: CIRSplit, image_ids: S
     """[N, D] float32 UNnormalised image embeddings of ``image_ids`` (disk cache + memo)."""
     from irkit.embeddings import file_fingerprints
 
-    fingerprints = file_fingerprints([split.image_path(i) for i in image_ids])  # path, size, mtime
-    return _memoised({"kind": "raw_image", **_model_key(ctx.loaded), "files": fingerprints},
+    fingerprints = file_fingerprints([split.image_path(i) for i in image_ids])  # path, size, content hash
+    return _memoised({"kind": "raw_image", **_model_key(ctx.loaded), "reader": ctx.reader.to_dict(),
+                      "files": fingerprints},
                      lambda: ctx.raw_image_embeddings(split, list(image_ids)))
 
 
@@ -121,7 +128,8 @@ def _resnet_spatial_tokens(visual: torch.nn.Module, pixels: torch.Tensor) -> tor
 
 
 def encode_image_tokens(loaded: Any, paths: Sequence[os.PathLike | str], batch_size: int = 64,
-                        num_workers: int = 2, cache_dir: Optional[os.PathLike | str] = None) -> np.ndarray:
+                        num_workers: int = 2, cache_dir: Optional[os.PathLike | str] = None,
+                        reader: ImageReader = BENCHMARK_READER) -> np.ndarray:
     """Image files -> [N, P, D] float16 patch tokens (:func:`patch_tokens`), in ``paths`` order.
 
     Cached like :func:`irkit.embeddings.encode_image_files` (same key material — model,
@@ -134,7 +142,7 @@ def encode_image_tokens(loaded: Any, paths: Sequence[os.PathLike | str], batch_s
         raise InputError(f"batch size must be positive, got {batch_size}", field="batch_size")
     paths = [Path(p) for p in paths]
     fingerprints = embeddings.file_fingerprints(paths)
-    material = dict(embeddings.image_cache_material(loaded, fingerprints), kind="image_patch_tokens",
+    material = dict(embeddings.image_cache_material(loaded, fingerprints, reader=reader), kind="image_patch_tokens",
                     token_space="visual.proj")
     key = stable_hash(material)
 
@@ -143,7 +151,7 @@ def encode_image_tokens(loaded: Any, paths: Sequence[os.PathLike | str], batch_s
             cached = embeddings.load_cached_array(Path(cache_dir), key, material)
             if cached is not None:
                 return cached
-        tokens = _encode_tokens_uncached(loaded, paths, batch_size, num_workers)
+        tokens = _encode_tokens_uncached(loaded, paths, batch_size, num_workers, reader)
         if cache_dir is not None:
             embeddings.save_cached_array(Path(cache_dir), key, material, tokens)
         return tokens
@@ -174,19 +182,20 @@ def image_tokens_for(ctx: CIRContext, split: CIRSplit, ordered_ids: Sequence[str
         ids = list(ordered_ids[chunk * chunk_size:(chunk + 1) * chunk_size])
         offset = sum(len(p) for p in parts)
         parts.append(encode_image_tokens(ctx.loaded, [split.image_path(i) for i in ids], batch_size=ctx.batch_size,
-                                         num_workers=ctx.num_workers, cache_dir=ctx.cache_dir))
+                                         num_workers=ctx.num_workers, cache_dir=ctx.cache_dir, reader=ctx.reader))
         rows.update({image_id: offset + j for j, image_id in enumerate(ids)})
     if not parts:
         return torch.zeros(0, 0, ctx.loaded.embed_dim, dtype=torch.float16), rows
     return torch.from_numpy(np.concatenate(parts) if len(parts) > 1 else parts[0]), rows
 
 
-def _encode_tokens_uncached(loaded: Any, paths: Sequence[Path], batch_size: int, num_workers: int) -> np.ndarray:
+def _encode_tokens_uncached(loaded: Any, paths: Sequence[Path], batch_size: int, num_workers: int,
+                            reader: ImageReader = BENCHMARK_READER) -> np.ndarray:
     from irkit import embeddings
 
     if not paths:
         return np.zeros((0, 0, loaded.embed_dim), np.float16)
-    dataset = embeddings.ImageFileDataset(paths, loaded.preprocess)
+    dataset = embeddings.ImageFileDataset(paths, loaded.preprocess, reader)
     workers = max(0, min(num_workers, -(-len(paths) // batch_size)))
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                                          collate_fn=embeddings.collate_decoded)
@@ -196,15 +205,15 @@ def _encode_tokens_uncached(loaded: Any, paths: Sequence[Path], batch_size: int,
         for indices, pixels, errors in loader:
             if errors:
                 index, message = errors[0]
-                raise InputError(f"cannot decode image ({message}); expected a readable image file",
-                                 path=paths[index])
+                raise embeddings.decode_error(paths[index], message)
             tokens = patch_tokens(loaded.model, pixels.to(loaded.device, loaded.input_dtype)).float().cpu().numpy()
             if out is None:
                 out = np.zeros((len(paths),) + tokens.shape[1:], np.float16)
             out[indices.numpy()] = tokens.astype(np.float16)
             bar.update(len(indices))
     assert out is not None
-    return out
+    return require_finite(out, "image patch tokens", f"model '{loaded.model_name}' "
+                          f"({getattr(loaded, 'weights_source', '') or loaded.weights_id})")
 
 
 # --------------------------------------------------------------------------- split features

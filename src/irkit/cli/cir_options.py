@@ -11,6 +11,7 @@ from irkit.cli.common import (
     add_encoding_arguments,
     add_model_arguments,
     cache_dir,
+    image_reader,
     load_model,
     parse_key_values,
 )
@@ -63,7 +64,7 @@ def cir_context(args: argparse.Namespace) -> Any:
 
     torch.set_num_threads(num_threads())
     return CIRContext(load_model(args), cache_dir=cache_dir(args), batch_size=args.batch_size,
-                      num_workers=args.num_workers)
+                      num_workers=args.num_workers, reader=image_reader(args, exif_default=False))
 
 
 def loader_options(args: argparse.Namespace, prefix: str = "") -> dict[str, Any]:

@@ -100,12 +100,15 @@ def add_allow_param_change_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--model/--pretrained|--checkpoint/--transform/--device/--precision``."""
+    """``--model/--pretrained|--checkpoint|--random-init/--transform/--device/--precision``."""
     parser.add_argument("--model", default="irkit-tiny", help="any open_clip model name (default irkit-tiny)")
     weights = parser.add_mutually_exclusive_group()
     weights.add_argument("--pretrained", default=None, help="open_clip pretrained tag (or a local weights file)")
     weights.add_argument("--checkpoint", type=Path, default=None,
                          help="local checkpoint: open_clip_train .pt, state dict .pt/.pth/.bin or .safetensors")
+    weights.add_argument("--random-init", action="store_true",
+                         help="use a randomly initialised model (seed 0) on purpose, e.g. as a before-training "
+                              "baseline; without weights and without this flag the command stops")
     parser.add_argument("--transform", default="square", choices=["square", "targetpad", "center", "magiclens"],
                         help="image preprocessing (square = black padding to a square, as published; "
                              "magiclens = MagicLens's largest centred square crop + antialiased resize)")
@@ -115,12 +118,29 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_encoding_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--batch-size/--num-workers/--cache-dir`` of image encoding."""
+    """``--batch-size/--num-workers/--cache-dir/--exif-transpose/--max-image-pixels`` of image encoding."""
     parser.add_argument("--batch-size", type=positive_int, default=64, help="images per encoding batch")
     parser.add_argument("--num-workers", "--workers", dest="num_workers", type=non_negative_int, default=2,
                         help="image decoding worker processes")
     parser.add_argument("--cache-dir", type=Path, default=Path(".cache/irkit"),
                         help="embedding cache (default .cache/irkit); 'none' disables it")
+    parser.add_argument("--exif-transpose", action=argparse.BooleanOptionalAction, default=None,
+                        help="apply the images' EXIF orientation (default: on for user folders, off for the "
+                             "published CIR benchmarks, as their published code reads them); part of the cache key")
+    parser.add_argument("--max-image-pixels", type=positive_int, default=None,
+                        help="refuse images with more pixels (width x height) than this before decoding "
+                             "(default 64,000,000 = 8000 x 8000)")
+
+
+def image_reader(args: argparse.Namespace, exif_default: bool) -> Any:
+    """The :class:`irkit.transforms.ImageReader` of :func:`add_encoding_arguments`' options;
+    ``exif_default``: the command's default for ``--exif-transpose`` (True for user folders)."""
+    from irkit.transforms import DEFAULT_MAX_IMAGE_PIXELS, ImageReader
+
+    exif = getattr(args, "exif_transpose", None)
+    limit = getattr(args, "max_image_pixels", None)
+    return ImageReader(exif_transpose=exif_default if exif is None else bool(exif),
+                       max_pixels=DEFAULT_MAX_IMAGE_PIXELS if limit is None else int(limit))
 
 
 def load_model(args: argparse.Namespace) -> Any:
@@ -128,7 +148,8 @@ def load_model(args: argparse.Namespace) -> Any:
     from irkit.models import create_model
 
     return create_model(args.model, pretrained=args.pretrained, checkpoint=args.checkpoint,
-                        transform=args.transform, device=args.device, precision=args.precision)
+                        transform=args.transform, device=args.device, precision=args.precision,
+                        random_init=bool(getattr(args, "random_init", False)))
 
 
 def cache_dir(args: argparse.Namespace) -> Optional[Path]:

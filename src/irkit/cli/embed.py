@@ -10,6 +10,7 @@ from irkit.cli.common import (
     add_encoding_arguments,
     add_model_arguments,
     cache_dir,
+    image_reader,
     load_model,
     output_folder,
     positive_int,
@@ -54,7 +55,8 @@ def _run_images(args: argparse.Namespace) -> int:
     root = args.images if args.images.is_dir() else args.images.parent
     embed = embed_images_sharded if distributed.is_distributed() else embed_images_to_collection
     out = embed(loaded, paths, args.out, cache_dir=cache_dir(args), batch_size=args.batch_size,
-                num_workers=args.num_workers, dtype=args.dtype, root=root)
+                num_workers=args.num_workers, dtype=args.dtype, root=root,
+                reader=image_reader(args, exif_default=True))
     if distributed.is_main():
         print(json.dumps({"collection": str(out), "images": len(paths), "dim": loaded.embed_dim,
                           "model": loaded.model_name, "weights_id": loaded.weights_id,

@@ -10,6 +10,7 @@ from irkit.cli.common import (
     add_encoding_arguments,
     add_model_arguments,
     cache_dir,
+    image_reader,
     load_model,
     output_file,
     output_folder,
@@ -56,14 +57,15 @@ def _run_traffic(args: argparse.Namespace) -> int:
 
     split = load_traffic(args.root, args.split)
     loaded = load_model(args)
+    reader = image_reader(args, exif_default=True)
     prompt, selection = args.prompt, None
     if prompt == "auto":
         selection = select_prompt_on_val(split.root, loaded, batch_size=args.batch_size,
-                                         num_workers=args.num_workers, cache_dir=cache_dir(args))
+                                         num_workers=args.num_workers, cache_dir=cache_dir(args), reader=reader)
         prompt = selection.chosen
     inference = infer_traffic(split, loaded, prompt=prompt, out_dir=args.out, k=args.k,
                               batch_size=args.batch_size, num_workers=args.num_workers, cache_dir=cache_dir(args),
-                              num_vehicle_queries=args.num_vehicle_queries)
+                              num_vehicle_queries=args.num_vehicle_queries, reader=reader)
     summary = inference.summary()
     if selection is not None:
         summary["prompt_selection"] = selection.to_json()

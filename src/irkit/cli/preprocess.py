@@ -10,6 +10,7 @@ from irkit.cli.common import (
     add_encoding_arguments,
     add_model_arguments,
     cache_dir,
+    image_reader,
     load_model,
     output_file,
     parse_separator,
@@ -94,7 +95,8 @@ def _run_augment(args: argparse.Namespace) -> int:
         raise InputError("attribute sidecar not found; expected an irkit_attributes.jsonl", path=args.truth)
     loaded = load_model(args)
     result = augment_labels_detailed(labels, loaded, args.images, vocab, batch_size=args.batch_size,
-                                     cache_dir=cache_dir(args), num_workers=args.num_workers, source=args.labels)
+                                     cache_dir=cache_dir(args), num_workers=args.num_workers, source=args.labels,
+                                     reader=image_reader(args, exif_default=True))
     write_label_file(args.out, result.labels)
     summary = {"out": str(args.out), "weights_id": loaded.weights_id, **result.summary()}
     if truth_path is not None and truth_path.is_file():

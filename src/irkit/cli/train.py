@@ -55,6 +55,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                       help="processes on this machine (one per GPU): runs `torchrun --standalone --nproc_per_node "
                            "N -m irkit train clip ...`; --batch-size stays the global batch. For several machines "
                            "run torchrun yourself with --nnodes/--node_rank/--master_addr")
+    clip.add_argument("--exif-transpose", action=argparse.BooleanOptionalAction, default=True,
+                      help="apply the images' EXIF orientation (default on; recorded in params.txt)")
+    clip.add_argument("--max-image-pixels", type=positive_int, default=64_000_000,
+                      help="refuse images with more pixels (width x height) before decoding (default 8000 x 8000)")
     clip.set_defaults(func=_run_clip)
 
 
@@ -89,7 +93,8 @@ def _run_clip(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         workers=args.workers, seed=args.seed, precision=args.precision, transform=args.transform,
         log_dir=args.log_dir, name=args.name, resume=args.resume, save_frequency=args.save_frequency,
-        csv_separator=args.csv_separator,
+        csv_separator=args.csv_separator, exif_transpose=args.exif_transpose,
+        max_image_pixels=args.max_image_pixels,
     ), allow_param_change=args.allow_param_change)
     if launched_rank() == 0:
         print(json.dumps({"run_dir": str(result.run_dir), "final_checkpoint": str(result.final_checkpoint),

@@ -397,7 +397,7 @@ def searle_stage(bench: _Bench, stage_dir: Path) -> dict[str, Any]:
     budgets = bench.setup.budgets
     ids, paths = oti_training_images(bench, int(budgets["oti_images"]))
     features = raw_image_embeddings(bench.loaded, paths, bench.ctx.batch_size, bench.ctx.num_workers,
-                                    bench.ctx.cache_dir)
+                                    bench.ctx.cache_dir, bench.ctx.reader)
     oti_config = OTIConfig(steps=int(budgets["oti_steps"]), batch_size=int(budgets["oti_batch_size"]),
                            seed=bench.setup.seed)
     bank = load_phrase_bank()
@@ -500,6 +500,9 @@ def run_cir_table(data_root: Path | str, out_dir: Path | str, scale: str = "full
         raise InputError("give either a pretrained tag or a checkpoint path, not both", field="checkpoint")
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise InputError("CLIP checkpoint file not found", path=checkpoint)
+    if not train_clip and not (pretrained or checkpoint):
+        raise InputError("--no-clip-training uses the given CLIP weights as they are, but none were given; "
+                         "expected --checkpoint PATH or --pretrained TAG", field="checkpoint")
     fusion_rows = None
     if fusion:
         try:

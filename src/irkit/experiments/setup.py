@@ -23,7 +23,8 @@ class CIRBenchSetup:
 
     ``data_root`` holds ``fashioniq/``, ``cirr/``, ``circo/`` (published layouts) and, for demo
     data, ``captions/``. ``clip_checkpoint`` / ``pretrained`` select the CLIP weights exactly as
-    ``irkit.models.create_model`` does. Each stage writes only under ``out_dir / <stage>``.
+    ``irkit.models.create_model`` does; with neither, ``random_init=True`` must ask for random
+    weights explicitly. Each stage writes only under ``out_dir / <stage>``.
     ``budgets`` holds per-stage step/epoch counts (scale-dependent; see ``cir_table``).
     """
 
@@ -32,6 +33,7 @@ class CIRBenchSetup:
     model: str = "irkit-tiny"
     clip_checkpoint: Optional[Path] = None
     pretrained: Optional[str] = None
+    random_init: bool = False
     cache_dir: Path = Path(".cache/irkit")
     scale: str = "full"
     seed: int = 0
@@ -121,7 +123,7 @@ class BenchContext:
 
         self.setup = setup
         self.loaded = create_model(setup.model, pretrained=setup.pretrained, checkpoint=setup.clip_checkpoint,
-                                   seed=setup.seed)
+                                   seed=setup.seed, random_init=setup.random_init)
         self.ctx = CIRContext(self.loaded, cache_dir=setup.cache_dir, batch_size=64, num_workers=setup.workers)
         self.roots = {d: get_benchmark(d).dataset_root(setup.data_root) for d in BENCHMARKS}
         self.val_splits = {d: load_cir_splits(d, self.roots[d], "val") for d in BENCHMARKS}

@@ -365,7 +365,7 @@ def oti_for_splits(ctx: CIRContext, splits: Sequence[CIRSplit], out_dir: Path | 
                    progress: bool = True) -> OTITokens:
     """OTI tokens for the reference (or gallery, or all) images of CIR split(s)."""
     ids, paths = images_of_splits(splits, which)
-    features = raw_image_embeddings(ctx.loaded, paths, ctx.batch_size, ctx.num_workers, ctx.cache_dir)
+    features = raw_image_embeddings(ctx.loaded, paths, ctx.batch_size, ctx.num_workers, ctx.cache_dir, ctx.reader)
     return run_oti(ctx.loaded, ids, features, out_dir, config, phrases, progress=progress)
 
 

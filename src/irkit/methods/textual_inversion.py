@@ -34,6 +34,7 @@ from irkit.cir.training import TrainingConfig
 from irkit.data.records import CIRQuery, CIRSplit
 from irkit.errors import InputError
 from irkit.io import atomic_write_text, file_sha256, stable_hash
+from irkit.models.factory import warn_truncated
 from irkit.models.pseudo_token import (
     PLACEHOLDER,
     InjectionMode,
@@ -307,6 +308,7 @@ def encode_queries_with_tokens(loaded: Any, split: CIRSplit, reference_tokens: t
             prompts.append(prompt)
             owners.append(qi)
             rows.append(row_of[query.reference])
+    warn_truncated(tokenizer, prompts, f"model '{loaded.model_name}'")  # once, with the count
     features = np.zeros((len(prompts), loaded.embed_dim), dtype=np.float32)
     starts = range(0, len(prompts), batch_size)
     with torch.no_grad():

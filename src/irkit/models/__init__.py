@@ -24,14 +24,16 @@ _register_configs()
 
 from irkit.models.factory import (  # noqa: E402
     LoadedModel,
+    count_truncated,
     create_model,
     load_weights,
     read_state_dict,
     read_weights_metadata,
     save_weights,
+    warn_truncated,
 )
 
 __all__ = [
     "CONFIGS_DIR", "LoadedModel", "create_model", "load_weights", "read_state_dict",
-    "read_weights_metadata", "save_weights",
+    "read_weights_metadata", "save_weights", "count_truncated", "warn_truncated",
 ]

@@ -1,11 +1,14 @@
 """One entry point for every CLIP backbone irkit uses: :func:`create_model`.
 
-Any open_clip model name works, with weights from (a) nothing (seeded random init, e.g. for
-training irkit-tiny from scratch), (b) an open_clip ``pretrained`` tag (needs the Hugging Face
+Any open_clip model name works, with weights from (a) nothing — seeded random init, only when
+asked for explicitly (``random_init=True``, the CLI's ``--random-init``: e.g. the "before
+training" score of a from-scratch run); forgetting the weights is an error, never a silently
+random model —, (b) an open_clip ``pretrained`` tag (needs the Hugging Face
 Hub or its local cache), (c) a local checkpoint file: an open_clip_train checkpoint
 (``{"epoch", "name", "state_dict", ...}``, ``module.`` prefixes allowed), a raw state dict
 (.pt/.pth/.bin) or a ``.safetensors`` file. Pickled checkpoints are read with
-``torch.load(weights_only=True)`` only.
+``torch.load(weights_only=True)`` only. A checkpoint holding NaN/Inf values is refused (naming
+the tensor), and :meth:`LoadedModel.encode_texts` refuses non-finite embeddings.
 
 The returned :class:`LoadedModel` carries ``weights_id``, a string naming the weights, which
 embedding caches use as part of their key.
@@ -29,6 +32,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from irkit.errors import InputError, first_line_of
+from irkit.finite import count_non_finite, require_finite
 from irkit.io import atomic_path, file_sha256
 from irkit.transforms import TRANSFORM_NAMES, TransformConfig, build_transform
 
@@ -59,6 +63,8 @@ class LoadedModel:
     transform_config: TransformConfig = field(repr=False, default=None)  # type: ignore[assignment]
     device: str = "cpu"
     precision: str = "fp32"
+    weights_source: str = ""                 # "checkpoint PATH" / "pretrained tag T" / "random init (seed S)"
+    checkpoint_path: Optional[str] = None    # the local weights file, when there is one
 
     @property
     def input_dtype(self) -> torch.dtype:
@@ -81,16 +87,49 @@ class LoadedModel:
             return F.normalize(self.model.encode_text(tokens.to(self.device)).float(), dim=-1)
 
     def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
-        """Texts -> ``[N, D]`` float32 L2-normalised numpy array (progress bar for long lists)."""
+        """Texts -> ``[N, D]`` float32 L2-normalised numpy array (progress bar for long lists).
+
+        Texts longer than the tokenizer's context are truncated by it: one warning gives their
+        count. Non-finite embeddings raise InputError naming the weights.
+        """
         if isinstance(texts, str):
             raise TypeError("encode_texts expects a list of strings, got one string")
         texts = list(texts)
+        warn_truncated(self.tokenizer, texts, f"model '{self.model_name}'")
         out = np.zeros((len(texts), self.embed_dim), dtype=np.float32)
         starts = range(0, len(texts), batch_size)
         for start in tqdm(starts, desc="texts", unit="batch", disable=len(texts) <= 4 * batch_size):
             chunk = texts[start:start + batch_size]
             out[start:start + len(chunk)] = self.encode_text_tokens(self.tokenizer(chunk)).cpu().numpy()
-        return out
+        return require_finite(out, "text embeddings",
+                              f"model '{self.model_name}' ({self.weights_source or self.weights_id})",
+                              path=self.checkpoint_path)
+
+
+# --------------------------------------------------------------------------- texts
+
+def count_truncated(tokenizer: Callable[..., torch.Tensor], texts: Sequence[str]) -> int:
+    """How many of ``texts`` exceed the tokenizer's context (start/end tokens included) and are
+    therefore cut by it. open_clip's BPE tokenizer is asked for each text's exact token count;
+    other tokenizers count rows that fill the whole context."""
+    context = getattr(tokenizer, "context_length", None)
+    encode = getattr(tokenizer, "encode", None)
+    if not texts:
+        return 0
+    if context and callable(encode) and getattr(tokenizer, "reduction_fn", None) is None:
+        return sum(1 for text in texts if len(encode(text)) + 2 > int(context))
+    tokens = tokenizer(list(texts))
+    return int((tokens[:, -1] != 0).sum().item())
+
+
+def warn_truncated(tokenizer: Callable[..., torch.Tensor], texts: Sequence[str], owner: str) -> int:
+    """Log one warning with the count of ``texts`` longer than the tokenizer's context; returns it."""
+    truncated = count_truncated(tokenizer, texts)
+    if truncated:
+        context = getattr(tokenizer, "context_length", None)
+        log.warning("%d of %d texts are longer than the text context of %s (%s tokens) and were truncated to it",
+                    truncated, len(texts), owner, context if context else "its")
+    return truncated
 
 
 # --------------------------------------------------------------------------- model names
@@ -206,6 +245,12 @@ def read_state_dict(path: Union[str, Path]) -> dict[str, torch.Tensor]:
     if bad:
         raise InputError(f"state dict entries are not tensors: {', '.join(map(str, bad[:_MAX_LISTED]))}",
                          path=path)
+    non_finite = [(k, count_non_finite(v)) for k, v in raw.items() if v.is_floating_point()]
+    non_finite = [(k, n) for k, n in non_finite if n]
+    if non_finite:
+        listed = ", ".join(f"{k} ({n})" for k, n in non_finite[:_MAX_LISTED])
+        raise InputError(f"checkpoint holds non-finite values (NaN/Inf) in {len(non_finite)} tensor(s): {listed}; "
+                         "expected finite weights (a damaged file or a diverged training run)", path=path)
     return _strip_prefixes(raw)
 
 
@@ -384,11 +429,14 @@ def create_model(
     device: str = "cpu",
     precision: str = "fp32",
     seed: int = 0,
+    random_init: bool = False,
 ) -> LoadedModel:
     """Create an open_clip model (eval mode) with tokenizer, transforms and a weights id.
 
     Weights: ``checkpoint`` (local file) or ``pretrained`` (an open_clip tag, or itself a local
-    file path) or neither (random init from ``seed``). ``transform`` is a name from
+    file path), or — only with ``random_init=True`` — none (random init from ``seed``). Without
+    weights and without ``random_init`` an InputError says so: a forgotten ``--checkpoint`` is
+    never answered by a random model. ``transform`` is a name from
     :data:`irkit.transforms.TRANSFORM_NAMES`; mean/std/interpolation come from the model.
     """
     if precision not in PRECISIONS:
@@ -399,7 +447,15 @@ def create_model(
                          field="transform")
     if pretrained and checkpoint:
         raise InputError("give either a pretrained tag or a checkpoint path, not both", field="checkpoint")
+    if random_init and (pretrained or checkpoint):
+        raise InputError("random init was asked for together with weights (--pretrained/--checkpoint); "
+                         "expected one of them", field="random_init")
     schema, name = check_model_name(model_name)
+    if not (random_init or pretrained or checkpoint or schema in ("hf-hub", "local-dir")):
+        raise InputError(
+            f"no weights given for model '{name}': expected --checkpoint PATH or --pretrained TAG, or "
+            "--random-init to use a randomly initialised model on purpose (random_init=True in Python)",
+            field="checkpoint")
     if pretrained and _looks_like_path(str(pretrained)) and schema is None:
         checkpoint, pretrained = pretrained, None
     if checkpoint is not None:
@@ -435,7 +491,17 @@ def create_model(
     if checkpoint is not None:
         load_weights(model, checkpoint, name)
     if weights_id.startswith("random-init:"):
-        log.info("model %s: no weights given, random init from seed %d", name, seed)
+        if not random_init:  # a local-dir model folder without a weights file
+            raise InputError(f"the model folder of '{model_name}' holds no weights file; expected one, or "
+                             "--random-init to use a randomly initialised model on purpose", field="model")
+        log.info("model %s: random init from seed %d (asked for)", name, seed)
+        source = f"random init (seed {seed})"
+    elif checkpoint is not None:
+        source = f"checkpoint {checkpoint}"
+    elif pretrained:
+        source = f"pretrained tag {pretrained}"
+    else:
+        source = weights_id
     model.eval()
 
     pp_cfg = open_clip.get_model_preprocess_cfg(model)
@@ -452,4 +518,5 @@ def create_model(
         model_name=name, weights_id=weights_id, transform_name=transform,
         image_size=transform_cfg.image_size, embed_dim=_embed_dim(model),
         transform_config=transform_cfg, device=str(device), precision=precision,
+        weights_source=source, checkpoint_path=str(checkpoint) if checkpoint is not None else None,
     )

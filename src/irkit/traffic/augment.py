@@ -141,8 +141,9 @@ def plan_candidates(labels: Sequence[TrafficLabel], vocab: VehicleVocab
 def augment_labels_detailed(labels: Sequence[TrafficLabel], loaded: Any, images_dir: os.PathLike | str,
                             vocab: VehicleVocab, batch_size: int = 64, cache_dir: Optional[os.PathLike | str] = None,
                             num_workers: int = 0, source: Optional[os.PathLike | str] = None,
-                            progress: bool = True) -> AugmentationResult:
-    """:func:`augment_labels` returning what was filled for each label as well."""
+                            progress: bool = True, reader: Any = None) -> AugmentationResult:
+    """:func:`augment_labels` returning what was filled for each label as well. ``reader``: an
+    :class:`irkit.transforms.ImageReader` (default: the user-folder reader)."""
     from irkit.embeddings import encode_image_files  # heavy import (torch) only when scoring
 
     parsed, candidates = plan_candidates(labels, vocab)
@@ -151,8 +152,8 @@ def augment_labels_detailed(labels: Sequence[TrafficLabel], loaded: Any, images_
     augmented = [replace(label, aug=label.text) for label in labels]
     if todo:
         paths = label_image_paths([labels[i] for i in todo], images_dir, source=source)
-        image_embeddings = encode_image_files(loaded, paths, batch_size=batch_size,
-                                              num_workers=num_workers, cache_dir=cache_dir)
+        image_embeddings = encode_image_files(loaded, paths, batch_size=batch_size, num_workers=num_workers,
+                                              cache_dir=cache_dir, **({} if reader is None else {"reader": reader}))
         caption_sets = [[format_caption(caption_prefix(labels[i].text), c) for c in candidates[i]]
                         for i in todo]
         best = select_best(image_embeddings, caption_sets, loaded.encode_texts, progress=progress)

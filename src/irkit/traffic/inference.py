@@ -176,6 +176,7 @@ class TrafficInference:
     prompt: str
     weights_id: str
     outputs: dict[str, Path] = field(default_factory=dict)
+    image_reader: Optional[dict[str, Any]] = None   # how gallery images were read (EXIF, pixel limit)
 
     def submission(self) -> dict[str, Any]:
         """``{"results": vehicle answers + person answers}``: test_text.txt order, since the
@@ -187,6 +188,7 @@ class TrafficInference:
             "prompt": self.prompt,
             "prompt_suffix": PROMPT_SUFFIX if self.prompt == "suffix" else None,
             "weights_id": self.weights_id,
+            "image_reader": self.image_reader,
             "num_vehicle_queries": len(self.vehicle.queries),
             "num_person_queries": len(self.person.queries),
             "num_vehicle_images": len(self.vehicle.gallery),
@@ -230,10 +232,23 @@ def first_relevant_statistics(query_embeddings: np.ndarray, gallery_embeddings: 
     return result
 
 
+def _reader_option(reader: Any) -> dict[str, Any]:
+    """``{"reader": reader}`` for :func:`irkit.embeddings.encode_image_files`, or ``{}`` (its
+    default, the user-folder reader) when ``reader`` is None."""
+    return {} if reader is None else {"reader": reader}
+
+
+def _reader_record(reader: Any) -> dict[str, Any]:
+    """The reader's settings as recorded in ``inference.json``."""
+    from irkit.transforms import USER_FOLDER_READER
+
+    return (reader or USER_FOLDER_READER).to_dict()
+
+
 def _answer_gallery(kind: TrafficKind, queries: list[str], gallery: list[str], image_dir: Path, loaded: Any,
                     prompt: PromptMode, k: int, batch_size: int, num_workers: int,
-                    cache_dir: Optional[os.PathLike | str], ground_truth: Optional[dict[str, list[str]]]
-                    ) -> GalleryResult:
+                    cache_dir: Optional[os.PathLike | str], ground_truth: Optional[dict[str, list[str]]],
+                    reader: Any = None) -> GalleryResult:
     from irkit.embeddings import encode_image_files
 
     encoded_texts = [prompt_text(q, kind, prompt) for q in queries]
@@ -248,7 +263,8 @@ def _answer_gallery(kind: TrafficKind, queries: list[str], gallery: list[str], i
     if not queries:
         return result
     gallery_embeddings = encode_image_files(loaded, [image_dir / name for name in gallery],
-                                            batch_size=batch_size, num_workers=num_workers, cache_dir=cache_dir)
+                                            batch_size=batch_size, num_workers=num_workers, cache_dir=cache_dir,
+                                            **_reader_option(reader))
     query_embeddings = loaded.encode_texts(encoded_texts)
     result.rankings = rank_gallery(query_embeddings, gallery_embeddings, gallery, k)
     if ground_truth is not None:
@@ -260,7 +276,7 @@ def _answer_gallery(kind: TrafficKind, queries: list[str], gallery: list[str], i
 def infer_traffic(split: TrafficSplit, loaded: Any, prompt: PromptMode = "suffix",
                   out_dir: Optional[os.PathLike | str] = None, k: int = TOP_K, batch_size: int = 64,
                   num_workers: int = 0, cache_dir: Optional[os.PathLike | str] = None,
-                  num_vehicle_queries: Optional[int] = None) -> TrafficInference:
+                  num_vehicle_queries: Optional[int] = None, reader: Any = None) -> TrafficInference:
     """Answer every query of a test split against its own gallery.
 
     Args:
@@ -273,6 +289,8 @@ def infer_traffic(split: TrafficSplit, loaded: Any, prompt: PromptMode = "suffix
         k: answers per query (the challenge wants 10).
         batch_size / num_workers / cache_dir: image encoding settings (embeddings cached).
         num_vehicle_queries: override the detected number of leading vehicle queries.
+        reader: an :class:`irkit.transforms.ImageReader` (EXIF orientation, pixel limit);
+            default the user-folder reader (orientation applied).
 
     Returns:
         :class:`TrafficInference`; rank statistics (first relevant image, full scores) are
@@ -288,10 +306,11 @@ def infer_traffic(split: TrafficSplit, loaded: Any, prompt: PromptMode = "suffix
     galleries = gallery_kind_split(split.gallery, source=split.image_dir)
     queries = {"vehicle": list(split.queries[:num_vehicles]), "person": list(split.queries[num_vehicles:])}
     results = {kind: _answer_gallery(kind, queries[kind], galleries[kind], split.image_dir, loaded, prompt, k,
-                                     batch_size, num_workers, cache_dir, split.ground_truth)
+                                     batch_size, num_workers, cache_dir, split.ground_truth, reader)
                for kind in ("vehicle", "person")}
     inference = TrafficInference(vehicle=results["vehicle"], person=results["person"], prompt=prompt,
-                                 weights_id=str(getattr(loaded, "weights_id", "unknown")))
+                                 weights_id=str(getattr(loaded, "weights_id", "unknown")),
+                                 image_reader=_reader_record(reader))
     if out_dir is not None:
         out_dir = Path(out_dir)
         for kind, result in results.items():
@@ -346,7 +365,7 @@ class PromptSelection:
 def select_prompt(labels: Sequence[TrafficLabel], image_dir: os.PathLike | str, loaded: Any,
                   variants: Sequence[str] = PROMPT_MODES, k: int = TOP_K, batch_size: int = 64,
                   num_workers: int = 0, cache_dir: Optional[os.PathLike | str] = None,
-                  source: Optional[os.PathLike | str] = None) -> PromptSelection:
+                  source: Optional[os.PathLike | str] = None, reader: Any = None) -> PromptSelection:
     """Score each prompt variant on queries built from labelled images (:func:`labelled_queries`),
     each kind against its own images, and choose the best official mAP@k (ties: earlier variant).
 
@@ -375,7 +394,8 @@ def select_prompt(labels: Sequence[TrafficLabel], image_dir: os.PathLike | str, 
             continue
         gallery = sorted({label.image for label in labels if label.kind == kind})
         gallery_embeddings = encode_image_files(loaded, [image_dir / name for name in gallery],
-                                                batch_size=batch_size, num_workers=num_workers, cache_dir=cache_dir)
+                                                batch_size=batch_size, num_workers=num_workers, cache_dir=cache_dir,
+                                                **_reader_option(reader))
         for variant in variants:
             texts = [prompt_text(q.text, kind, variant) for q in kind_queries]  # type: ignore[arg-type]
             ranked = rank_gallery(loaded.encode_texts(texts), gallery_embeddings, gallery, min(k, len(gallery)))
@@ -389,7 +409,7 @@ def select_prompt(labels: Sequence[TrafficLabel], image_dir: os.PathLike | str, 
 
 def select_prompt_on_val(root: os.PathLike | str, loaded: Any, **encoding: Any) -> PromptSelection:
     """:func:`select_prompt` on ``<root>/val/val_label.txt`` (images in ``val/val_images``);
-    ``encoding``: ``batch_size``, ``num_workers``, ``cache_dir``."""
+    ``encoding``: ``batch_size``, ``num_workers``, ``cache_dir``, ``reader``."""
     from irkit.data.traffic import read_label_file
 
     labels_path = Path(root) / "val" / "val_label.txt"

@@ -66,6 +66,7 @@ class TrafficRunParams:
     model: str = "irkit-tiny"          # any open_clip model name
     pretrained: Optional[str] = None   # open_clip tag or local file: fine-tune instead of from scratch
     checkpoint: Optional[str] = None   # quick-review: weights to evaluate; reproduce: start weights
+    random_init: bool = False          # quick-review: evaluate a randomly initialised model on purpose
     epochs: int = 6                    # total training epochs (warm-up included)
     warmup_epochs: int = 2             # from-scratch only: epochs before the model augments labels
     lr: Optional[float] = None         # None: recipe default (4e-7 fine-tuning, 1e-3 from scratch)
@@ -75,9 +76,17 @@ class TrafficRunParams:
     augment: bool = True
     workers: int = 2
     cache_dir: str = ".cache/irkit"
+    exif_transpose: bool = True        # apply the images' EXIF orientation (user folders)
+    max_image_pixels: int = 64_000_000  # images with more pixels are refused before decoding
 
     def starts_from_pretrained(self) -> bool:
         return bool(self.pretrained or self.checkpoint)
+
+    def image_reader(self) -> Any:
+        """The :class:`irkit.transforms.ImageReader` of ``exif_transpose`` / ``max_image_pixels``."""
+        from irkit.transforms import ImageReader
+
+        return ImageReader(exif_transpose=bool(self.exif_transpose), max_pixels=self.max_image_pixels)
 
 
 @dataclass
@@ -121,6 +130,10 @@ def open_run(params: TrafficRunParams, run_dir: Path | str, kind: str) -> Traffi
     executed notebook) is adopted; any other existing folder is refused.
     """
     check_prompt(params.prompt)
+    if params.random_init and params.starts_from_pretrained():
+        raise InputError("random_init was asked for together with weights (pretrained/checkpoint); expected "
+                         "one of them", field="random_init")
+    params.image_reader()  # checks the pixel limit
     run_dir = Path(run_dir)
     folder = RunFolder.create(run_dir.parent, run_dir.name, {"pipeline": kind, **asdict(params)}, adopt_fresh=True)
     return TrafficRun(params=params, folder=folder, kind=kind)
@@ -139,7 +152,11 @@ def traffic_root(data_root: Path | str) -> Path:
 
 
 def ensure_demo_data(data_root: Path | str, scale: str, seed: int) -> Path:
-    """Generate the traffic demo dataset under ``data_root`` unless data is already there."""
+    """Generate the traffic demo dataset under ``data_root`` unless data is already there; an
+    existing demo dataset is verified against its manifest first (a damaged one is regenerated)."""
+    from irkit.data.demo import verify_demo
+
+    verify_demo(Path(data_root), ("traffic",))
     root = traffic_root(data_root)
     if not (root / "test" / "test_text.txt").is_file():
         from irkit.data.demo import generate_demo
@@ -265,11 +282,14 @@ def prepare_captions(run: TrafficRun, data: TrafficData) -> Captions:
     result = None
     with run.timed("augmentation"):
         if params.augment:
-            # the warm-up checkpoint, the user's start weights (tag or file), or random init
-            scorer = create_model(params.model, pretrained=start_weights, seed=params.seed)
+            # the warm-up checkpoint, the user's start weights (tag or file), or — from scratch without a
+            # warm-up — the random init the recipe starts from (asked for explicitly)
+            scorer = create_model(params.model, pretrained=start_weights, seed=params.seed,
+                                  random_init=start_weights is None)
             result = augment_labels_detailed(data.train_labels, scorer, data.train_images,
                                              load_car_attribute(data.car_attribute), cache_dir=params.cache_dir,
-                                             num_workers=params.workers, source=data.train_label_file)
+                                             num_workers=params.workers, source=data.train_label_file,
+                                             reader=params.image_reader())
             augmentation.update(result.summary())
             truth_path = default_truth_path(data.train_images)
             if truth_path is not None:  # demo data ships the true attributes: how good were the fills?
@@ -318,7 +338,8 @@ def resolve_prompt(params: TrafficRunParams, loaded: Any, root: Path, run: Any
     ``run``: anything with ``log(message, *args)``."""
     if params.prompt != PROMPT_AUTO:
         return params.prompt, None
-    selection = select_prompt_on_val(root, loaded, cache_dir=params.cache_dir, num_workers=params.workers)
+    selection = select_prompt_on_val(root, loaded, cache_dir=params.cache_dir, num_workers=params.workers,
+                                     reader=params.image_reader())
     run.log("prompt chosen on val (%d queries): %s; official mAP@10 per variant: %s", selection.num_queries,
             selection.chosen, {v: round(m["official_mAP@10"], 4) for v, m in selection.metrics.items()})
     return selection.chosen, selection.to_json()
@@ -352,15 +373,18 @@ class GalleryAnswers:
 
 
 def _answer_with(run: TrafficRun, test: TrafficSplit, name: str, checkpoint: Optional[str],
-                 pretrained: Optional[str], all_prompts: bool, out_dir: Optional[Path]) -> WeightsAnswers:
+                 pretrained: Optional[str], all_prompts: bool, out_dir: Optional[Path],
+                 random_init: bool = False) -> WeightsAnswers:
     from irkit.models import create_model
 
     params = run.params
-    loaded = create_model(params.model, pretrained=pretrained, checkpoint=checkpoint, seed=params.seed)
+    loaded = create_model(params.model, pretrained=pretrained, checkpoint=checkpoint, seed=params.seed,
+                          random_init=random_init)
     prompt, selection = resolve_prompt(params, loaded, test.root, run)
     prompts = prompt_order(prompt) if all_prompts else (prompt,)
     answers = {variant: infer_traffic(test, loaded, prompt=variant, out_dir=out_dir if i == 0 else None,
-                                      cache_dir=params.cache_dir, num_workers=params.workers)
+                                      cache_dir=params.cache_dir, num_workers=params.workers,
+                                      reader=params.image_reader())
                for i, variant in enumerate(prompts)}
     return WeightsAnswers(name=name, prompt=prompt, selection=selection, answers=answers)
 
@@ -370,16 +394,20 @@ def infer_galleries(run: TrafficRun, test: TrafficSplit, final_checkpoint: Optio
 
     With ``final_checkpoint`` (reproduce): the trained weights for every prompt variant (the
     headline's ``vehicle_results.json`` / ``person_results.json`` / ``inference.json`` written
-    to the run folder), then the start weights for their headline prompt only. Without (quick
-    review): the parameters' weights for every variant, headline files written.
+    to the run folder), then the start weights for their headline prompt only — from scratch
+    that is the random init the recipe starts from, asked for explicitly. Without (quick
+    review): the parameters' weights for every variant, headline files written; random
+    weights only with ``params.random_init``.
     """
     params = run.params
     with run.timed("inference"):
         if final_checkpoint is None:
-            trained = _answer_with(run, test, "trained", params.checkpoint, params.pretrained, True, run.path)
+            trained = _answer_with(run, test, "trained", params.checkpoint, params.pretrained, True, run.path,
+                                   random_init=params.random_init)
             return GalleryAnswers(test=test, weights=[trained])
         trained = _answer_with(run, test, "trained", str(final_checkpoint), None, True, run.path)
-        before = _answer_with(run, test, "before_training", params.checkpoint, params.pretrained, False, None)
+        before = _answer_with(run, test, "before_training", params.checkpoint, params.pretrained, False, None,
+                              random_init=not params.starts_from_pretrained())
     return GalleryAnswers(test=test, weights=[trained, before])
 
 

@@ -57,7 +57,7 @@ import torch
 
 from irkit.distributed import launched_rank, launched_world_size
 from irkit.errors import InputError, first_line_of
-from irkit.io import atomic_path
+from irkit.io import atomic_path, atomic_write_json
 
 
 @dataclass
@@ -78,6 +78,8 @@ class ClipTrainConfig:
     seed: int = 0
     precision: str = "auto"                 # auto: amp on CUDA, fp32 on CPU
     transform: str = "square"               # irkit transform name used for training
+    exif_transpose: bool = True             # apply the images' EXIF orientation (user folders)
+    max_image_pixels: int = 64_000_000      # images with more pixels are refused before decoding
     log_dir: Path = Path("log")
     name: Optional[str] = None
     resume: Optional[str] = None            # "latest" or a checkpoint path
@@ -220,7 +222,8 @@ def _patched_open_clip_train(config: ClipTrainConfig) -> Iterator[Any]:
     import open_clip_train.main as oct_main
 
     import irkit.models  # noqa: F401  (registers irkit's model configs with open_clip)
-    from irkit.transforms import build_transform
+    from irkit.transforms import ImageReader, build_transform
+    from torchvision.transforms import Compose
 
     original_create = oct_main.create_model_and_transforms
     original_train_one_epoch = oct_main.train_one_epoch
@@ -243,10 +246,13 @@ def _patched_open_clip_train(config: ClipTrainConfig) -> Iterator[Any]:
         image_size = cfg["size"] if isinstance(cfg, dict) else cfg.size
         mean = cfg["mean"] if isinstance(cfg, dict) else cfg.mean
         std = cfg["std"] if isinstance(cfg, dict) else cfg.std
-        preprocess_train = build_transform(config.transform, image_size=image_size, mean=mean, std=std,
-                                           is_train=True)
-        preprocess_val = build_transform(config.transform, image_size=image_size, mean=mean, std=std,
-                                         is_train=False)
+        # open_clip_train opens each file with PIL and hands the (not yet decoded) image over: the
+        # reader's pixel limit and EXIF orientation come first, as for every other irkit reader
+        reader = ImageReader(exif_transpose=bool(config.exif_transpose), max_pixels=int(config.max_image_pixels))
+        preprocess_train = Compose([reader.prepare, build_transform(config.transform, image_size=image_size,
+                                                                    mean=mean, std=std, is_train=True)])
+        preprocess_val = Compose([reader.prepare, build_transform(config.transform, image_size=image_size,
+                                                                  mean=mean, std=std, is_train=False)])
         return model, preprocess_train, preprocess_val
 
     def setup_logging(*args: Any, **kwargs: Any):
@@ -276,6 +282,10 @@ def _patched_open_clip_train(config: ClipTrainConfig) -> Iterator[Any]:
         oct_main.pt_load = original_pt_load
         torch.save = original_save
         torch.nn.parallel.DistributedDataParallel = original_ddp
+
+
+#: The run folder's record of how training images were read (EXIF orientation, pixel limit).
+IMAGE_READER_FILE = "image_reader.json"
 
 
 @dataclass
@@ -459,6 +469,10 @@ def train_clip(config: ClipTrainConfig, allow_param_change: bool = False) -> Cli
             raise run_failed(run_dir, error) from error
         raise
 
+    # how the training images were read (EXIF orientation, pixel limit): open_clip_train's params.txt
+    # cannot hold irkit's own options
+    atomic_write_json(run_dir / IMAGE_READER_FILE, {"exif_transpose": bool(config.exif_transpose),
+                                                    "max_pixels": int(config.max_image_pixels)}, indent=2)
     results_src = run_dir / "checkpoints" / "results.jsonl"
     if results_src.is_file():
         with atomic_path(run_dir / "results.jsonl") as tmp:

@@ -20,12 +20,16 @@ from irkit.io import atomic_write_json
 def ensure_cir_demo(data_root: Path | str, dataset: str, scale: str = "tiny",
                     seed: int = 0) -> tuple[Path, Optional[Path]]:
     """``(dataset root, LinCIR caption file or None)``; generates the demo data (the dataset
-    and, for CIRCO, CIRR's training captions) unless ``data_root`` already holds the dataset."""
+    and, for CIRCO, CIRR's training captions) unless ``data_root`` already holds the dataset
+    (demo data already there is verified against its manifest; damaged data is regenerated)."""
     benchmark = get_benchmark(dataset)
     if benchmark.kind != "cir":
         raise InputError(f"{dataset!r} is not a composed-retrieval benchmark; expected one of "
                          f"{list_benchmarks('cir')}", field="dataset")
     data_root = Path(data_root)
+    from irkit.data.demo import verify_demo
+
+    verify_demo(data_root, [dataset, *benchmark.demo_needs])  # a damaged demo dataset is regenerated
     root = benchmark.dataset_root(data_root)
     if not benchmark.has_layout(root):
         from irkit.data.demo import generate_demo

@@ -17,7 +17,13 @@
   Files: ``traffic_train``, ``traffic_val``, ``fashioniq_train``, ``fashioniq_val``,
   ``cirr_train``, ``cirr_val``, ``circo_gallery`` (the CIRCO eval gallery itself: do not
   train on it for honest CIRCO numbers).
-* ``demo_manifest.json``: seed, scale, difficulty knobs, irkit version, datasets, counts.
+* ``demo_manifest.json``: seed, scale, difficulty knobs, irkit version, datasets, counts, and
+  per dataset the size and BLAKE2b-128 digest of every file it wrote (``file_digests``,
+  paths relative to ``out``; caption CSVs included).
+
+A dataset already present is kept only when every file matches its digest; a missing,
+changed or extra-damaged file makes it be regenerated (:func:`verify_demo` checks an existing
+folder with its own manifest's seed/scale/difficulty).
 
 Every file is a function of (seed, scale, difficulty): each image has its own RNG derived
 from ``(seed, dataset, split, index)``, so any number of workers gives identical bytes.
@@ -27,6 +33,8 @@ an output folder made with another seed/scale/difficulty is never written into.
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
 import shutil
 import time
@@ -53,7 +61,9 @@ from irkit.errors import InputError
 from irkit.io import atomic_write_json, atomic_write_text, make_temp_dir, read_json
 
 __all__ = ["ALL", "DATASETS", "MANIFEST_NAME", "SCALES", "DemoDifficulty", "DemoScale", "generate_demo",
-           "parse_datasets"]
+           "parse_datasets", "verify_demo", "damaged_file"]
+
+log = logging.getLogger(__name__)
 
 ALL: tuple[str, ...] = DATASETS
 MANIFEST_NAME = "demo_manifest.json"
@@ -121,6 +131,81 @@ def _write_captions(out: Path, dataset: str, result: DatasetResult) -> list[str]
     return written
 
 
+def _file_digest(path: Path) -> str:
+    """``"<size>:<BLAKE2b-128 hex>"`` of a file's bytes."""
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return f"{path.stat().st_size}:{digest.hexdigest()}"
+
+
+def _dataset_digests(out: Path, dataset: str, csv_names: Sequence[str]) -> dict[str, str]:
+    """``{path relative to out: digest}`` of every file of ``<out>/<dataset>/`` and its caption CSVs."""
+    files = sorted(p for p in (out / dataset).rglob("*") if p.is_file())
+    files += [out / CAPTIONS_DIR / name for name in csv_names]
+    return {p.relative_to(out).as_posix(): _file_digest(p) for p in files}
+
+
+def damaged_file(out: os.PathLike | str, manifest: dict[str, Any], dataset: str) -> Optional[str]:
+    """Why ``dataset`` of the demo folder ``out`` cannot be trusted (``"<file>: missing"``,
+    ``"<file>: changed"``, ``"no file digests ..."``), or None when every file matches the
+    manifest's digests."""
+    out = Path(out)
+    digests = (manifest.get("file_digests") or {}).get(dataset)
+    if not isinstance(digests, dict) or not digests:
+        return "no file digests in the manifest (made by an older irkit), so it cannot be verified"
+    for relative, expected in digests.items():
+        path = out / relative
+        if not path.is_file():
+            return f"{relative}: missing"
+        size = str(path.stat().st_size)
+        if not str(expected).startswith(size + ":") or _file_digest(path) != expected:
+            return f"{relative}: changed (size or content differs from the manifest)"
+    return None
+
+
+def _set_aside(out: Path, dataset: str, manifest: dict[str, Any], manifest_path: Path) -> Optional[Path]:
+    """Drop ``dataset`` from the manifest and move its damaged folder aside (deleted once the
+    regenerated one is in place); returns the moved folder."""
+    manifest["datasets"] = [d for d in manifest["datasets"] if d != dataset]
+    manifest.get("counts", {}).pop(dataset, None)
+    manifest.get("file_digests", {}).pop(dataset, None)
+    atomic_write_json(manifest_path, manifest, indent=2)
+    final = out / dataset
+    if not final.exists():
+        return None
+    aside = Path(tempfile.mkdtemp(prefix=f".{dataset}.damaged-", dir=out))
+    os.replace(final, aside / dataset)
+    return aside
+
+
+def verify_demo(out: os.PathLike | str, datasets: str | Sequence[str] = ALL, workers: Optional[int] = None,
+                progress: bool = False) -> list[str]:
+    """Check the demo datasets present in ``out`` against ``demo_manifest.json`` and regenerate
+    damaged ones with the manifest's own seed, scale and difficulty. Returns the regenerated
+    names; a folder without a manifest, or datasets it does not list, are left alone."""
+    out = Path(out)
+    manifest_path = out / MANIFEST_NAME
+    if not manifest_path.is_file():
+        return []
+    manifest = read_json(manifest_path)
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("datasets"), list):
+        raise InputError("expected a JSON object with a 'datasets' list", path=manifest_path)
+    present = [d for d in parse_datasets(datasets) if d in manifest["datasets"]]
+    if not present:
+        return []
+    try:
+        difficulty = DemoDifficulty.from_json(manifest.get("difficulty") or {})
+        seed, scale = manifest["seed"], manifest["scale"]
+    except (KeyError, TypeError) as e:
+        raise InputError(f"manifest lacks its identity ({e}); expected seed, scale and difficulty",
+                         path=manifest_path) from None
+    summary = generate_demo(out, seed=seed, scale=scale, datasets=present, workers=workers,
+                            difficulty=difficulty, progress=progress)
+    return list(summary["generated"])
+
+
 def generate_demo(out: os.PathLike | str, seed: int = 0, scale: str = "tiny", datasets: str | Sequence[str] = ALL,
                   workers: Optional[int] = None, difficulty: Optional[DemoDifficulty] = None,
                   progress: bool = True) -> dict[str, Any]:
@@ -129,8 +214,10 @@ def generate_demo(out: os.PathLike | str, seed: int = 0, scale: str = "tiny", da
     ``scale``: ``tiny`` (seconds, unit tests), ``small`` (a few hundred images per dataset) or
     ``full`` (>= 3,000 gallery images per dataset). ``workers``: rendering processes (default:
     the CPUs available, at most 2). Datasets already present in a compatible ``out`` are kept
-    (reported under ``skipped``). Summary keys: ``out``, ``seed``, ``scale``, ``generated``,
-    ``skipped``, ``counts`` (dataset -> split -> numbers), ``seconds`` (dataset -> wall time).
+    (reported under ``skipped``) when every file matches the manifest's digests; a damaged one
+    (missing or changed file) is regenerated, with a warning naming the file. Summary keys:
+    ``out``, ``seed``, ``scale``, ``generated``, ``skipped``, ``counts`` (dataset -> split ->
+    numbers), ``seconds`` (dataset -> wall time).
     """
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise InputError(f"seed must be a non-negative integer, got {seed!r}", field="seed")
@@ -152,12 +239,19 @@ def generate_demo(out: os.PathLike | str, seed: int = 0, scale: str = "tiny", da
 
     summary: dict[str, Any] = {"out": str(out), "seed": seed, "scale": scale_spec.name, "generated": [],
                                "skipped": [], "counts": {}, "seconds": {}}
+    damaged_aside: list[Path] = []
     with JobRunner(difficulty, workers, progress) as runner:
         for dataset in names:
             if dataset in manifest["datasets"]:
-                summary["skipped"].append(dataset)
-                summary["counts"][dataset] = manifest["counts"].get(dataset, {})
-                continue
+                reason = damaged_file(out, manifest, dataset)
+                if reason is None:
+                    summary["skipped"].append(dataset)
+                    summary["counts"][dataset] = manifest["counts"].get(dataset, {})
+                    continue
+                log.warning("demo dataset %s in %s is damaged (%s); regenerating it", dataset, out, reason)
+                aside = _set_aside(out, dataset, manifest, manifest_path)
+                if aside is not None:
+                    damaged_aside.append(aside)
             final = out / dataset
             if final.exists():
                 raise InputError(f"'{dataset}/' exists but {MANIFEST_NAME} does not list it (an interrupted run?); "
@@ -176,8 +270,13 @@ def generate_demo(out: os.PathLike | str, seed: int = 0, scale: str = "tiny", da
             manifest.setdefault("caption_csvs", {})[dataset] = csv_names
             manifest["counts"] = {d: manifest["counts"][d] for d in DATASETS if d in manifest["counts"]}
             manifest["caption_csvs"] = {d: manifest["caption_csvs"][d] for d in DATASETS if d in manifest["caption_csvs"]}
+            digests = manifest.setdefault("file_digests", {})
+            digests[dataset] = _dataset_digests(out, dataset, csv_names)
+            manifest["file_digests"] = {d: digests[d] for d in DATASETS if d in digests}
             atomic_write_json(manifest_path, manifest, indent=2)
             summary["generated"].append(dataset)
             summary["counts"][dataset] = result.counts
             summary["seconds"][dataset] = round(time.perf_counter() - started, 2)
+    for aside in damaged_aside:
+        shutil.rmtree(aside, ignore_errors=True)
     return summary
