@@ -145,7 +145,7 @@ def demo_collection(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path
     root = tmp_path_factory.mktemp("app")
     generate_demo(root / "demo", scale="tiny", datasets="fashioniq", workers=1, progress=False)
     images = root / "demo" / "fashioniq" / "images"
-    loaded = create_model("irkit-tiny")
+    loaded = create_model("irkit-tiny", random_init=True)
     embed_images_to_collection(loaded, collect_image_paths(images)[:16], root / "collection", num_workers=0,
                                dtype="float32", root=images)
     return loaded, root / "collection", root / "cache"
@@ -211,7 +211,8 @@ def test_model_options_must_match_the_collection(demo_collection) -> None:
 
     _, folder, cache = demo_collection
     with pytest.raises(InputError, match="expected the same --transform"):
-        open_collection_search(folder, create_model("irkit-tiny", transform="center"), cache_dir=cache)
+        open_collection_search(folder, create_model("irkit-tiny", transform="center", random_init=True),
+                               cache_dir=cache)
     with pytest.raises(InputError, match=r"method\(s\) \['lincir'\] that are not served"):
         open_collection_search(folder, demo_collection[0], checkpoints={"lincir": "phi.pt"})
 
@@ -221,11 +222,11 @@ def test_cli_app_refuses_bad_input_in_one_line(tmp_path: Path, capsys: pytest.Ca
 
     defaults = build_parser().parse_args(["app", "--collection", str(tmp_path)])
     assert (defaults.host, defaults.port, defaults.method) == ("127.0.0.1", 7860, None)  # this machine only
-    assert irkit_main(["app", "--collection", str(tmp_path / "none"), "--cache-dir", "none"]) == 2
+    assert irkit_main(["app", "--collection", str(tmp_path / "none"), "--cache-dir", "none", "--random-init"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "embedding collection folder not found" in err[0]
     with pytest.raises(SystemExit):
-        irkit_main(["app", "--collection", str(tmp_path), "--port", "70000"])
+        irkit_main(["app", "--collection", str(tmp_path), "--port", "70000", "--random-init"])
     assert "expected a port number 1..65535, got 70000" in capsys.readouterr().err
 
 

@@ -122,7 +122,7 @@ def test_partial_folder_of_another_command_is_refused(tmp_path):
     from irkit.sharded_embedding import embed_images_sharded, partial_folder
 
     images = _images(tmp_path / "imgs", 3)
-    loaded = create_model("irkit-tiny", seed=0)
+    loaded = create_model("irkit-tiny", seed=0, random_init=True)
     out = tmp_path / "coll"
     partial = partial_folder(out)
     (partial).mkdir()
@@ -148,7 +148,7 @@ def _images(folder: Path, count: int) -> list[Path]:
 def test_torchrun_embedding_equals_one_process_and_resumes_per_shard(tmp_path, hooks, capsys):
     _images(tmp_path / "imgs", 11)
     options = ["--images", str(tmp_path / "imgs"), "--dtype", "float32", "--batch-size", "4", "--num-workers", "0",
-               "--cache-dir", "none"]
+               "--cache-dir", "none", "--random-init"]
     assert main(["embed", "images", *options, "--out", str(tmp_path / "one")]) == 0
     capsys.readouterr()
 
@@ -205,7 +205,7 @@ def test_torchrun_head_and_phi_training_equal_one_process(tmp_path, hooks, capsy
     demo = make_demo(tmp_path / "demo")
 
     def commands(mode: str) -> list[list[str]]:
-        common = ["--cache-dir", str(tmp_path / f"cache-{mode}"), "--num-workers", "0", "--seed", "3",
+        common = ["--cache-dir", str(tmp_path / f"cache-{mode}"), "--num-workers", "0", "--seed", "3", "--random-init",
                   "--log-dir", str(tmp_path / mode)]
         heads = ["--dataset", "cirr", "--root", str(demo / "cirr"), "--split", "train", "--steps", "3",
                  "--train-batch-size", "6", *common]

@@ -95,7 +95,7 @@ def test_training_with_published_masking_feeds_the_published_ids(tmp_path, monke
     from irkit.models import create_model
     from irkit.runs import RunFolder
 
-    loaded = create_model("irkit-tiny", seed=0)
+    loaded = create_model("irkit-tiny", seed=0, random_init=True)
     seen = []
     real = lincir.encode_with_pseudo_tokens
 

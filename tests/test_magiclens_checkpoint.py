@@ -190,7 +190,7 @@ def test_a_malicious_pickle_never_runs(tmp_path, demo_root, capsys):
     assert not marker.exists()
     # ... also through the method and the CLI (one line on stderr, non-zero exit).
     code, _, stderr = _cli(capsys, "cir", "eval", "--dataset", "cirr", "--root", demo_root, "--split", "val",
-                           "--method", "magiclens", "--method-checkpoint", evil, "--num-workers", 0)
+                           "--method", "magiclens", "--method-checkpoint", evil, "--random-init", "--num-workers", 0)
     lines = [ln for ln in stderr.splitlines() if ln.strip()]
     assert code != 0 and not marker.exists()
     assert len(lines) == 1 and "refers to Python code" in lines[0], stderr[-2000:]
@@ -205,7 +205,7 @@ def test_published_checkpoint_through_the_library_and_the_cli(tiny_pkl, converte
 
     split = load_cir_splits("cirr", demo_root, "val")[0]
     # The context's backbone (irkit-tiny) is NOT what encodes: the checkpoint's own towers are.
-    ctx = CIRContext(create_model("irkit-tiny", seed=0), cache_dir=tmp_path / "cache", num_workers=0)
+    ctx = CIRContext(create_model("irkit-tiny", seed=0, random_init=True), cache_dir=tmp_path / "cache", num_workers=0)
     method = create_method("magiclens", checkpoint=tiny_pkl)
     queries = method.query_embeddings(ctx, split)
     gallery = method.gallery_embeddings(ctx, split)
@@ -224,7 +224,7 @@ def test_published_checkpoint_through_the_library_and_the_cli(tiny_pkl, converte
     assert _max_diff(queries, expected_q) <= TOLERANCE and _max_diff(gallery, expected_g) <= TOLERANCE
 
     code, out, err = _cli(capsys, "cir", "eval", "--dataset", "cirr", "--root", demo_root, "--split", "val",
-                          "--method", "magiclens", "--method-checkpoint", tiny_pkl, "--cache-dir", tmp_path / "cache",
+                          "--method", "magiclens", "--method-checkpoint", tiny_pkl, "--random-init", "--cache-dir", tmp_path / "cache",
                           "--num-workers", 0)
     assert code == 0, err[-2000:]
     metrics = json.loads(out)

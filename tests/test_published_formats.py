@@ -114,7 +114,7 @@ def test_published_oti_folder_through_the_searle_oti_method(tmp_path):
     from irkit.models import create_model
     from irkit.models.pseudo_token import token_width
 
-    loaded = create_model("irkit-tiny", seed=0)
+    loaded = create_model("irkit-tiny", seed=0, random_init=True)
     width = token_width(loaded.model)
     ema, _ = _write_published_oti(tmp_path / "oti", ["r0", "r1"], width)
     ctx = type("Ctx", (), {"loaded": loaded})()

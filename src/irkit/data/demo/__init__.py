@@ -175,7 +175,7 @@ def _set_aside(out: Path, dataset: str, manifest: dict[str, Any], manifest_path:
     final = out / dataset
     if not final.exists():
         return None
-    aside = Path(tempfile.mkdtemp(prefix=f".{dataset}.damaged-", dir=out))
+    aside = make_temp_dir(out, prefix=f".{dataset}.damaged-", suffix="")
     os.replace(final, aside / dataset)
     return aside
 
