@@ -28,12 +28,12 @@ from irkit.cli.cir_options import (
     load_splits,
     loader_options,
 )
-from irkit.cli.common import parse_separator
+from irkit.cli.common import parse_separator, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("cir", help="composed image retrieval: evaluate, submit, OTI, train phi",
-                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = subparsers.add_parser("cir", help="composed image retrieval: evaluate, submit, OTI, train phi / fusion / re-ranker",
+                                   description=__doc__)
     cir_subparsers = parser.add_subparsers(dest="cir_command", required=True)
 
     evaluate = cir_subparsers.add_parser("eval", help="score a method on an annotated split (prints JSON)")
@@ -52,51 +52,54 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     oti = cir_subparsers.add_parser("oti", help="SEARLE OTI pseudo tokens per image (resumable)")
     add_data_arguments(oti)
     add_context_arguments(oti)
-    oti.add_argument("--images", choices=["references", "gallery", "all"], default="references")
+    oti.add_argument("--images", choices=["references", "gallery", "all"], default="references",
+                     help="which images of the split get a pseudo token")
     oti.add_argument("--out", type=Path, required=True, help="OTI folder (re-running resumes it)")
-    oti.add_argument("--steps", type=int, default=350)
+    oti.add_argument("--steps", type=positive_int, default=350, help="optimisation steps per image (SEARLE: 350)")
     oti.add_argument("--oti-batch-size", type=int, default=32, help="images optimised together")
-    oti.add_argument("--lr", type=float, default=2e-2)
-    oti.add_argument("--wd", type=float, default=0.01)
-    oti.add_argument("--ema-decay", type=float, default=0.99)
-    oti.add_argument("--top-k-concepts", type=int, default=15)
-    oti.add_argument("--seed", type=int, default=0)
+    oti.add_argument("--lr", type=float, default=2e-2, help="AdamW learning rate of the pseudo tokens")
+    oti.add_argument("--wd", type=float, default=0.01, help="AdamW weight decay")
+    oti.add_argument("--ema-decay", type=float, default=0.99, help="decay of the token's exponential moving average")
+    oti.add_argument("--top-k-concepts", type=positive_int, default=15,
+                     help="concepts per image whose phrases regularise its token")
+    oti.add_argument("--seed", type=int, default=0, help="random seed of the token initialisation")
     _add_phrase_arguments(oti)
     oti.set_defaults(func=_run_oti)
 
     train = cir_subparsers.add_parser("train-phi", help="train phi: SEARLE distillation or LinCIR (text only)")
-    train.add_argument("--method", required=True, choices=["searle", "lincir"])
+    train.add_argument("--method", required=True, choices=["searle", "lincir"],
+                       help="searle: distil OTI tokens (needs --oti); lincir: text-only training (needs --captions)")
     add_context_arguments(train)
     train.add_argument("--oti", type=Path, default=None, help="searle: OTI folder of the training images")
     train.add_argument("--captions", type=Path, default=None,
                        help="lincir: captions (.txt one per line, or a filepath/title caption CSV)")
     train.add_argument("--csv-separator", type=parse_separator, default="\t",
                        help="caption CSV separator: tab (default), comma, semicolon, pipe or one character")
-    train.add_argument("--caption-key", default="title")
+    train.add_argument("--caption-key", default="title", help="caption column of a caption CSV")
     add_data_arguments(train, prefix="val-", required=False)
     train.add_argument("--val-metric", default=None,
                        help="metric that selects the best checkpoint (default: (R@5+Rs@1)/2 CIRR, mAP@10 CIRCO, "
                             "R@10 FashionIQ)")
     train.add_argument("--include-shared-concept", action="store_true", help="CIRCO validation query text")
-    train.add_argument("--steps", type=int, default=1000)
-    train.add_argument("--train-batch-size", type=int, default=256)
-    train.add_argument("--lr", type=float, default=1e-4)
-    train.add_argument("--wd", type=float, default=0.01)
-    train.add_argument("--dropout", type=float, default=0.5)
-    train.add_argument("--validate-every", type=int, default=100)
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--steps", type=positive_int, default=1000, help="optimizer steps")
+    train.add_argument("--train-batch-size", type=positive_int, default=256, help="training examples per step")
+    train.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate")
+    train.add_argument("--wd", type=float, default=0.01, help="AdamW weight decay")
+    train.add_argument("--dropout", type=float, default=0.5, help="dropout inside phi")
+    train.add_argument("--validate-every", type=positive_int, default=100, help="validate (and keep best.pt) every N steps")
+    train.add_argument("--seed", type=int, default=0, help="random seed")
     train.add_argument("--temperature", type=float, default=0.25, help="searle: distillation temperature")
     train.add_argument("--lambda-reg", type=float, default=0.75, help="searle: phrase regulariser weight")
     _add_phrase_arguments(train)
-    train.add_argument("--log-dir", type=Path, default=Path("log"))
+    train.add_argument("--log-dir", type=Path, default=Path("log"), help="parent folder of the run folder")
     train.add_argument("--name", default=None, help="run name (default: date-model-lr-batch-method)")
     train.add_argument("--resume", default=None, help="'latest' (with --name) or a checkpoint path")
     train.set_defaults(func=_run_train_phi)
 
     phrases = cir_subparsers.add_parser("phrases", help="write the default SEARLE regularisation phrases")
     phrases.add_argument("--out", type=Path, required=True, help="concept<TAB>phrase file to write")
-    phrases.add_argument("--concepts", type=Path, default=None)
-    phrases.add_argument("--templates", type=Path, default=None)
+    phrases.add_argument("--concepts", type=Path, default=None, help="concept vocabulary file (default: built-in)")
+    phrases.add_argument("--templates", type=Path, default=None, help="phrase template file (default: built-in)")
     phrases.set_defaults(func=_run_phrases)
 
     cir_fusion.register(cir_subparsers)  # the fusion / re-ranking commands join the same group

@@ -6,7 +6,40 @@ import argparse
 from pathlib import Path
 from typing import Any, Optional
 
+#: ``irkit.models.PRECISIONS`` (repeated here so ``--help`` needs no torch import; a test checks they agree)
+MODEL_PRECISIONS = ("fp32", "fp16", "bf16", "pure_fp16", "pure_bf16")
+
 SEPARATOR_WORDS = {"tab": "\t", "comma": ",", "semicolon": ";", "pipe": "|"}
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions keep their line breaks (examples stay readable) without reST double
+    backticks, and every option's help ends with ``(default: X)`` when its default means
+    something: not for required options, flags, None, empty lists or a help text that already
+    names its default."""
+
+    def _format_text(self, text: str) -> str:
+        return super()._format_text(text.replace("``", ""))
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (action.required or not action.option_strings or action.nargs == 0  # flags: no value to show
+                or default is None or default == argparse.SUPPRESS or default == []
+                or "default" in text.lower()):
+            return text
+        shown = {"\t": "tab"}.get(default, default) if isinstance(default, str) else default
+        return f"{text} (default: {str(shown).replace('%', '%%')})"
+
+
+class IrkitParser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` with :class:`HelpFormatter`; sub-command parsers made by
+    ``add_subparsers`` are of this class too, so every ``irkit ... --help`` shows defaults."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if kwargs.get("formatter_class") in (None, argparse.HelpFormatter, argparse.RawDescriptionHelpFormatter):
+            kwargs["formatter_class"] = HelpFormatter
+        super().__init__(*args, **kwargs)
 
 
 def parse_separator(value: str) -> str:
@@ -40,15 +73,16 @@ def _bounded_int(text: str, low: int, what: str) -> int:
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """``--model/--pretrained|--checkpoint/--transform/--device/--precision``."""
-    parser.add_argument("--model", default="irkit-tiny", help="any open_clip model name (default irkit-tiny)")
+    parser.add_argument("--model", default="irkit-tiny", help="any open_clip model name, e.g. ViT-L-14")
     weights = parser.add_mutually_exclusive_group()
     weights.add_argument("--pretrained", default=None, help="open_clip pretrained tag (or a local weights file)")
     weights.add_argument("--checkpoint", type=Path, default=None,
                          help="local checkpoint: open_clip_train .pt, state dict .pt/.pth/.bin or .safetensors")
     parser.add_argument("--transform", default="square", choices=["square", "targetpad", "center"],
                         help="image preprocessing (square = black padding to a square, as published)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--precision", default="fp32")
+    parser.add_argument("--device", default="cpu", help="torch device for the model: cpu, cuda, cuda:1, ...")
+    parser.add_argument("--precision", default="fp32", choices=list(MODEL_PRECISIONS),
+                        help="weights and compute precision of the loaded model (fp16/bf16 need an accelerator)")
 
 
 def add_encoding_arguments(parser: argparse.ArgumentParser) -> None:

@@ -29,9 +29,9 @@ def _bool(value: str) -> bool:
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "eval", help="score prediction files (CIRR, CIRCO, FashionIQ, traffic submission.json)",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("dataset", choices=list_benchmarks())
+        "eval", help="score prediction files (CIRR, CIRCO, FashionIQ, GeneCIS, traffic submission.json)",
+        description=__doc__)
+    parser.add_argument("dataset", choices=list_benchmarks(), help="benchmark whose protocol scores the file(s)")
     parser.add_argument("--root", required=True, help="dataset root (the published layout)")
     parser.add_argument("--split", default=None,
                         help="split to score against (default: test for traffic, val otherwise)")
