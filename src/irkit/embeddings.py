@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from irkit.errors import InputError
 from irkit.io import atomic_write_bytes, atomic_write_json, stable_hash

@@ -26,7 +26,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from irkit.cir.context import CIRContext, frozen, model_device, raw_image_embeddings
 from irkit.cir.registry import register_method

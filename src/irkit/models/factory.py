@@ -26,7 +26,7 @@ import numpy as np
 import open_clip
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from irkit.errors import InputError
 from irkit.io import atomic_path, file_sha256
