@@ -74,11 +74,13 @@ def _params(args: argparse.Namespace) -> dict:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from irkit.metrics import as_fractions
     from irkit.notebook import read_metrics, run_notebook
 
     run_dir = run_notebook(args.notebook, _params(args), log_dir=args.log_dir, name=args.name,
                            progress=not args.quiet)
-    print(json.dumps({"run_dir": str(run_dir), "metrics": read_metrics(run_dir)}, indent=1))
+    # blocks of metrics.json in percent (CIR notebooks) are printed as fractions like every metric
+    print(json.dumps({"run_dir": str(run_dir), "metrics": as_fractions(read_metrics(run_dir))}, indent=1))
     return 0
 
 

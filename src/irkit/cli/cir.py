@@ -7,7 +7,8 @@
     irkit cir train-phi --method lincir --captions captions.csv --val-dataset circo --val-root R
     irkit cir phrases --out phrases.tsv
 
-``eval`` prints ONE JSON object of metrics. Every registered method works (an unknown
+``eval`` prints ONE JSON object of metrics, as fractions in [0, 1] ("units": "fraction"), as
+does every command that prints metrics. Every registered method works (an unknown
 ``--method`` lists them); ``--method-checkpoint`` is passed to it as ``checkpoint``.
 """
 
@@ -28,7 +29,8 @@ from irkit.cli.cir_options import (
     load_splits,
     loader_options,
 )
-from irkit.cli.common import parse_separator, positive_int
+from irkit.cli.common import parse_separator, positive_int, printed_training_result
+from irkit.metrics import as_fractions
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -117,7 +119,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     splits = load_splits(args)
     method = build_method(args)
     result = evaluate_method(method, cir_context(args), splits, include_shared_concept=args.include_shared_concept)
-    print(json.dumps(result, indent=2))
+    print(json.dumps(as_fractions(result), indent=2))
     return 0
 
 
@@ -184,7 +186,7 @@ def _run_train_phi(args: argparse.Namespace) -> int:
                            temperature=args.temperature, lambda_reg=args.lambda_reg)
     finally:
         run.close()
-    described = describe_result(run, result)
+    described = printed_training_result(describe_result(run, result))
     described.pop("steps")
     print(json.dumps(described))
     return 0

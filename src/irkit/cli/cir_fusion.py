@@ -30,7 +30,8 @@ from irkit.cli.cir_options import (
     cir_context,
     load_splits,
 )
-from irkit.cli.common import positive_int
+from irkit.cli.common import positive_int, printed_training_result
+from irkit.metrics import as_fractions
 
 
 def _add_training_arguments(parser: argparse.ArgumentParser, lr: float, wd: float, batch_size: int) -> None:
@@ -200,7 +201,7 @@ def _run_train(args: argparse.Namespace) -> int:
                             args.resume, **candidates)
     finally:
         run.close()
-    print(json.dumps(describe_result(run, result)))
+    print(json.dumps(printed_training_result(describe_result(run, result))))
     return 0
 
 
@@ -222,5 +223,7 @@ def _run_rerank(args: argparse.Namespace) -> int:
                     stage1_tail=args.stage1_tail, out=args.out, evaluate=not args.no_eval,
                     stage1_checkpoint=args.stage1_checkpoint,
                     stage1_options=parse_key_values(args.stage1_option, "--stage1-option", underscore_keys=True))
+    if "metrics" in output:
+        output["metrics"] = as_fractions(output["metrics"])
     print(json.dumps(output, indent=2))
     return 0

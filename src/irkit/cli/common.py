@@ -107,6 +107,16 @@ def cache_dir(args: argparse.Namespace) -> Optional[Path]:
     return None if str(args.cache_dir).lower() == "none" else args.cache_dir
 
 
+def printed_training_result(described: dict[str, Any]) -> dict[str, Any]:
+    """A CIR training command's result line with ``best_value`` (the validation selection
+    metric, percent in the run folder) as a fraction in [0, 1], like every printed metric."""
+    described = dict(described)
+    if described.get("best_value") is not None:
+        described["best_value"] = described["best_value"] / 100.0
+    described["units"] = "fraction"
+    return described
+
+
 def parse_key_values(items: list[str], flag: str, underscore_keys: bool = False) -> dict[str, Any]:
     """``["a=1", "b=x"]`` (a repeatable ``KEY=VALUE`` option) -> ``{"a": 1, "b": "x"}``; values
     are JSON literals or strings; ``underscore_keys`` turns ``-`` in keys into ``_``."""

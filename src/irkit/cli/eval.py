@@ -6,7 +6,8 @@
     irkit eval traffic --root R --predictions submission.json [--ground-truth GT]
     irkit eval genecis --root R --predictions predictions.json
 
-Prints ONE JSON object of metrics (named by protocol) to stdout.
+Prints ONE JSON object of metrics (named by protocol) to stdout, as fractions in [0, 1]
+("units": "fraction"; 0.5 = 50 %) for every dataset.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import json
 from typing import Any
 
 from irkit.benchmarks import list_benchmarks
+from irkit.metrics import as_fractions
 
 
 def _bool(value: str) -> bool:
@@ -71,5 +73,5 @@ def run_eval(args: argparse.Namespace) -> int:
         options.setdefault(key, None)
     result = benchmark.score_prediction_files(args.root, args.split or benchmark.default_split, args.predictions,
                                               **options)
-    print(json.dumps(result, indent=2))
+    print(json.dumps(as_fractions(result), indent=2))
     return 0
