@@ -99,3 +99,22 @@ def test_cli_precisions_are_the_model_factorys() -> None:
     from irkit.models.factory import PRECISIONS
 
     assert tuple(MODEL_PRECISIONS) == tuple(PRECISIONS)
+
+
+def test_one_prompt_default_for_cli_pipeline_and_notebooks() -> None:
+    """``irkit infer traffic --prompt``, the pipeline's parameters and both traffic notebooks'
+    parameters cells default to the same prompt: irkit.traffic.DEFAULT_PROMPT (auto)."""
+    import ast
+    from pathlib import Path
+
+    from irkit.notebook import notebook_parameters
+    from irkit.traffic import DEFAULT_PROMPT
+    from irkit.traffic.stages import TrafficRunParams
+
+    assert DEFAULT_PROMPT == "auto"
+    args = build_parser().parse_args(["infer", "traffic", "--root", "r", "--out", "o"])
+    assert args.prompt == DEFAULT_PROMPT
+    assert TrafficRunParams().prompt == DEFAULT_PROMPT
+    notebooks = Path(__file__).resolve().parents[1] / "notebooks"
+    for name in ("reproduce.ipynb", "quick-review.ipynb"):
+        assert ast.literal_eval(notebook_parameters(notebooks / name)["prompt"]) == DEFAULT_PROMPT, name
