@@ -122,7 +122,7 @@ def test_significance_report_pairs_the_table_values(table_run):
     assert "| LinCIR (phi) |" in (out_dir / "significance.md").read_text()
 
 
-def test_rerun_skips_finished_stages(table_run):
+def test_rerun_skips_finished_stages(table_run, capsys):
     _, kwargs, _ = table_run
     out_dir = kwargs["out_dir"]
     before = {p: p.stat().st_mtime_ns for p in out_dir.rglob("metrics.json")}
@@ -134,8 +134,10 @@ def test_rerun_skips_finished_stages(table_run):
     assert (out_dir / "clip" / "model.safetensors").stat().st_mtime_ns == model_mtime
     assert (out_dir / "table.csv").read_text() == table_before
     log = (out_dir / "out.log").read_text()
+    console = capsys.readouterr().err  # the same stage lines reach the console as they happen
     for stage in ("data", "clip", "baselines", "lincir", "searle", "searle-oti"):
         assert f"stage {stage}: done already" in log
+        assert f"| INFO | stage {stage}: done already" in console
 
 
 def test_out_folder_with_other_params_is_refused(table_run):

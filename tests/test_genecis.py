@@ -161,12 +161,13 @@ def test_real_object_tasks_scored_end_to_end(real_root, real_templates, stand_in
     (path,) = SPEC.write_submission(tmp_path, splits, rankings_list, [None, None])
     done = _irkit("eval", "genecis", "--root", str(real_root), "--predictions", str(path))
     assert done.returncode == 0, done.stderr[-3000:]
-    printed = json.loads(done.stdout)
+    printed = json.loads(done.stdout)  # fractions (the printed unit); the library's results are percent
+    assert printed["units"] == "fraction"
     for task in OBJECT_TASKS:
         for k in (1, 2, 3):
-            assert printed[task][f"R@{k}"] == pytest.approx(expected[task][f"R@{k}"], abs=1e-9)
+            assert printed[task][f"R@{k}"] == pytest.approx(expected[task][f"R@{k}"] / 100, abs=1e-11)
     assert printed["skipped_tasks"] == list(ATTRIBUTE_TASKS)
-    assert printed["average"]["R@1"] == pytest.approx(np.mean([expected[t]["R@1"] for t in OBJECT_TASKS]))
+    assert printed["average"]["R@1"] == pytest.approx(np.mean([expected[t]["R@1"] for t in OBJECT_TASKS]) / 100)
 
 
 def test_real_target_listed_in_its_own_gallery_is_a_miss(real_root, real_templates, stand_in_coco):
@@ -341,12 +342,13 @@ def test_predictions_scored_by_irkit_eval(tmp_path):
     done = _irkit("eval", "genecis", "--root", str(root), "--predictions", str(path))
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout)
-    assert {k: result["focus_object"][k] for k in ("R@1", "R@2", "R@3")} == {"R@1": 25.0, "R@2": 50.0, "R@3": 75.0}
-    assert {k: result["change_object"][k] for k in ("R@1", "R@2", "R@3")} == {"R@1": 100.0, "R@2": 100.0,
-                                                                            "R@3": 100.0}
-    assert result["average"] == {"R@1": 62.5, "R@2": 75.0, "R@3": 87.5}
+    # printed as fractions: 25 % -> 0.25
+    assert {k: result["focus_object"][k] for k in ("R@1", "R@2", "R@3")} == {"R@1": 0.25, "R@2": 0.5, "R@3": 0.75}
+    assert {k: result["change_object"][k] for k in ("R@1", "R@2", "R@3")} == {"R@1": 1.0, "R@2": 1.0, "R@3": 1.0}
+    assert result["average"] == {"R@1": 0.625, "R@2": 0.75, "R@3": 0.875}
     assert result["skipped_tasks"] == ["focus_attribute", "change_attribute"]
-    assert "focus_attribute" in result["protocol"] and result["units"] == "percent"
+    assert "focus_attribute" in result["protocol"] and result["units"] == "fraction"
+    assert result["focus_object"]["units"] == result["change_object"]["units"] == "fraction"
     assert result["num_queries"] == 8
 
 

@@ -110,9 +110,9 @@ def test_cir_eval_cli_on_genecis_equals_the_library(demo):
     env = {**os.environ, "IRKIT_CACHE_DIR": str(root / "cli-cache")}  # the crops go there, not under ~
     done = subprocess.run(argv, capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
-    printed = json.loads(done.stdout)
+    printed = json.loads(done.stdout)  # fractions; the library's metrics are percent
     library = run_method(create_method("image-text-sum"), ctx, splits).metrics
     for task in TASKS:
         for k in (1, 2, 3):
-            assert printed[task][f"R@{k}"] == pytest.approx(library[task][f"R@{k}"], abs=1e-9)
-    assert printed["average"]["R@1"] == pytest.approx(library["average"]["R@1"], abs=1e-9)
+            assert printed[task][f"R@{k}"] == pytest.approx(library[task][f"R@{k}"] / 100, abs=1e-11)
+    assert printed["average"]["R@1"] == pytest.approx(library["average"]["R@1"] / 100, abs=1e-11)

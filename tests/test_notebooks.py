@@ -7,6 +7,9 @@ import json
 import re
 import subprocess
 import sys
+import threading
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import nbformat
@@ -25,14 +28,77 @@ def tiny_demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _batch_run(notebook: str, log_dir: Path, name: str, **params: object) -> dict:
+@dataclass
+class StreamedRun:
+    """A finished subprocess: its stdout, and each stderr line with the monotonic second it
+    arrived at (read while the process ran), the start and the exit second."""
+
+    stdout: str
+    lines: list[tuple[float, str]]
+    started: float
+    exited: float
+
+    def first(self, pattern: str) -> tuple[float, str]:
+        """The first stderr line matching ``pattern`` (regex) with its arrival time."""
+        found = [(t, line) for t, line in self.lines if re.search(pattern, line)]
+        assert found, f"no stderr line matches {pattern!r}; got:\n" + "\n".join(l for _, l in self.lines[-40:])
+        return found[0]
+
+
+def run_streaming(argv: list[str], cwd: Path, timeout: float = 900) -> StreamedRun:
+    """Run ``argv``, reading stderr line by line as the process writes it (a thread per pipe)."""
+    started = time.monotonic()
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd)
+    lines: list[tuple[float, str]] = []
+    out: list[str] = []
+
+    def read_stderr() -> None:
+        for line in process.stderr:
+            lines.append((time.monotonic(), line.rstrip("\n")))
+
+    readers = [threading.Thread(target=read_stderr), threading.Thread(target=lambda: out.append(process.stdout.read()))]
+    for reader in readers:
+        reader.start()
+    try:
+        process.wait(timeout=timeout)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    exited = time.monotonic()
+    for reader in readers:
+        reader.join()
+    assert process.returncode == 0, "\n".join(line for _, line in lines[-60:])
+    return StreamedRun(stdout="".join(out), lines=lines, started=started, exited=exited)
+
+
+def _batch_run(notebook: str, log_dir: Path, name: str, **params: object) -> tuple[dict, StreamedRun]:
     argv = [sys.executable, "-m", "irkit", "batch", "run", str(REPO / "notebooks" / notebook),
             "--log-dir", str(log_dir), "--name", name]
     for key, value in params.items():
         argv += ["-p", key, json.dumps(value) if not isinstance(value, str) else value]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=900, cwd=log_dir)
-    assert done.returncode == 0, done.stderr[-4000:]
-    return json.loads(done.stdout)
+    done = run_streaming(argv, cwd=log_dir)
+    return json.loads(done.stdout), done
+
+
+#: lines a user must never see on the console of a notebook run (issue 15)
+STRAY = ("IPKernelApp", "FakeTensor", "TqdmWarning", "IProgress", "Traceback")
+
+
+def _check_live_progress(run: StreamedRun, stages: list[str]) -> None:
+    """Stage lines arrive while the notebook runs, each stage has a start and an end line with
+    its seconds, and no stray kernel / torch / tqdm line reaches the console."""
+    whole = run.exited - run.started
+    first_time, _ = run.first(r"\| stage 1/\d+ started: parameters$")
+    # the first stage line arrives at the start, not in a dump at the exit
+    assert run.exited - first_time > 0.5 * whole, (first_time - run.started, whole)
+    for stage in stages:
+        start_time, _ = run.first(rf"\| stage \d+/\d+ started: {re.escape(stage)}$")
+        end_time, end = run.first(rf"\| stage \d+/\d+ done after \d+\.\d s: {re.escape(stage)}$")
+        assert start_time <= end_time
+    for _, line in run.lines:
+        assert not any(word in line for word in STRAY), line
+        assert not line.startswith("INFO:"), line  # no library messages in logging's bare default format
+    run.first(r"\| notebook finished in .*; seconds per stage: ")
 
 
 def _check_submission(run_dir: Path, root: Path) -> None:
@@ -87,8 +153,20 @@ def _images_per_stage(notebook: nbformat.NotebookNode) -> dict[str, int]:
 
 @pytest.mark.slow
 def test_reproduce_then_quick_review_notebooks(tiny_demo: Path, tmp_path: Path) -> None:
-    out = _batch_run("reproduce.ipynb", tmp_path, "repro", data_root=str(tiny_demo), scale="tiny", epochs=2,
-                     warmup_epochs=1, batch_size=16, workers=0, cache_dir=str(tmp_path / "cache"))
+    out, streamed = _batch_run("reproduce.ipynb", tmp_path, "repro", data_root=str(tiny_demo), scale="tiny",
+                               epochs=2, warmup_epochs=1, batch_size=16, workers=0, cache_dir=str(tmp_path / "cache"))
+    # live progress (issue 15): stage lines while it runs; per training epoch (warm-up, then the
+    # main run: 1 epoch each at epochs=2, warmup_epochs=1) a line with loss, step rate and ETA,
+    # seen before inference starts, i.e. while the notebook still runs
+    _check_live_progress(streamed, ["set-up", "(a) Data and attribute vocabulary",
+                                    "(b) Zero-shot caption augmentation", "(c) Training", "(d) Inference per gallery",
+                                    "(e) Merge", "(f) Score (test split, local ground truth)"])
+    epoch_line = r"\| INFO \| train epoch 1/1 step (\d+)/\1: loss \d+\.\d{4} \(epoch mean \d+\.\d{4}\), [\d.e+-]+ step/s, ETA 0 s$"
+    epoch_lines = [(t, line) for t, line in streamed.lines if re.search(epoch_line, line)]
+    # tiny train split: 60 labels at batch 16 (open_clip drops the last partial batch) = 3 steps
+    assert [re.search(epoch_line, line).group(1) for _, line in epoch_lines] == ["3", "3"], epoch_lines
+    inference_started, _ = streamed.first(r"started: \(d\) Inference per gallery$")
+    assert epoch_lines[-1][0] < inference_started < streamed.exited
     run_dir = Path(out["run_dir"])
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert out["metrics"] == metrics
@@ -123,8 +201,11 @@ def test_reproduce_then_quick_review_notebooks(tiny_demo: Path, tmp_path: Path) 
                                       "infer_galleries", "merge_submissions", "score_reproduction"]
 
     checkpoint = metrics["training"]["final_checkpoint"]
-    review = _batch_run("quick-review.ipynb", tmp_path, "review", data_root=str(tiny_demo), scale="tiny",
-                        checkpoint=checkpoint, workers=0, cache_dir=str(tmp_path / "cache"))
+    review, review_streamed = _batch_run("quick-review.ipynb", tmp_path, "review", data_root=str(tiny_demo),
+                                         scale="tiny", checkpoint=checkpoint, workers=0,
+                                         cache_dir=str(tmp_path / "cache"))
+    for _, line in review_streamed.lines:
+        assert not any(word in line for word in STRAY), line
     review_dir = Path(review["run_dir"])
     _check_submission(review_dir, tiny_demo)
     _check_metrics_in_range(review["metrics"]["trained"])

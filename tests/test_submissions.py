@@ -246,9 +246,11 @@ def test_cli_eval_cirr(tmp_path, capsys):
                      "--predictions", str(recall_path), str(subset_path)])
     assert code == 0
     result = json.loads(capsys.readouterr().out)
-    assert (result["R@1"], result["R@5"], result["R@10"], result["R@50"]) == (50.0, 50.0, 50.0, 100.0)
-    assert (result["Rs@1"], result["Rs@2"], result["Rs@3"]) == (50.0, 100.0, 100.0)
-    assert result["(R@5+Rs@1)/2"] == 50.0
+    # printed as fractions in [0, 1] (the one printed unit), like `eval traffic` below
+    assert result["units"] == "fraction"
+    assert (result["R@1"], result["R@5"], result["R@10"], result["R@50"]) == (0.5, 0.5, 0.5, 1.0)
+    assert (result["Rs@1"], result["Rs@2"], result["Rs@3"]) == (0.5, 1.0, 1.0)
+    assert result["(R@5+Rs@1)/2"] == 0.5
     assert result["protocol"].startswith("cirr-val: reference removed")
 
 
@@ -284,4 +286,5 @@ def test_cli_eval_traffic(tmp_path, capsys):
     assert result["official_mAP@10"] == pytest.approx((4 / 3) / (2 + 1e-6) / 2, rel=1e-12)
     assert result["standard_mAP@10"] == pytest.approx((4 / 3) / 2 / 2)
     assert (result["R@1"], result["R@5"], result["R@10"]) == (0.5, 0.5, 0.5)
+    assert result["units"] == "fraction"
     assert result["protocol"].startswith("traffic-test:")

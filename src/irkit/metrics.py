@@ -395,3 +395,33 @@ def genecis_recall(rankings: Mapping[str, Sequence[str]], ks: Sequence[int] = GE
     """GeneCIS R@k (percent): share of templates whose target (position ``"0"``) is in the top k of
     its ranking of candidate positions."""
     return recall_metrics(rankings, {q: {GENECIS_TARGET} for q in rankings}, ks)
+
+
+# --------------------------------------------------------------------------- printed units
+
+#: The one unit every ``irkit`` command prints metrics in (files keep their documented units).
+PRINTED_UNITS = "fraction"
+
+
+def as_fractions(result: Mapping, units: Optional[str] = None) -> dict:
+    """A copy of a metrics result with every metric in fractions in [0, 1].
+
+    In a block whose ``units`` is ``"percent"`` (given or inherited from an enclosing block,
+    e.g. a FashionIQ category's ``average``), numbers under metric names (keys with ``@``:
+    ``R@10``, ``Rs@1``, ``mAP@10``, ``(R@5+Rs@1)/2``, ``mean(R@10,R@50)``) are divided by 100
+    and ``units`` becomes ``"fraction"``. Counts (``num_queries``), ranks and blocks already
+    in fractions are kept as they are. ``units``: the units of ``result`` if it names none.
+    """
+    units = result.get("units", units)
+    converted: dict = {}
+    for key, value in result.items():
+        if isinstance(value, Mapping):
+            converted[key] = as_fractions(value, units)
+        elif (units == "percent" and "@" in str(key) and isinstance(value, (int, float))
+              and not isinstance(value, bool)):
+            converted[key] = value / 100.0
+        else:
+            converted[key] = value
+    if converted.get("units") == "percent":
+        converted["units"] = PRINTED_UNITS
+    return converted

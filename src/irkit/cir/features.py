@@ -27,7 +27,7 @@ from typing import Any, Iterator, Optional, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from irkit.benchmarks import benchmark_of
 from irkit.cir.context import CIRContext, encode_token_ids

@@ -10,10 +10,13 @@ from irkit.cli.common import non_negative_int, output_folder
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("notebook", type=Path)
+    parser.add_argument("notebook", type=Path, help="notebook with a papermill 'parameters' cell, e.g. "
+                                                    "notebooks/reproduce.ipynb")
     parser.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                         help="notebook parameter (JSON literal or string); repeatable")
-    parser.add_argument("--log-dir", type=output_folder, default=Path("log"))
+    parser.add_argument("--log-dir", type=output_folder, default=Path("log"), help="parent folder of the run folders")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no stage lines and no kernel output on the console (the executed notebook keeps all)")
     parser.add_argument("--name", default=None, help="run (or batch) folder name")
 
 
@@ -36,15 +39,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     compare.set_defaults(func=_compare)
     best = group.add_parser("best", help="copy the best reproduce run into best-result-review/")
     best.add_argument("folders", nargs="+", type=Path, help="folders searched for reproduce runs")
-    best.add_argument("--out", type=output_folder, default=Path("best-result-review"))
-    best.add_argument("--metric", default="official_mAP@10")
+    best.add_argument("--out", type=output_folder, default=Path("best-result-review"),
+                      help="folder to copy the best run into")
+    best.add_argument("--metric", default="official_mAP@10",
+                      help="metrics.json key of the trained model that picks the best run (higher is better)")
     best.set_defaults(func=_best)
     table = group.add_parser("cir-table", help="CIR comparison table: data, demo CLIP, baselines, LinCIR, SEARLE, "
                                                "fusion rows (resumable)")
     table.add_argument("--data-root", type=Path, required=True,
                        help="holds fashioniq/, cirr/, circo/ (demo data is generated here when absent)")
     table.add_argument("--out", type=output_folder, required=True, help="run folder (re-running it resumes)")
-    table.add_argument("--scale", default="full", choices=["tiny", "small", "full"])
+    table.add_argument("--scale", default="full", choices=["tiny", "small", "full"],
+                       help="demo data scale and stage budgets (tiny: seconds, for tests)")
     table.add_argument("--model", default="irkit-tiny", help="any open_clip model name")
     weights = table.add_mutually_exclusive_group()
     weights.add_argument("--pretrained", default=None, help="open_clip pretrained tag")
@@ -55,7 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     table.add_argument("--skip-fusion", action="store_true", help="zero-shot rows only")
     table.add_argument("--budget", action="append", default=[], metavar="KEY=VALUE",
                        help="override one stage budget (repeatable), e.g. lincir_steps=100")
-    table.add_argument("--seed", type=int, default=0)
+    table.add_argument("--seed", type=int, default=0, help="random seed of data, training and sampling")
     table.add_argument("--workers", type=non_negative_int, default=2, help="image decoding worker processes")
     table.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     table.add_argument("--cache-dir", type=Path, default=Path(".cache/irkit"), help="embedding cache")
@@ -69,10 +75,13 @@ def _params(args: argparse.Namespace) -> dict:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from irkit.metrics import as_fractions
     from irkit.notebook import read_metrics, run_notebook
 
-    run_dir = run_notebook(args.notebook, _params(args), log_dir=args.log_dir, name=args.name)
-    print(json.dumps({"run_dir": str(run_dir), "metrics": read_metrics(run_dir)}, indent=1))
+    run_dir = run_notebook(args.notebook, _params(args), log_dir=args.log_dir, name=args.name,
+                           progress=not args.quiet)
+    # blocks of metrics.json in percent (CIR notebooks) are printed as fractions like every metric
+    print(json.dumps({"run_dir": str(run_dir), "metrics": as_fractions(read_metrics(run_dir))}, indent=1))
     return 0
 
 
@@ -81,7 +90,7 @@ def _grid(args: argparse.Namespace) -> int:
 
     columns = args.columns.split(",") if args.columns else None
     result = run_grid(args.notebook, parse_grid(args.grid), _params(args), log_dir=args.log_dir,
-                      batch_name=args.name, metric_columns=columns)
+                      batch_name=args.name, metric_columns=columns, progress=not args.quiet)
     print((result.batch_dir / "comparison.md").read_text())
     return 0
 

@@ -7,7 +7,8 @@
     irkit cir train-phi --method lincir --captions captions.csv --val-dataset circo --val-root R
     irkit cir phrases --out phrases.tsv
 
-``eval`` prints ONE JSON object of metrics. Every registered method works (an unknown
+``eval`` prints ONE JSON object of metrics, as fractions in [0, 1] ("units": "fraction"), as
+does every command that prints metrics. Every registered method works (an unknown
 ``--method`` lists them); ``--method-checkpoint`` is passed to it as ``checkpoint``.
 """
 
@@ -28,12 +29,20 @@ from irkit.cli.cir_options import (
     load_splits,
     loader_options,
 )
-from irkit.cli.common import add_allow_param_change_argument, output_file, output_folder, parse_separator
+from irkit.cli.common import (
+    add_allow_param_change_argument,
+    output_file,
+    output_folder,
+    parse_separator,
+    positive_int,
+    printed_training_result,
+)
+from irkit.metrics import as_fractions
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("cir", help="composed image retrieval: evaluate, submit, OTI, train phi",
-                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = subparsers.add_parser("cir", help="composed image retrieval: evaluate, submit, OTI, train phi / fusion / re-ranker",
+                                   description=__doc__)
     cir_subparsers = parser.add_subparsers(dest="cir_command", required=True)
 
     evaluate = cir_subparsers.add_parser("eval", help="score a method on an annotated split (prints JSON)")
@@ -54,40 +63,42 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     oti = cir_subparsers.add_parser("oti", help="SEARLE OTI pseudo tokens per image (resumable)")
     add_data_arguments(oti)
     add_context_arguments(oti)
-    oti.add_argument("--images", choices=["references", "gallery", "all"], default="references")
+    oti.add_argument("--images", choices=["references", "gallery", "all"], default="references",
+                     help="which images of the split get a pseudo token")
     oti.add_argument("--out", type=output_folder, required=True, help="OTI folder (re-running resumes it)")
-    oti.add_argument("--steps", type=int, default=350)
+    oti.add_argument("--steps", type=positive_int, default=350, help="optimisation steps per image (SEARLE: 350)")
     oti.add_argument("--oti-batch-size", type=int, default=32, help="images optimised together")
-    oti.add_argument("--lr", type=float, default=2e-2)
-    oti.add_argument("--wd", type=float, default=0.01)
-    oti.add_argument("--ema-decay", type=float, default=0.99)
-    oti.add_argument("--top-k-concepts", type=int, default=15, help="regularisation phrases from each image's "
-                     "top-K concepts (published OTI: 15)")
-    oti.add_argument("--seed", type=int, default=0)
+    oti.add_argument("--lr", type=float, default=2e-2, help="AdamW learning rate of the pseudo tokens")
+    oti.add_argument("--wd", type=float, default=0.01, help="AdamW weight decay")
+    oti.add_argument("--ema-decay", type=float, default=0.99, help="decay of the token's exponential moving average")
+    oti.add_argument("--top-k-concepts", type=positive_int, default=15,
+                     help="regularisation phrases from each image's top-K concepts (published OTI: 15)")
+    oti.add_argument("--seed", type=int, default=0, help="random seed of the token initialisation")
     _add_phrase_arguments(oti)
     oti.set_defaults(func=_run_oti)
 
     train = cir_subparsers.add_parser("train-phi", help="train phi: SEARLE distillation or LinCIR (text only)")
-    train.add_argument("--method", required=True, choices=["searle", "lincir"])
+    train.add_argument("--method", required=True, choices=["searle", "lincir"],
+                       help="searle: distil OTI tokens (needs --oti); lincir: text-only training (needs --captions)")
     add_context_arguments(train)
     train.add_argument("--oti", type=Path, default=None, help="searle: OTI folder of the training images")
     train.add_argument("--captions", type=Path, default=None,
                        help="lincir: captions (.txt one per line, or a filepath/title caption CSV)")
     train.add_argument("--csv-separator", type=parse_separator, default="\t",
                        help="caption CSV separator: tab (default), comma, semicolon, pipe or one character")
-    train.add_argument("--caption-key", default="title")
+    train.add_argument("--caption-key", default="title", help="caption column of a caption CSV")
     add_data_arguments(train, prefix="val-", required=False)
     train.add_argument("--val-metric", default=None,
                        help="metric that selects the best checkpoint (default: (R@5+Rs@1)/2 CIRR, mAP@10 CIRCO, "
                             "R@10 FashionIQ)")
     train.add_argument("--include-shared-concept", action="store_true", help="CIRCO validation query text")
-    train.add_argument("--steps", type=int, default=1000)
-    train.add_argument("--train-batch-size", type=int, default=256)
-    train.add_argument("--lr", type=float, default=1e-4)
-    train.add_argument("--wd", type=float, default=0.01)
-    train.add_argument("--dropout", type=float, default=0.5)
-    train.add_argument("--validate-every", type=int, default=100)
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--steps", type=positive_int, default=1000, help="optimizer steps")
+    train.add_argument("--train-batch-size", type=positive_int, default=256, help="training examples per step")
+    train.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate")
+    train.add_argument("--wd", type=float, default=0.01, help="AdamW weight decay")
+    train.add_argument("--dropout", type=float, default=0.5, help="dropout inside phi")
+    train.add_argument("--validate-every", type=positive_int, default=100, help="validate (and keep best.pt) every N steps")
+    train.add_argument("--seed", type=int, default=0, help="random seed")
     train.add_argument("--temperature", type=float, default=0.25, help="searle: distillation temperature")
     train.add_argument("--lambda-reg", type=float, default=0.75, help="searle: phrase regulariser weight")
     train.add_argument("--masking", choices=("spans", "published"), default="spans",
@@ -97,7 +108,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="searle: regularisation phrases from each image's top-K concepts (published 150; "
                             "OTI uses 15)")
     _add_phrase_arguments(train)
-    train.add_argument("--log-dir", type=output_folder, default=Path("log"))
+    train.add_argument("--log-dir", type=output_folder, default=Path("log"), help="parent folder of the run folder")
     train.add_argument("--name", default=None, help="run name (default: date-model-lr-batch-method)")
     train.add_argument("--resume", default=None, help="'latest' (with --name) or a checkpoint path")
     add_allow_param_change_argument(train)
@@ -105,8 +116,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     phrases = cir_subparsers.add_parser("phrases", help="write the default SEARLE regularisation phrases")
     phrases.add_argument("--out", type=output_file, required=True, help="concept<TAB>phrase file to write")
-    phrases.add_argument("--concepts", type=Path, default=None)
-    phrases.add_argument("--templates", type=Path, default=None)
+    phrases.add_argument("--concepts", type=Path, default=None, help="concept vocabulary file (default: built-in)")
+    phrases.add_argument("--templates", type=Path, default=None, help="phrase template file (default: built-in)")
     phrases.set_defaults(func=_run_phrases)
 
     cir_fusion.register(cir_subparsers)  # the fusion / re-ranking commands join the same group
@@ -124,7 +135,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     splits = load_splits(args)
     method = build_method(args)
     result = evaluate_method(method, cir_context(args), splits, include_shared_concept=args.include_shared_concept)
-    print(json.dumps(result, indent=2))
+    print(json.dumps(as_fractions(result), indent=2))
     return 0
 
 
@@ -196,7 +207,7 @@ def _run_train_phi(args: argparse.Namespace) -> int:
                            temperature=args.temperature, lambda_reg=args.lambda_reg,
                            top_k_concepts=args.top_k_concepts, masking=args.masking)
     if distributed.is_main():
-        described = describe_result(run, result)
+        described = printed_training_result(describe_result(run, result))
         described.pop("steps")
         print(json.dumps(described))
     return 0

@@ -30,7 +30,14 @@ from irkit.cli.cir_options import (
     cir_context,
     load_splits,
 )
-from irkit.cli.common import add_allow_param_change_argument, output_file, output_folder, positive_int
+from irkit.cli.common import (
+    add_allow_param_change_argument,
+    output_file,
+    output_folder,
+    positive_int,
+    printed_training_result,
+)
+from irkit.metrics import as_fractions
 
 
 def _add_training_arguments(parser: argparse.ArgumentParser, lr: float, wd: float, batch_size: int) -> None:
@@ -41,14 +48,15 @@ def _add_training_arguments(parser: argparse.ArgumentParser, lr: float, wd: floa
                         help="metric selecting best.pt (default: (R@5+Rs@1)/2 CIRR, R@10 FashionIQ, mAP@10 CIRCO)")
     parser.add_argument("--include-shared-concept", action="store_true",
                         help="CIRCO query template 'find {shared_concept} but {caption}'")
-    parser.add_argument("--steps", type=int, default=1000)
-    parser.add_argument("--train-batch-size", type=int, default=batch_size)
-    parser.add_argument("--lr", type=float, default=lr)
+    parser.add_argument("--steps", type=positive_int, default=1000, help="optimizer steps")
+    parser.add_argument("--train-batch-size", type=positive_int, default=batch_size, help="training queries per step")
+    parser.add_argument("--lr", type=float, default=lr, help="AdamW learning rate")
     parser.add_argument("--wd", type=float, default=wd, help="AdamW weight decay (0 = Adam)")
     parser.add_argument("--warmup", type=int, default=0, help="linear warm-up steps")
-    parser.add_argument("--validate-every", type=int, default=100)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--log-dir", type=output_folder, default=Path("log"))
+    parser.add_argument("--validate-every", type=positive_int, default=100,
+                        help="validate (and keep best.pt) every N steps")
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument("--log-dir", type=output_folder, default=Path("log"), help="parent folder of the run folder")
     parser.add_argument("--name", default=None, help="run name (default: date-model-lr-batch-kind)")
     parser.add_argument("--resume", default=None, help="'latest' (with --name) or a checkpoint path")
     add_allow_param_change_argument(parser)
@@ -81,7 +89,7 @@ def register(cir_subparsers: argparse._SubParsersAction) -> None:
     reranker = cir_subparsers.add_parser("train-reranker", help="train the stage-II re-ranking cross-encoder")
     _add_training_arguments(reranker, lr=1e-4, wd=0.01, batch_size=32)
     reranker.add_argument("--depth", type=int, default=2, help="cross-attention blocks")
-    reranker.add_argument("--heads", type=int, default=8)
+    reranker.add_argument("--heads", type=int, default=8, help="attention heads of each block")
     reranker.add_argument("--val-stage1", default="image-text-sum",
                           help="validation stage I: a method name or a top-K file of the validation split")
     reranker.add_argument("--val-stage1-checkpoint", default=None, help="checkpoint of the stage-I method")
@@ -111,8 +119,10 @@ def register(cir_subparsers: argparse._SubParsersAction) -> None:
     rerank.add_argument("--reranker", type=Path, required=True, help="re-ranker checkpoint (train-reranker)")
     rerank.add_argument("--stage1", required=True, help="a top-K file (cir stage1) or a stage-I method name")
     rerank.add_argument("--stage1-checkpoint", default=None, help="checkpoint of the stage-I method")
-    rerank.add_argument("--stage1-option", action="append", default=[], metavar="KEY=VALUE")
-    rerank.add_argument("--include-shared-concept", action="store_true")
+    rerank.add_argument("--stage1-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra option of the stage-I method (repeatable), as --method-option")
+    rerank.add_argument("--include-shared-concept", action="store_true",
+                        help="CIRCO: put shared_concept into the query text (recorded in the protocol)")
     rerank.add_argument("--k", type=positive_int, default=None, help="re-rank the first K stage-I candidates")
     rerank.add_argument("--stage1-weight", type=float, default=0.0,
                         help="sort by stage-II + W x stage-I score (irkit score fusion; default 0: stage II alone, "
@@ -203,7 +213,7 @@ def _run_train(args: argparse.Namespace) -> int:
         result = train_head(args.kind, ctx, train_splits, run, config, model_config, val_splits, args.val_metric,
                             args.resume, **candidates)
     if distributed.is_main():
-        print(json.dumps(describe_result(run, result)))
+        print(json.dumps(printed_training_result(describe_result(run, result))))
     return 0
 
 
@@ -225,5 +235,7 @@ def _run_rerank(args: argparse.Namespace) -> int:
                     stage1_tail=args.stage1_tail, out=args.out, evaluate=not args.no_eval,
                     stage1_checkpoint=args.stage1_checkpoint,
                     stage1_options=parse_key_values(args.stage1_option, "--stage1-option", underscore_keys=True))
+    if "metrics" in output:
+        output["metrics"] = as_fractions(output["metrics"])
     print(json.dumps(output, indent=2))
     return 0

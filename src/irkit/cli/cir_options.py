@@ -27,7 +27,8 @@ def add_data_arguments(parser: argparse.ArgumentParser, prefix: str = "", requir
     """``--dataset/--root/--split/--category|--task/--gallery-ids/--loader-option`` (each with
     ``prefix``, e.g. ``val-``); ``default_split=None``: the benchmark's test-server split."""
     dest = prefix.replace("-", "_")
-    parser.add_argument(f"--{prefix}dataset", choices=list_benchmarks("cir"), required=required, dest=f"{dest}dataset")
+    parser.add_argument(f"--{prefix}dataset", choices=list_benchmarks("cir"), required=required, dest=f"{dest}dataset",
+                        help="validation benchmark (default: no validation)" if prefix == "val-" else "benchmark to load")
     parser.add_argument(f"--{prefix}root", type=Path, required=required, dest=f"{dest}root",
                         help="dataset root (the published layout)")
     parser.add_argument(f"--{prefix}split", default=default_split, dest=f"{dest}split",

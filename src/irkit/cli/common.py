@@ -6,7 +6,40 @@ import argparse
 from pathlib import Path
 from typing import Any, Optional
 
+#: ``irkit.models.PRECISIONS`` (repeated here so ``--help`` needs no torch import; a test checks they agree)
+MODEL_PRECISIONS = ("fp32", "fp16", "bf16", "pure_fp16", "pure_bf16")
+
 SEPARATOR_WORDS = {"tab": "\t", "comma": ",", "semicolon": ";", "pipe": "|"}
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions keep their line breaks (examples stay readable) without reST double
+    backticks, and every option's help ends with ``(default: X)`` when its default means
+    something: not for required options, flags, None, empty lists or a help text that already
+    names its default."""
+
+    def _format_text(self, text: str) -> str:
+        return super()._format_text(text.replace("``", ""))
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (action.required or not action.option_strings or action.nargs == 0  # flags: no value to show
+                or default is None or default == argparse.SUPPRESS or default == []
+                or "default" in text.lower()):
+            return text
+        shown = {"\t": "tab"}.get(default, default) if isinstance(default, str) else default
+        return f"{text} (default: {str(shown).replace('%', '%%')})"
+
+
+class IrkitParser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` with :class:`HelpFormatter`; sub-command parsers made by
+    ``add_subparsers`` are of this class too, so every ``irkit ... --help`` shows defaults."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if kwargs.get("formatter_class") in (None, argparse.HelpFormatter, argparse.RawDescriptionHelpFormatter):
+            kwargs["formatter_class"] = HelpFormatter
+        super().__init__(*args, **kwargs)
 
 
 def parse_separator(value: str) -> str:
@@ -101,7 +134,7 @@ def add_allow_param_change_argument(parser: argparse.ArgumentParser) -> None:
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """``--model/--pretrained|--checkpoint|--random-init/--transform/--device/--precision``."""
-    parser.add_argument("--model", default="irkit-tiny", help="any open_clip model name (default irkit-tiny)")
+    parser.add_argument("--model", default="irkit-tiny", help="any open_clip model name, e.g. ViT-L-14")
     weights = parser.add_mutually_exclusive_group()
     weights.add_argument("--pretrained", default=None, help="open_clip pretrained tag (or a local weights file)")
     weights.add_argument("--checkpoint", type=Path, default=None,
@@ -113,8 +146,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="image preprocessing (square = black padding to a square, as published; "
                              "magiclens = MagicLens's largest centred square crop + antialiased resize)")
     parser.add_argument("--device", type=device_name, default="cpu",
-                        help="cpu (default), cuda, cuda:<index> or mps; checked before anything runs")
-    parser.add_argument("--precision", default="fp32")
+                        help="torch device for the model: cpu, cuda, cuda:1, ...")
+    parser.add_argument("--precision", default="fp32", choices=list(MODEL_PRECISIONS),
+                        help="weights and compute precision of the loaded model (fp16/bf16 need an accelerator)")
 
 
 def add_encoding_arguments(parser: argparse.ArgumentParser) -> None:
@@ -155,6 +189,16 @@ def load_model(args: argparse.Namespace) -> Any:
 def cache_dir(args: argparse.Namespace) -> Optional[Path]:
     """The embedding cache folder, or None when ``--cache-dir none``."""
     return None if str(args.cache_dir).lower() == "none" else args.cache_dir
+
+
+def printed_training_result(described: dict[str, Any]) -> dict[str, Any]:
+    """A CIR training command's result line with ``best_value`` (the validation selection
+    metric, percent in the run folder) as a fraction in [0, 1], like every printed metric."""
+    described = dict(described)
+    if described.get("best_value") is not None:
+        described["best_value"] = described["best_value"] / 100.0
+    described["units"] = "fraction"
+    return described
 
 
 def parse_key_values(items: list[str], flag: str, underscore_keys: bool = False) -> dict[str, Any]:

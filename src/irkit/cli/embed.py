@@ -32,14 +32,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="image folder (recursive) or a text file with one image path per line")
     images.add_argument("--out", type=output_folder, required=True, help="new collection folder")
     add_encoding_arguments(images)
-    images.add_argument("--dtype", default="float16", choices=["float16", "float32"])
+    images.add_argument("--dtype", default="float16", choices=["float16", "float32"],
+                        help="number type of the stored embeddings (img_emb/*.npy)")
     images.set_defaults(func=_run_images)
 
     search = group.add_parser("search", help="text -> image top-k over a collection (prints JSON)")
     add_model_arguments(search)
-    search.add_argument("--collection", type=Path, required=True)
+    search.add_argument("--collection", type=Path, required=True,
+                        help="collection folder written by `irkit embed images` (same --model and weights)")
     search.add_argument("--query", action="append", required=True, help="query text (repeatable)")
-    search.add_argument("-k", type=positive_int, default=10)
+    search.add_argument("-k", type=positive_int, default=10, help="images returned per query")
     search.set_defaults(func=_run_search)
 
 

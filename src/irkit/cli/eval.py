@@ -6,7 +6,8 @@
     irkit eval traffic --root R --predictions submission.json [--ground-truth GT]
     irkit eval genecis --root R --predictions predictions.json
 
-Prints ONE JSON object of metrics (named by protocol) to stdout.
+Prints ONE JSON object of metrics (named by protocol) to stdout, as fractions in [0, 1]
+("units": "fraction"; 0.5 = 50 %) for every dataset.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import json
 from typing import Any
 
 from irkit.benchmarks import list_benchmarks
+from irkit.metrics import as_fractions
 
 
 def _bool(value: str) -> bool:
@@ -29,9 +31,9 @@ def _bool(value: str) -> bool:
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "eval", help="score prediction files (CIRR, CIRCO, FashionIQ, traffic submission.json)",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("dataset", choices=list_benchmarks())
+        "eval", help="score prediction files (CIRR, CIRCO, FashionIQ, GeneCIS, traffic submission.json)",
+        description=__doc__)
+    parser.add_argument("dataset", choices=list_benchmarks(), help="benchmark whose protocol scores the file(s)")
     parser.add_argument("--root", required=True, help="dataset root (the published layout)")
     parser.add_argument("--split", default=None,
                         help="split to score against (default: test for traffic, val otherwise)")
@@ -71,5 +73,5 @@ def run_eval(args: argparse.Namespace) -> int:
         options.setdefault(key, None)
     result = benchmark.score_prediction_files(args.root, args.split or benchmark.default_split, args.predictions,
                                               **options)
-    print(json.dumps(result, indent=2))
+    print(json.dumps(as_fractions(result), indent=2))
     return 0

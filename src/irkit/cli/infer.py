@@ -16,6 +16,7 @@ from irkit.cli.common import (
     output_folder,
     positive_int,
 )
+from irkit.traffic import DEFAULT_PROMPT, PROMPT_AUTO, PROMPT_MODES
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -27,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Writes vehicle_results.json, person_results.json and inference.json to --out.")
     traffic.add_argument("--root", type=Path, required=True, help="traffic challenge root (train/ val/ test/)")
     traffic.add_argument("--split", default="test", choices=["test"], help="split with text queries and a gallery")
-    traffic.add_argument("--prompt", default="suffix", choices=["suffix", "strip", "none", "auto"],
+    traffic.add_argument("--prompt", default=DEFAULT_PROMPT, choices=[*PROMPT_MODES, PROMPT_AUTO],
                          help="suffix: append ' image taken by traffic surveillance cameras' to vehicle queries "
                               "(published); strip: drop 'A '/'This is a ' and the final '.' (published "
                               "non-prompt variant); none: queries as given; auto: the best of the three on "
@@ -59,7 +60,7 @@ def _run_traffic(args: argparse.Namespace) -> int:
     loaded = load_model(args)
     reader = image_reader(args, exif_default=True)
     prompt, selection = args.prompt, None
-    if prompt == "auto":
+    if prompt == PROMPT_AUTO:
         selection = select_prompt_on_val(split.root, loaded, batch_size=args.batch_size,
                                          num_workers=args.num_workers, cache_dir=cache_dir(args), reader=reader)
         prompt = selection.chosen

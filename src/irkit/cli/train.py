@@ -16,6 +16,9 @@ from irkit.cli.common import (
     positive_int,
 )
 
+#: open_clip_train's --precision choices
+OPEN_CLIP_PRECISIONS = ("amp", "amp_bf16", "amp_bfloat16", "bf16", "fp16", "pure_bf16", "pure_fp16", "fp32")
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("train", help="train models (CLIP through open_clip_train)")
@@ -23,32 +26,41 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     clip = group.add_parser(
         "clip",
         help="contrastive training from scratch (no --pretrained) or low-LR fine-tuning (with --pretrained)",
-        description="Wraps open_clip_train: run folder log/<name>/{out.log,params.txt,checkpoints/,"
-                    "results.jsonl,tensorboard/}; an existing run folder is never overwritten. Every input is "
-                    "checked before the folder is made; a run that fails later is marked FAILED (rerun "
-                    "with the same --name to start again, or --resume latest when it has checkpoints).",
+        description="Wraps open_clip_train: run folder log/<name>/{out.log,params.txt,checkpoints/,\n"
+                    "results.jsonl,tensorboard/}; an existing run folder is never overwritten.\n"
+                    "Every input is checked before the folder is made; a run that fails later is marked\n"
+                    "FAILED (rerun with the same --name to start again, or --resume latest when it has\n"
+                    "checkpoints).\n"
+                    "Without --pretrained: from scratch (lr 1e-3, wd 0.1, warm-up 50, batch 128); with it:\n"
+                    "the published low-LR fine-tuning recipe (lr 4e-7, wd 0.01, warm-up 10000, batch 25).",
     )
     clip.add_argument("--train-csv", type=Path, required=True, help="tab-separated filepath/title CSV")
-    clip.add_argument("--val-csv", type=Path, default=None)
+    clip.add_argument("--val-csv", type=Path, default=None,
+                      help="validation CSV (same columns); val loss and recall after every epoch (default: none)")
     clip.add_argument("--model", default="irkit-tiny", help="any open_clip model name")
     clip.add_argument("--pretrained", default=None, help="open_clip pretrained tag or a local checkpoint file")
-    clip.add_argument("--epochs", type=int, default=10)
-    clip.add_argument("--lr", type=float, default=None, help="default: 4e-7 fine-tuning, 1e-3 from scratch")
-    clip.add_argument("--wd", type=float, default=None)
-    clip.add_argument("--warmup", type=int, default=None)
+    clip.add_argument("--epochs", type=positive_int, default=10, help="training epochs (passes over --train-csv)")
+    clip.add_argument("--lr", type=float, default=None, help="peak AdamW learning rate (default: 4e-7 fine-tuning, 1e-3 from scratch)")
+    clip.add_argument("--wd", type=float, default=None,
+                      help="AdamW weight decay (default: 0.01 fine-tuning, 0.1 from scratch)")
+    clip.add_argument("--warmup", type=non_negative_int, default=None,
+                      help="linear LR warm-up steps (default: 10000 fine-tuning, 50 from scratch)")
     clip.add_argument("--lr-scheduler", default="cosine", choices=["cosine", "const", "const-cooldown"],
                       help="open_clip_train's LR schedule after the linear warm-up")
     clip.add_argument("--batch-size", type=positive_int, default=None,
-                      help="global batch (split over the processes under torchrun / --nproc)")
-    clip.add_argument("--workers", type=non_negative_int, default=1)
-    clip.add_argument("--seed", type=int, default=0)
-    clip.add_argument("--precision", default="auto")
-    clip.add_argument("--transform", default="square", choices=["square", "targetpad", "center"])
-    clip.add_argument("--log-dir", type=output_folder, default=Path("log"))
+                      help="global image-caption pairs per step, split over the processes under torchrun / "
+                           "--nproc (default: 25 fine-tuning, 128 from scratch)")
+    clip.add_argument("--workers", type=non_negative_int, default=1, help="data-loading worker processes")
+    clip.add_argument("--seed", type=int, default=0, help="random seed (data order, augmentation, init)")
+    clip.add_argument("--precision", default="auto", choices=["auto", *OPEN_CLIP_PRECISIONS],
+                      help="open_clip_train precision; auto = amp on CUDA, fp32 on CPU")
+    clip.add_argument("--transform", default="square", choices=["square", "targetpad", "center"],
+                      help="training image preprocessing (square = black padding to a square, as published)")
+    clip.add_argument("--log-dir", type=output_folder, default=Path("log"), help="parent folder of the run folder")
     clip.add_argument("--name", default=None, help="run name (default: date-model-lr-batch-...)")
     clip.add_argument("--resume", default=None, help="'latest' (with --name) or a checkpoint path")
     add_allow_param_change_argument(clip)
-    clip.add_argument("--save-frequency", type=int, default=1)
+    clip.add_argument("--save-frequency", type=positive_int, default=1, help="write epoch_<n>.pt every N epochs")
     clip.add_argument("--csv-separator", type=parse_separator, default="\t",
                       help="CSV separator: tab (default), comma, semicolon, pipe or one character")
     clip.add_argument("--nproc", type=positive_int, default=1,

@@ -39,6 +39,7 @@ import io
 import json
 import logging
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -186,18 +187,23 @@ def claim_out_dir(out_dir: Path, params: Mapping[str, Any]) -> bool:
 def _out_log(out_dir: Path) -> Iterator[logging.Logger]:
     """The ``irkit.experiments`` loggers (this driver, the fusion rows, the significance report),
     also writing to ``out_dir/out.log`` (appended on resume)."""
-    handler = logging.FileHandler(out_dir / "out.log", encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s | %(levelname)s | %(message)s", "%Y-%m-%d,%H:%M:%S"))
+    formatter = logging.Formatter("%(asctime)s | %(levelname)s | %(message)s", "%Y-%m-%d,%H:%M:%S")
+    handlers = [logging.FileHandler(out_dir / "out.log", encoding="utf-8"), logging.StreamHandler(sys.stderr)]
     parent = logging.getLogger("irkit.experiments")
-    previous_level = parent.level
-    parent.addHandler(handler)
+    previous = (parent.level, parent.propagate)
+    for handler in handlers:  # out.log and the console (stage lines with their seconds, as they happen)
+        handler.setFormatter(formatter)
+        parent.addHandler(handler)
     parent.setLevel(logging.INFO)
+    parent.propagate = False  # a root handler another library installed must not print every line twice
     try:
         yield log
     finally:
-        parent.removeHandler(handler)
-        parent.setLevel(previous_level)
-        handler.close()
+        for handler in handlers:
+            parent.removeHandler(handler)
+            handler.close()
+        parent.setLevel(previous[0])
+        parent.propagate = previous[1]
 
 
 class _Stages:
@@ -316,7 +322,7 @@ def _scored(results: Mapping[str, Any]) -> dict[str, Any]:
 
 def baselines_stage(bench: _Bench, stage_dir: Path) -> dict[str, Any]:
     """image-only, text-only, image-text-sum on every val split."""
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     out = {}
     for name in tqdm(BASELINES, desc="baselines", unit="method"):

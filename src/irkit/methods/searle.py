@@ -30,7 +30,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from irkit import distributed
 from irkit.cir.context import CIRContext, frozen, model_device, raw_image_embeddings

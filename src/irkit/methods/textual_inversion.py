@@ -25,7 +25,7 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from irkit.benchmarks import get_benchmark
 from irkit.cir.context import CIRContext, encode_token_ids, l2_normalize

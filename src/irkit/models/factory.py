@@ -29,7 +29,7 @@ import numpy as np
 import open_clip
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from irkit.errors import InputError, first_line_of
 from irkit.finite import count_non_finite, require_finite

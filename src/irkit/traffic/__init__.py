@@ -9,4 +9,15 @@
 * :mod:`~irkit.traffic.pipeline` — every stage in order in one call (reproduce, quick review)
 * :mod:`~irkit.traffic.report` — tables and figures the notebooks show after each stage
 * :mod:`~irkit.traffic.best_result` — the best reproduce run copied for review
+
+:data:`DEFAULT_PROMPT` is the one default of the inference prompt: ``irkit infer traffic
+--prompt``, :class:`~irkit.traffic.stages.TrafficRunParams` (pipeline, workflows) and the
+notebooks' ``parameters`` cells (a literal there, kept equal by a test) all use it.
 """
+
+#: inference prompt variants: the published suffix, the published non-prompt strip, the query as given
+PROMPT_MODES = ("suffix", "strip", "none")
+#: ``"auto"``: the best of :data:`PROMPT_MODES` on the labelled val split, never on test
+PROMPT_AUTO = "auto"
+#: the default prompt everywhere (CLI, pipeline, notebooks)
+DEFAULT_PROMPT = PROMPT_AUTO

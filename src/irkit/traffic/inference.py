@@ -36,9 +36,9 @@ from irkit import index
 from irkit.data.records import TrafficKind, TrafficLabel, TrafficSplit
 from irkit.errors import InputError
 from irkit.io import atomic_write_json
+from irkit.traffic import PROMPT_MODES
 
 PromptMode = Literal["suffix", "strip", "none"]
-PROMPT_MODES = ("suffix", "strip", "none")
 PROMPT_SUFFIX = " image taken by traffic surveillance cameras"
 STRIP_PREFIXES = ("A ", "An ", "This is a ", "This is an ")
 GALLERY_PREFIXES: dict[str, str] = {"vehicle": "vehicle_", "person": "person_"}

@@ -46,13 +46,12 @@ from irkit.traffic.augment import (
     fill_accuracy,
     read_attribute_truth,
 )
-from irkit.traffic.inference import PROMPT_MODES, TrafficInference, infer_traffic, select_prompt_on_val
+from irkit.traffic import DEFAULT_PROMPT, PROMPT_AUTO, PROMPT_MODES
+from irkit.traffic.inference import TrafficInference, infer_traffic, select_prompt_on_val
 from irkit.traffic.merge import merge_results
 from irkit.traffic.training_csv import build_training_csv
 
 PROMPT_VARIANTS = PROMPT_MODES
-#: ``prompt="auto"``: the variant is chosen on the labelled val split (inference.select_prompt).
-PROMPT_AUTO = "auto"
 HEADLINE_KEYS = ("official_mAP@10", "standard_mAP@10", "R@1", "R@5", "R@10")
 
 
@@ -72,7 +71,7 @@ class TrafficRunParams:
     lr: Optional[float] = None         # None: recipe default (4e-7 fine-tuning, 1e-3 from scratch)
     wd: Optional[float] = None
     batch_size: Optional[int] = None
-    prompt: str = "auto"               # inference prompt: suffix | strip | none | auto (best on val)
+    prompt: str = DEFAULT_PROMPT       # inference prompt: suffix | strip | none | auto (best on val)
     augment: bool = True
     workers: int = 2
     cache_dir: str = ".cache/irkit"

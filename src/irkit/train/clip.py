@@ -47,6 +47,7 @@ import logging
 import os
 import random
 import shutil
+import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -183,23 +184,90 @@ def _atomic_torch_save(original_save):
 
 
 # open_clip_train messages worth showing on the console while training (everything, the model
-# dump and all parameters included, still goes to the run's out.log).
-_CONSOLE_PREFIXES = ("Train Epoch", "Eval Epoch", "Start epoch", "=> ", "Found latest", "No latest")
+# dump, all parameters and open_clip's own long "Train Epoch" lines included, still goes to the
+# run's out.log); irkit's "train epoch" lines give loss, step rate and ETA instead.
+TRAIN_LINE_PREFIX = "train epoch"
+_CONSOLE_PREFIXES = (TRAIN_LINE_PREFIX, "Eval Epoch", "Start epoch", "=> ", "Found latest", "No latest")
+#: seconds between two ``train epoch`` lines inside an epoch (the epoch's last step always gets one)
+PROGRESS_EVERY_S = 30.0
+
+
+class TrainingProgress:
+    """``train epoch e/E step s/S: loss L (epoch mean M), R step/s, ETA T`` lines, logged (to
+    out.log and the console) at most every ``every_s`` seconds and at the end of every epoch.
+
+    Fed by :meth:`step` with each optimizer step's total loss (a detached tensor: it is only
+    read, forcing a device sync, when a line is written)."""
+
+    def __init__(self, epochs: int, every_s: float = PROGRESS_EVERY_S) -> None:
+        self.epochs = int(epochs)
+        self.every_s = every_s
+        self.rate: Optional[Any] = None
+        self.epoch = 0
+        self.steps_per_epoch = 0
+        self.step_in_epoch = 0
+        self.loss_sum: Any = 0.0
+        self.last_line = 0.0
+
+    def start_epoch(self, epoch: int, steps_per_epoch: int) -> None:
+        """``epoch`` counts from 0 (open_clip_train's numbering); the first call starts the clock."""
+        from irkit.progress import StepRate
+
+        self.epoch, self.steps_per_epoch = int(epoch), max(int(steps_per_epoch), 1)
+        self.step_in_epoch, self.loss_sum = 0, 0.0
+        if self.rate is None:
+            self.rate = StepRate(self.epochs * self.steps_per_epoch, done=self.epoch * self.steps_per_epoch)
+            self.last_line = time.perf_counter()
+
+    def step(self, loss: Any) -> None:
+        self.step_in_epoch += 1
+        self.loss_sum = self.loss_sum + loss
+        now = time.perf_counter()
+        if self.step_in_epoch >= self.steps_per_epoch or now - self.last_line >= self.every_s:
+            self.last_line = now
+            done = self.epoch * self.steps_per_epoch + self.step_in_epoch
+            logging.info(TRAIN_LINE_PREFIX + " %d/%d step %d/%d: loss %.4f (epoch mean %.4f), %s",
+                         self.epoch + 1, self.epochs, self.step_in_epoch, self.steps_per_epoch, float(loss),
+                         float(self.loss_sum) / self.step_in_epoch, self.rate.describe(done))
+
+
+class _LossWithProgress:
+    """open_clip_train's loss module, reporting each step's total loss to a :class:`TrainingProgress`
+    (with gradient accumulation the loss runs ``accum_freq`` times per optimizer step)."""
+
+    def __init__(self, loss: Any, progress: TrainingProgress, accum_freq: int) -> None:
+        self.loss, self.progress, self.accum_freq, self.calls = loss, progress, max(int(accum_freq), 1), 0
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        out = self.loss(*args, **kwargs)
+        self.calls += 1
+        if self.calls % self.accum_freq == 0:
+            total = sum(out.values()) if isinstance(out, dict) else out
+            self.progress.step(total.detach())
+        return out
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.loss, name)
 
 
 class _ProgressOnly(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        return str(record.msg).startswith(_CONSOLE_PREFIXES)
+        return record.getMessage().startswith(_CONSOLE_PREFIXES)
 
 
 @contextlib.contextmanager
-def _restored_logging() -> Iterator[None]:
+def restored_logging() -> Iterator[None]:
     """open_clip_train's setup_logging sets every logger to INFO and adds root handlers; undo that
-    afterwards so later library calls are not flooded (e.g. faiss's loader messages)."""
+    afterwards so later library calls are not flooded (e.g. faiss's loader messages).
+
+    setup_logging also turns every placeholder (a parent name such as ``torch._subclasses`` that
+    had no logger of its own yet) into a real logger at INFO; those go back to NOTSET, otherwise
+    their children log at INFO for the rest of the process (torch's ``FakeTensor cache stats``
+    at exit, irkit's own cache messages)."""
     root = logging.getLogger()
     saved_root = (root.level, list(root.handlers))
-    saved_levels = {name: logger.level for name, logger in logging.root.manager.loggerDict.items()
-                    if isinstance(logger, logging.Logger)}
+    saved_levels = {name: logger.level if isinstance(logger, logging.Logger) else logging.NOTSET
+                    for name, logger in logging.root.manager.loggerDict.items()}
     root.handlers[:] = []  # open_clip_train installs its own; avoid printing every line twice
     try:
         with warnings.catch_warnings():
@@ -261,10 +329,17 @@ def _patched_open_clip_train(config: ClipTrainConfig) -> Iterator[Any]:
             if type(handler) is logging.StreamHandler:
                 handler.addFilter(_ProgressOnly())
 
+    progress = TrainingProgress(config.epochs)
+
     def train_one_epoch(model, data, loss, epoch, *args: Any, **kwargs: Any):
         # Data order, worker seeds and augmentation of this epoch depend only on (seed, epoch).
         _seed_everything(config.seed * 100003 + epoch)
-        return original_train_one_epoch(model, data, loss, epoch, *args, **kwargs)
+        # open_clip_train's signature: (model, data, loss, epoch, optimizer, scaler, scheduler, dist_model, args, ...)
+        oct_args = kwargs.get("args", args[4] if len(args) > 4 else None)
+        accum_freq = int(getattr(oct_args, "accum_freq", 1) or 1)
+        progress.start_epoch(epoch, data["train"].dataloader.num_batches // accum_freq)
+        return original_train_one_epoch(model, data, _LossWithProgress(loss, progress, accum_freq), epoch,
+                                        *args, **kwargs)
 
     oct_main.create_model_and_transforms = create_model_and_transforms
     oct_main.train_one_epoch = train_one_epoch
@@ -273,7 +348,7 @@ def _patched_open_clip_train(config: ClipTrainConfig) -> Iterator[Any]:
     torch.save = _atomic_torch_save(original_save)
     torch.nn.parallel.DistributedDataParallel = DistributedDataParallel
     try:
-        with _restored_logging():
+        with restored_logging():
             yield oct_main
     finally:
         oct_main.create_model_and_transforms = original_create

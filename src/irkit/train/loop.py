@@ -42,6 +42,7 @@ from tqdm import tqdm
 
 from irkit import distributed
 from irkit.errors import InputError
+from irkit.progress import StepRate
 from irkit.runs import FollowerRun, RunFolder, load_checkpoint
 
 #: ``loss_fn(batch)`` returns the loss, or ``(loss, {name: float-like})`` extra values to log.
@@ -277,6 +278,7 @@ def train(
     latest_path: Optional[Path] = None
     compute_loss = distributed.wrap_for_training(LossModule(model, loss_fn))
     model.train()
+    rate = StepRate(max_steps, done=step)  # step rate and ETA of the log lines, from this session's steps
     bar = tqdm(total=max_steps, initial=min(step, max_steps), desc="train", unit="step",
                disable=not progress or not distributed.is_main())
     try:
@@ -311,8 +313,8 @@ def train(
                     run.tensorboard.add_scalar("train/lr", lr, step)
                     for name, value in logs.items():
                         run.tensorboard.add_scalar(f"train/{name}", value, step)
-                    run.log("step %d/%d epoch %d loss %.5f lr %.3g%s", step, max_steps, epoch, loss_value, lr,
-                            "".join(f" {k} {v:.4g}" for k, v in logs.items()))
+                    run.log("step %d/%d epoch %d loss %.5f lr %.3g%s, %s", step, max_steps, epoch, loss_value, lr,
+                            "".join(f" {k} {v:.4g}" for k, v in logs.items()), rate.describe(step))
                 if val_fn is not None and ((val_every and step % val_every == 0) or step == max_steps):
                     validate()
                 if (checkpoint_every and step % checkpoint_every == 0) or step == max_steps:

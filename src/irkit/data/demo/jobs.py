@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from irkit.data.demo.common import derive_rng
 from irkit.data.demo.config import DemoDifficulty
