@@ -27,7 +27,6 @@ from typing import Callable, Optional
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from irkit.errors import InputError
