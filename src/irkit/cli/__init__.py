@@ -11,7 +11,7 @@ from irkit.errors import InputError
 
 # command group -> module under irkit.cli that defines ``register(subparsers)``.
 # Each registered sub-parser sets ``func`` (called with the parsed args, returns an exit code).
-_GROUPS = ("data", "eval", "embed", "preprocess", "train", "infer", "batch", "cir")
+_GROUPS = ("data", "eval", "embed", "index", "preprocess", "train", "infer", "batch", "cir")
 
 
 def build_parser() -> argparse.ArgumentParser:

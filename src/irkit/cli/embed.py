@@ -25,11 +25,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     images.add_argument("--dtype", default="float16", choices=["float16", "float32"])
     images.set_defaults(func=_run_images)
 
-    search = group.add_parser("search", help="text -> image top-k over a collection (prints JSON)")
+    search = group.add_parser("search", help="text -> image top-k over a collection (prints JSON; uses its ANN index when present)")
     add_model_arguments(search)
     search.add_argument("--collection", type=Path, required=True)
     search.add_argument("--query", action="append", required=True, help="query text (repeatable)")
     search.add_argument("-k", type=positive_int, default=10)
+    search.add_argument("--exact", action="store_true",
+                        help="exact search even when the collection has an index (irkit index build)")
     search.set_defaults(func=_run_search)
 
 
@@ -51,6 +53,6 @@ def _run_search(args: argparse.Namespace) -> int:
     from irkit.collection import search_collection
 
     loaded = load_model(args)
-    print(json.dumps(search_collection(loaded, args.collection, args.query, k=args.k), indent=2,
+    print(json.dumps(search_collection(loaded, args.collection, args.query, k=args.k, exact=args.exact), indent=2,
                      ensure_ascii=False))
     return 0
