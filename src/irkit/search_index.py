@@ -263,6 +263,7 @@ def build_index(
         train_rows = len(sample)
         index.train(sample)
         del sample
+    trained = time.perf_counter()
     for shard in shards:  # fill chunk by chunk: only one float32 chunk is resident at a time
         for start in range(0, len(shard), ADD_CHUNK_ROWS):
             index.add(np.ascontiguousarray(shard[start:start + ADD_CHUNK_ROWS], dtype=np.float32))
@@ -294,7 +295,8 @@ def build_index(
                    "reached": chosen["recall"] >= recall_target, "queries": int(len(queries)),
                    "query_source": query_source, "tuning": tuning},
         "build": {"seconds": round(build_seconds, 3), "chosen_by": chosen_by, "max_memory_bytes": budget,
-                  "estimated_bytes": estimate, "train_rows": train_rows},
+                  "estimated_bytes": estimate, "train_rows": train_rows,
+                  "train_seconds": round(trained - started, 3), "add_seconds": round(started + build_seconds - trained, 3)},
         "shards": [shard_fingerprint(Path(p), collection_root) for p in shard_paths],
     }
     out_dir.parent.mkdir(parents=True, exist_ok=True)
