@@ -79,6 +79,26 @@ def test_exact_equals_brute_force_with_ties_and_exclusions(size):
         assert chunked.search(queries[:1], k)[1].tolist() == [expected[0]]
 
 
+@pytest.mark.parametrize("values", ["few", "continuous"])
+def test_long_rows_two_stage_selection_equals_brute_force(values):
+    # 6,000 columns per row: the selection goes through the 64-column block maxima
+    rng = np.random.default_rng(3)
+    if values == "few":  # 27 distinct rows: every rank is a tie
+        gallery = rng.integers(-1, 2, size=(6000, 3)).astype(np.float32)
+        queries = rng.integers(-1, 2, size=(6, 3)).astype(np.float32)
+    else:
+        gallery = rng.normal(size=(6000, 3)).astype(np.float32)
+        queries = rng.normal(size=(6, 3)).astype(np.float32)
+    exclude = rng.integers(-1, 6000, size=6)
+    for k in (1, 10, 70):
+        expected = brute_force(queries, gallery, k, exclude)
+        assert ExactIndex(gallery).search(queries, k, exclude=exclude)[1].tolist() == expected
+        assert ExactIndex([gallery[:1000], gallery[1000:]], chunk_rows=3001).search(
+            queries, k, exclude=exclude)[1].tolist() == expected
+        assert ExactIndex(gallery).search(queries[:1], k, exclude=exclude[:1])[1].tolist() == \
+            brute_force(queries[:1], gallery, k, exclude[:1])
+
+
 def test_scores_are_the_inner_products():
     rng = np.random.default_rng(0)
     gallery = rng.normal(size=(50, 8)).astype(np.float32)
