@@ -270,6 +270,8 @@ def build_collection_index(folder: os.PathLike | str, max_memory: str = "4G", in
     folder = Path(folder)
     shards, paths, _ = open_embedding_shards(folder, "image")
     text_shards, _, _ = open_embedding_shards(folder, "text")
+    if text_shards and text_shards[0].shape[1] != shards[0].shape[1]:
+        text_shards = []  # another embedding space: recall is measured with noisy image rows instead
     return build_index(shards, paths, folder, folder / INDEX_DIR, max_memory=max_memory, index_key=index_key,
                        k=k, recall_target=recall_target, num_queries=num_queries,
                        text_shards=text_shards or None, force=force)
