@@ -34,7 +34,7 @@ def test_the_marked_block_is_the_command_walkthrough() -> None:
     # the newcomer entry points are not part of it (they set up .venv and run for minutes)
     assert "script/reproduce.sh" not in body and "script/test.sh" not in body
     # every command group of the CLI appears
-    for group in ("data", "preprocess", "train", "infer", "eval", "embed", "cir"):
+    for group in ("data", "preprocess", "train", "infer", "eval", "embed", "index", "cir"):
         assert re.search(rf"^irkit {group} ", body, re.MULTILINE), group
     # the README's infer example writes the submission.json its eval line scores
     infer = re.search(r"^irkit infer traffic .*?--submission (\S+)", body, re.MULTILINE | re.DOTALL)
@@ -71,6 +71,7 @@ def test_readme_commands_run_in_order_on_tiny_demo_data(tmp_path: Path) -> None:
     submission = json.loads((out / "submission.json").read_text())
     assert [entry["text"] for entry in submission["results"]] == queries
     assert (out / "collection" / "img_emb" / "img_emb_0.npy").is_file()
+    assert (out / "collection" / "index" / "image.index").is_file()
     assert (out / "cirr_val_top50.json").is_file()
     # every printed metric is a fraction, and says so
     scored = [p for p in done.stdout.split("\n{") if '"units"' in p]

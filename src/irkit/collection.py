@@ -17,6 +17,7 @@ import json
 import os
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -233,34 +234,152 @@ def check_collection_model(loaded: Any, folder: os.PathLike | str, dim: int) -> 
                          f"gives {loaded.embed_dim}-d (expected the model that built the collection)", path=folder)
 
 
+def open_embedding_shards(folder: os.PathLike | str, kind: str = "image"
+                          ) -> tuple[list[np.ndarray], list[Path], pd.DataFrame]:
+    """Memory-mapped shards of a collection -> ``(arrays [n_i, D] float16/float32, paths, metadata)``.
+
+    ``kind`` is ``"image"`` (``img_emb``) or ``"text"`` (``text_emb``; empty lists when absent).
+    Shard ids, row counts and widths are checked against the metadata and rows must be
+    L2-normalised (checked chunk by chunk); nothing is loaded into memory beyond one chunk.
+    """
+    folder = Path(folder)
+    subdir, stem = (IMAGE_DIR, "img_emb") if kind == "image" else (TEXT_DIR, "text_emb")
+    metadata, shard_ids, counts = _read_metadata(folder)
+    shards = _shards(folder, subdir, stem, ".npy")
+    if kind == "text" and not shards:
+        return [], [], metadata
+    if sorted(shards) != shard_ids:
+        raise InputError(f"{subdir}/ has shards {sorted(shards)} but metadata/ has {shard_ids} "
+                         "(expected one embedding shard per metadata shard)", path=folder / subdir)
+    arrays, paths = [], []
+    for shard_id in shard_ids:
+        path = shards[shard_id]
+        try:
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:
+            raise InputError(f"not a readable .npy array ({e})", path=path) from None
+        if array.ndim != 2 or array.dtype not in (np.float16, np.float32):
+            raise InputError(f"expected a 2-D float16/float32 array, got {array.dtype} {array.shape}", path=path)
+        if len(array) != counts[shard_id]:
+            raise InputError(f"{len(array)} embeddings but metadata_{shard_id}.parquet has "
+                             f"{counts[shard_id]} rows (expected equal counts)", path=path)
+        for start in range(0, len(array), 65536):
+            try:
+                _check_normalised(np.asarray(array[start:start + 65536]), path, f"{subdir} shard {shard_id}")
+            except InputError as e:
+                raise InputError(f"{e.detail} (in rows from {start})", path=path) from None
+        arrays.append(array)
+        paths.append(path)
+    if len({a.shape[1] for a in arrays}) > 1:
+        raise InputError(f"shards of {subdir}/ have different widths {[a.shape[1] for a in arrays]}",
+                         path=folder / subdir)
+    return arrays, paths, metadata
+
+
+def build_collection_index(folder: os.PathLike | str, max_memory: str = "4G", index_key: Optional[str] = None,
+                           k: int = 10, recall_target: float = 0.95, num_queries: int = 1000,
+                           force: bool = False) -> dict[str, Any]:
+    """Build ``<folder>/index/image.index`` + ``image.json`` (see :mod:`irkit.search_index`) -> infos.
+
+    Held-out queries for the recall measurement are the collection's text embeddings when it has
+    them, else image rows plus noise.
+    """
+    from irkit.search_index import INDEX_DIR, build_index
+
+    folder = Path(folder)
+    shards, paths, _ = open_embedding_shards(folder, "image")
+    text_shards, _, _ = open_embedding_shards(folder, "text")
+    if text_shards and text_shards[0].shape[1] != shards[0].shape[1]:
+        text_shards = []  # another embedding space: recall is measured with noisy image rows instead
+    return build_index(shards, paths, folder, folder / INDEX_DIR, max_memory=max_memory, index_key=index_key,
+                       k=k, recall_target=recall_target, num_queries=num_queries,
+                       text_shards=text_shards or None, force=force)
+
+
+@dataclass
+class CollectionSearcher:
+    """A collection's rows opened for search: ``search(queries [Q, D], k) -> (scores, rows)``."""
+
+    metadata: pd.DataFrame
+    dim: int
+    engine: Any  # irkit.index.ExactIndex or irkit.search_index.AnnIndex
+    description: str  # "exact" or "ann:<index key>,<search setting>"
+
+    def search(self, query_embeddings: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(scores [Q, k'] float32, collection rows [Q, k'] int64), best first, ties by row."""
+        return self.engine.search(query_embeddings, k)
+
+
+_SEARCHERS: dict[tuple[str, bool], tuple[tuple, CollectionSearcher]] = {}
+
+
+def _file_identity(folder: Path) -> tuple:
+    """(name, size, mtime, inode) of every file under the collection's shard and index folders."""
+    found = []
+    for subdir in (IMAGE_DIR, METADATA_DIR, "index"):
+        directory = folder / subdir
+        if directory.is_dir():
+            for path in sorted(directory.iterdir()):
+                stat = path.stat()
+                found.append((subdir, path.name, stat.st_size, stat.st_mtime_ns, stat.st_ino))
+    return tuple(found)
+
+
+def collection_searcher(folder: os.PathLike | str, exact: bool = False) -> CollectionSearcher:
+    """The collection's searcher, opened once per process and reused while its files are unchanged.
+
+    Uses ``<folder>/index`` (ANN) when present unless ``exact``; otherwise exact search over the
+    memory-mapped shards. A stale index raises :class:`InputError`.
+    """
+    from irkit.index import ExactIndex
+    from irkit.search_index import INDEX_DIR, load_index
+
+    folder = Path(folder).resolve()
+    key = (str(folder), bool(exact))
+    identity = _file_identity(folder)
+    cached = _SEARCHERS.get(key)
+    if cached is not None and cached[0] == identity:
+        return cached[1]
+    shards, paths, metadata = open_embedding_shards(folder, "image")
+    dim = int(shards[0].shape[1]) if shards else 0
+    ann = None if exact else load_index(folder / INDEX_DIR, paths, folder)
+    if ann is not None:
+        searcher = CollectionSearcher(metadata, dim, ann, ann.description)
+    else:
+        searcher = CollectionSearcher(metadata, dim, ExactIndex(shards), "exact")
+    _SEARCHERS[key] = (identity, searcher)
+    return searcher
+
+
 def search_collection(
     loaded: Any,
     folder: os.PathLike | str,
     queries: list[str],
     k: int = 10,
+    exact: bool = False,
 ) -> list[dict[str, Any]]:
     """Text -> image top-k over a collection with ``loaded`` (an ``irkit.models.LoadedModel``).
 
-    Returns one ``{"query", "results": [{"rank", "score", "row", "image_path", ...}]}`` per
-    query, best first. A collection written by irkit with other weights is refused, since
-    its embeddings live in another space.
+    Returns one ``{"query", "search", "results": [{"rank", "score", "row", "image_path", ...}]}``
+    per query, best first; ``search`` is ``"exact"`` or the ANN index used (``<folder>/index``,
+    used when present unless ``exact``). A collection written by irkit with other weights is
+    refused, since its embeddings live in another space.
     """
-    from irkit.index import search
-
     folder = Path(folder)
-    embeddings, metadata = read_embedding_collection(folder)
-    check_collection_model(loaded, folder, embeddings.shape[1])
+    searcher = collection_searcher(folder, exact=exact)
+    check_collection_model(loaded, folder, searcher.dim)
     if k <= 0:
         raise InputError(f"k must be positive, got {k}", field="k")
     require_query_texts(queries)
-    scores, indices = search(loaded.encode_texts(queries), embeddings, k)
-    records = metadata.to_dict(orient="records")
+    scores, indices = searcher.search(loaded.encode_texts(queries), k)
+    found = sorted({int(i) for i in indices.ravel() if i >= 0})
+    records = dict(zip(found, searcher.metadata.iloc[found].to_dict(orient="records")))
     results = []
     for query, row_scores, row_indices in zip(queries, scores, indices):
         hits = [{"rank": rank + 1, "score": round(float(score), 6), "row": int(index),
                  **{str(c): _json_value(v) for c, v in records[int(index)].items()}}
-                for rank, (score, index) in enumerate(zip(row_scores, row_indices))]
-        results.append({"query": query, "results": hits})
+                for rank, (score, index) in enumerate(zip(row_scores, row_indices)) if index >= 0]
+        results.append({"query": query, "search": searcher.description, "results": hits})
     return results
 
 

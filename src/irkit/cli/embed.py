@@ -36,12 +36,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="number type of the stored embeddings (img_emb/*.npy)")
     images.set_defaults(func=_run_images)
 
-    search = group.add_parser("search", help="text -> image top-k over a collection (prints JSON)")
+    search = group.add_parser("search", help="text -> image top-k over a collection (prints JSON; uses its ANN "
+                                                   "index when present)")
     add_model_arguments(search)
     search.add_argument("--collection", type=Path, required=True,
                         help="collection folder written by `irkit embed images` (same --model and weights)")
     search.add_argument("--query", action="append", required=True, help="query text (repeatable)")
     search.add_argument("-k", type=positive_int, default=10, help="images returned per query")
+    search.add_argument("--exact", action="store_true",
+                        help="exact search even when the collection has an index (irkit index build)")
     search.set_defaults(func=_run_search)
 
 
@@ -70,6 +73,6 @@ def _run_search(args: argparse.Namespace) -> int:
     from irkit.collection import search_collection
 
     loaded = load_model(args)
-    print(json.dumps(search_collection(loaded, args.collection, args.query, k=args.k), indent=2,
+    print(json.dumps(search_collection(loaded, args.collection, args.query, k=args.k, exact=args.exact), indent=2,
                      ensure_ascii=False))
     return 0
