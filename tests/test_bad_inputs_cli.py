@@ -325,6 +325,11 @@ CASES = {
         _train_clip(csv=lambda tmp: write_train_csv(tmp / "data", broken=_symlinked_text)), 2,
         ("train.csv, line 3, field 'filepath'", "img_1.png (a link to", "notes.txt) is not an image file",
          "expected an image PIL can read"), absent=("log/run",)),
+    "train-clip-image-over-the-pixel-limit": Case(
+        _train_clip("--max-image-pixels", "1000",
+                    csv=lambda tmp: write_train_csv(tmp / "data", broken=lambda p: write_image(p, (9, 9, 9), (50, 40)))),
+        2, ("train.csv, line 3, field 'filepath'", "img_1.png: image is 50 x 40 = 2,000 pixels, over the limit of 1,000"),
+        absent=("log/run",)),
     "train-clip-missing-image": Case(
         _train_clip(csv=lambda tmp: write_train_csv(tmp / "data", broken=lambda p: p.unlink())), 2,
         ("train.csv, line 3, field 'filepath'", "img_1.png"), absent=("log/run",)),

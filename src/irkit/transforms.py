@@ -183,6 +183,25 @@ class ImageReader:
             image = ImageOps.exif_transpose(image)
         return to_rgb(image)
 
+    def check_header(self, path: Union[str, os.PathLike]) -> tuple[int, int]:
+        """``(width, height)`` of the image file at ``path`` from its header alone (nothing is
+        decoded); over the pixel limit: :class:`InputError` naming the file. A file PIL cannot
+        identify raises PIL's own error (callers word it)."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # the header only: no bomb yet
+            try:
+                with Image.open(path) as image:
+                    width, height = image.size
+            finally:
+                Image.MAX_IMAGE_PIXELS = limit
+        if width * height > self.max_pixels:
+            raise InputError(
+                f"image is {width} x {height} = {width * height:,} pixels, over the limit of "
+                f"{self.max_pixels:,}; expected a smaller image (raise the limit with --max-image-pixels)",
+                path=path)
+        return width, height
+
     def open(self, path: Union[str, os.PathLike]) -> Image.Image:
         """Read the image file at ``path`` -> 8-bit RGB (decoded; the file is closed).
 

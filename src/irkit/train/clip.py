@@ -435,19 +435,22 @@ def check_model_and_weights(config: ClipTrainConfig) -> None:
 
 def validate_training_csv(path: Path, config: ClipTrainConfig) -> int:
     """Check the CSV the way open_clip_train will read it and that every image path is a file PIL
-    identifies as an image (headers only: no pixel decoding); return its row count."""
-    from PIL import Image
-
+    identifies as an image within the pixel limit (headers only: no pixel decoding); return its
+    row count."""
     from irkit.data.captions import load_caption_csv
+    from irkit.transforms import ImageReader
 
     records = load_caption_csv(path, sep=config.csv_separator, img_key=config.csv_img_key,
                                caption_key=config.csv_caption_key, check_images=True)
     if not records:
         raise InputError("training CSV has no rows", path=path)
+    reader = ImageReader(exif_transpose=bool(config.exif_transpose), max_pixels=int(config.max_image_pixels))
     for record in records:
         try:
-            with Image.open(record.filepath) as image:
-                image.size  # noqa: B018 - the header is read by open()
+            reader.check_header(record.filepath)
+        except InputError as e:
+            raise InputError(f"{record.filepath}: {e.detail}", path=path, line=record.line,
+                             field=config.csv_img_key) from None
         except Exception as e:  # noqa: BLE001 - any unreadable file is one clear line
             target = f" (a link to {os.path.realpath(record.filepath)})" if os.path.islink(record.filepath) else ""
             detail = (str(e).splitlines() or [type(e).__name__])[0]
