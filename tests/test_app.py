@@ -356,3 +356,61 @@ def test_app_in_chromium(chromium, app_url: str, demo_collection) -> None:
     assert page.inner_text("#status") == "field 'text': type a query text (it is empty)"
     assert blocked == []
     page.close()
+
+
+def test_cli_search_text_and_composed_queries_exact_and_ann(demo_collection, tmp_path: Path, capsys) -> None:
+    """``irkit search``: the printed rows and scores equal a numpy ranking of the stored gallery
+    (text query; composed query by collection image name, reference left out; composed query by an
+    image file, nothing left out); after ``irkit index build`` the same queries go through the ANN
+    index (a Flat index at this size, so the same rows)."""
+    import shutil
+
+    from irkit.collection import read_embedding_collection
+    from irkit.embeddings import encode_image_files
+
+    loaded, folder, _ = demo_collection
+    collection = tmp_path / "collection"
+    shutil.copytree(folder, collection)  # index build writes into it
+    gallery, metadata = read_embedding_collection(collection)
+    common = ["--collection", str(collection), "--random-init", "--cache-dir", "none"]
+
+    def run(*argv: str) -> dict:
+        assert irkit_main(["search", *common, *argv]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    def expected(scores: np.ndarray, k: int) -> tuple[list[int], np.ndarray]:
+        rows = np.lexsort((np.arange(len(scores)), -scores))[:k]
+        return rows.tolist(), scores[rows]
+
+    text = loaded.encode_texts(["a red dress with long sleeves"])[0]
+    reference = encode_image_files(loaded, [metadata["image_path"][3]], num_workers=0)[0]
+    modification = loaded.encode_texts(["make it blue"])[0]
+    composed = (reference + modification) / np.linalg.norm(reference + modification)
+    without_reference = gallery @ composed
+    without_reference[3] = -np.inf
+
+    for search_kind in ("exact", "ann"):
+        if search_kind == "ann":
+            assert irkit_main(["index", "build", "--collection", str(collection)]) == 0
+            capsys.readouterr()
+        printed = run("--text", "a red dress with long sleeves", "-k", "5")
+        assert printed["search"].startswith(search_kind)
+        assert printed["query"] == {"text": "a red dress with long sleeves"}
+        rows, scores = expected(gallery @ text, 5)
+        assert [r["row"] for r in printed["results"]] == rows
+        np.testing.assert_allclose([r["score"] for r in printed["results"]], scores, atol=1e-5)
+        assert printed["results"][0]["image_path"] == str(metadata["image_path"][rows[0]])
+
+        printed = run("--text", "make it blue", "--reference", str(metadata["image_name"][3]), "-k", "4")
+        rows, scores = expected(without_reference, 4)
+        assert printed["query"]["reference_row"] == 3 and [r["row"] for r in printed["results"]] == rows
+        np.testing.assert_allclose([r["score"] for r in printed["results"]], scores, atol=1e-5)
+
+        printed = run("--text", "make it blue", "--image", str(metadata["image_path"][3]), "-k", "4")
+        rows, scores = expected(gallery @ composed, 4)  # an outside file: nothing is left out
+        assert [r["row"] for r in printed["results"]] == rows
+        np.testing.assert_allclose([r["score"] for r in printed["results"]], scores, atol=1e-5)
+
+    assert irkit_main(["search", *common, "--text", "x", "--reference", "no-such-image.jpg"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "reference 'no-such-image.jpg' is neither an image name of the collection" in err[0]

@@ -326,9 +326,10 @@ CASES = {
         ("train.csv, line 3, field 'filepath'", "img_1.png (a link to", "notes.txt) is not an image file",
          "expected an image PIL can read"), absent=("log/run",)),
     "train-clip-image-over-the-pixel-limit": Case(
-        _train_clip("--max-image-pixels", "1000",
-                    csv=lambda tmp: write_train_csv(tmp / "data", broken=lambda p: write_image(p, (9, 9, 9), (50, 40)))),
-        2, ("train.csv, line 3, field 'filepath'", "img_1.png: image is 50 x 40 = 2,000 pixels, over the limit of 1,000"),
+        _train_clip("--max-image-pixels", "1000", csv=lambda tmp: write_train_csv(
+            tmp / "data", broken=lambda p: write_image(p, (9, 9, 9), (50, 40)))),
+        2, ("train.csv, line 3, field 'filepath'",
+            "img_1.png: image is 50 x 40 = 2,000 pixels, over the limit of 1,000"),
         absent=("log/run",)),
     "train-clip-missing-image": Case(
         _train_clip(csv=lambda tmp: write_train_csv(tmp / "data", broken=lambda p: p.unlink())), 2,
@@ -411,7 +412,8 @@ CASES = {
     "evil-method-checkpoint-combiner": Case(
         _cir_eval_with("combiner"), 2, ("evil.pt", "refused to unpickle the global posix.mkdir"), after=_marker_absent),
     "evil-method-checkpoint-fusion-head": Case(
-        _cir_eval_with("magiclens"), 2, ("evil.pt", "refused to unpickle the global posix.mkdir"), after=_marker_absent),
+        _cir_eval_with("magiclens"), 2, ("evil.pt", "refused to unpickle the global posix.mkdir"),
+        after=_marker_absent),
     # ---- 7. cir submit keeps existing submission files
     "submit-over-an-existing-submission-file": Case(
         _submit_into_used_folder, 2,

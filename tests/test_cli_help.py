@@ -28,7 +28,8 @@ COMMANDS = [path for path, parser in PARSERS]
 
 def test_the_tree_has_every_group_and_its_commands() -> None:
     groups = {path[0] for path in COMMANDS if path}
-    assert groups == {"data", "eval", "embed", "index", "preprocess", "train", "infer", "batch", "cir", "report", "app"}
+    assert groups == {"data", "eval", "embed", "index", "preprocess", "train", "infer", "batch", "cir", "search",
+                      "report", "app"}
     for command in [("train", "clip"), ("embed", "search"), ("infer", "traffic"), ("cir", "rerank"),
                     ("batch", "run"), ("cir", "train-fusion")]:
         assert command in COMMANDS

@@ -13,7 +13,8 @@ from irkit.errors import InputError, RunFailed
 
 # command group -> module under irkit.cli that defines ``register(subparsers)``.
 # Each registered sub-parser sets ``func`` (called with the parsed args, returns an exit code).
-_GROUPS = ("data", "eval", "embed", "index", "preprocess", "train", "infer", "batch", "cir", "report", "app")
+_GROUPS = ("data", "eval", "embed", "index", "preprocess", "train", "infer", "batch", "cir", "search", "report",
+           "app")
 
 
 DESCRIPTION = """\

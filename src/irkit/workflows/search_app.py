@@ -9,7 +9,10 @@
   itself. The reference image is never among its own results.
 
 Scores are inner products of L2-normalised embeddings (cosine similarity, in [-1, 1]); a ranking
-method gives no score. The web layer (:mod:`irkit.web_app`) only calls :class:`CollectionSearch`.
+method gives no score. With ``exact=False`` a collection's ANN index (``irkit index build``) answers
+the text queries and the embedding methods that rank the stored embeddings, as ``irkit embed
+search`` does. The web layer (:mod:`irkit.web_app`) and ``irkit search`` only call
+:class:`CollectionSearch`.
 """
 
 from __future__ import annotations
@@ -27,7 +30,12 @@ import numpy as np
 
 from irkit.cir.context import CIRContext
 from irkit.cir.registry import CIRMethod, EmbeddingMethod, create_method, method_options
-from irkit.collection import check_collection_model, read_collection_info, read_embedding_collection
+from irkit.collection import (
+    check_collection_model,
+    collection_searcher,
+    read_collection_info,
+    read_embedding_collection,
+)
 from irkit.data.collection import load_collection_split
 from irkit.data.records import CIRQuery, CIRSplit
 from irkit.errors import InputError
@@ -61,7 +69,8 @@ class CollectionSearch:
     Queries are serialised by a lock (one model, one cache), so a threaded web server may call it.
     """
 
-    def __init__(self, folder: os.PathLike | str, ctx: CIRContext, methods: Mapping[str, CIRMethod]) -> None:
+    def __init__(self, folder: os.PathLike | str, ctx: CIRContext, methods: Mapping[str, CIRMethod],
+                 exact: bool = True) -> None:
         self.folder = Path(folder)
         self.ctx = ctx
         self.methods = dict(methods)
@@ -75,6 +84,25 @@ class CollectionSearch:
             self.names = [Path(str(path)).name for path in metadata["image_path"].tolist()]
         self.uploads: dict[str, Path] = {}
         self._lock = threading.Lock()
+        #: the collection's ANN searcher (``<folder>/index``), None for exact search
+        self.ann = None
+        if not exact:
+            searcher = collection_searcher(self.folder)
+            self.ann = searcher if searcher.description != "exact" else None
+
+    @property
+    def search_description(self) -> str:
+        """``"exact"`` or the ANN index that answers ranked-embedding queries (``ann:<key>,<param>``)."""
+        return "exact" if self.ann is None else self.ann.description
+
+    def _top_rows(self, query: np.ndarray, k: int, excluded: int = -1) -> tuple[list[float], list[int]]:
+        """Top-``k`` (scores, rows) of one query [1, D] over the stored embeddings, without row ``excluded``."""
+        if self.ann is None:
+            scores, indices = search(query, self.embeddings, k, exclude=np.array([excluded], np.int64))
+            return scores[0].tolist(), indices[0].tolist()
+        scores, indices = self.ann.search(np.asarray(query, np.float32), k + 1)
+        kept = [(float(s), int(i)) for s, i in zip(scores[0], indices[0]) if i >= 0 and i != excluded][:k]
+        return [s for s, _ in kept], [i for _, i in kept]
 
     @property
     def size(self) -> int:
@@ -121,8 +149,8 @@ class CollectionSearch:
         k = check_k(k)
         with self._lock:
             query = self.ctx.text_embeddings([text])
-            scores, indices = search(query, self.embeddings, k)
-        return self._hits(indices[0].tolist(), scores[0].tolist())
+            scores, rows = self._top_rows(query, k)
+        return self._hits(rows, scores)
 
     def composed_query(self, text: str, method: str, k: int = 10, reference_row: Optional[int] = None,
                        upload_id: Optional[str] = None) -> list[SearchHit]:
@@ -149,13 +177,25 @@ class CollectionSearch:
         with self._lock:
             if isinstance(chosen, EmbeddingMethod):
                 query = self.ctx.query_embeddings(chosen, split)
-                gallery = (self.embeddings if type(chosen).gallery_embeddings is EmbeddingMethod.gallery_embeddings
-                           else chosen.gallery_embeddings(self.ctx, split))
+                if type(chosen).gallery_embeddings is EmbeddingMethod.gallery_embeddings:
+                    scores, rows = self._top_rows(query, k, excluded)
+                    return self._hits(rows, scores)
+                gallery = chosen.gallery_embeddings(self.ctx, split)
                 scores, indices = search(query, gallery, k, exclude=np.array([excluded], np.int64))
                 return self._hits(indices[0].tolist(), scores[0].tolist())
             rankings, _ = chosen.rank_split(self.ctx, split)
         ranked = [int(i) for i in rankings["query"] if i != reference][:k]
         return self._hits(ranked, [None] * len(ranked))
+
+
+def reference_row(search: CollectionSearch, reference: str) -> int:
+    """The collection row of ``reference``: an ``image_name`` of the collection, or a row number."""
+    if reference in search.names:
+        return search.names.index(reference)
+    if reference.strip().isdigit() and int(reference) < search.size:
+        return int(reference)
+    raise InputError(f"reference {reference!r} is neither an image name of the collection nor a row "
+                     f"0..{search.size - 1}", path=search.folder, field="reference")
 
 
 def check_text(text: Any, required: bool) -> str:
@@ -192,10 +232,11 @@ def open_collection_search(folder: os.PathLike | str, loaded: Any,
                            checkpoints: Optional[Mapping[str, Any]] = None,
                            options: Optional[Mapping[str, Mapping[str, Any]]] = None,
                            cache_dir: Optional[os.PathLike | str] = None, batch_size: int = 64,
-                           num_workers: int = 0) -> CollectionSearch:
+                           num_workers: int = 0, exact: bool = True) -> CollectionSearch:
     """A :class:`CollectionSearch` over the collection at ``folder`` with backbone ``loaded`` (an
     ``irkit.models.LoadedModel``) and the registered ``methods``, each built with its checkpoint
-    (``checkpoints[name]``) and options (``options[name]``)."""
+    (``checkpoints[name]``) and options (``options[name]``); ``exact=False`` lets the collection's
+    ANN index answer where it applies."""
     checkpoints, options = dict(checkpoints or {}), dict(options or {})
     unknown = sorted((set(checkpoints) | set(options)) - set(methods))
     if unknown:
@@ -205,4 +246,4 @@ def open_collection_search(folder: os.PathLike | str, loaded: Any,
              for name in dict.fromkeys(methods)}
     ctx = CIRContext(loaded, cache_dir=None if cache_dir is None else Path(cache_dir), batch_size=batch_size,
                      num_workers=num_workers)
-    return CollectionSearch(folder, ctx, built)
+    return CollectionSearch(folder, ctx, built, exact=exact)
