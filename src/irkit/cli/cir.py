@@ -134,7 +134,8 @@ def _run_eval(args: argparse.Namespace) -> int:
 
     splits = load_splits(args)
     method = build_method(args)
-    result = evaluate_method(method, cir_context(args), splits, include_shared_concept=args.include_shared_concept)
+    result = evaluate_method(method, cir_context(args, method), splits,
+                             include_shared_concept=args.include_shared_concept)
     print(json.dumps(as_fractions(result), indent=2))
     return 0
 
@@ -144,7 +145,8 @@ def _run_submit(args: argparse.Namespace) -> int:
 
     splits = load_splits(args)
     check_submission_paths(splits, args.out, args.overwrite)  # before any model or method is loaded
-    paths = write_method_submission(build_method(args), cir_context(args), splits, args.out, args.overwrite)
+    method = build_method(args)
+    paths = write_method_submission(method, cir_context(args, method), splits, args.out, args.overwrite)
     print(json.dumps({"written": [str(p) for p in paths], "method": args.method}))
     return 0
 

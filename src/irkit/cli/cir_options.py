@@ -55,16 +55,21 @@ def add_method_arguments(parser: argparse.ArgumentParser) -> None:
                         help="CIRCO: put shared_concept into the query text (recorded in the protocol)")
 
 
-def cir_context(args: argparse.Namespace) -> Any:
+def cir_context(args: argparse.Namespace, method: Any = None) -> Any:
     """The backbone and cache of a ``cir`` command; torch's threads follow ``$IRKIT_NUM_THREADS``
-    for the whole command (text encoding too, not only image encoding)."""
+    for the whole command (text encoding too, not only image encoding). A ``method`` whose
+    checkpoint brings its own CLIP towers (``published_backbone``: a published MagicLens file) is
+    the backbone when no weights are given (``--checkpoint`` / ``--pretrained`` / ``--random-init``)."""
     import torch
 
     from irkit.cir.context import CIRContext
     from irkit.embeddings import num_threads
 
     torch.set_num_threads(num_threads())
-    return CIRContext(load_model(args), cache_dir=cache_dir(args), batch_size=args.batch_size,
+    own_backbone = getattr(method, "published_backbone", None)
+    weights_given = args.checkpoint or args.pretrained or getattr(args, "random_init", False)
+    loaded = own_backbone if own_backbone is not None and not weights_given else load_model(args)
+    return CIRContext(loaded, cache_dir=cache_dir(args), batch_size=args.batch_size,
                       num_workers=args.num_workers, reader=image_reader(args, exif_default=False))
 
 
