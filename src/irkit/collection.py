@@ -26,7 +26,7 @@ import pandas as pd
 
 from irkit.errors import InputError
 from irkit.finite import require_finite
-from irkit.io import make_dirs, make_temp_dir
+from irkit.io import make_dirs, make_temp_dir, swap_into_place
 
 IMAGE_DIR, TEXT_DIR, METADATA_DIR = "img_emb", "text_emb", "metadata"
 INFO_FILE = "irkit_collection.json"
@@ -100,7 +100,7 @@ def write_embedding_collection(
         info_record = {"count": int(len(image_embeddings)), "dim": int(image_embeddings.shape[1]),
                        "dtype": dtype, **(info or {})}
         (staging / INFO_FILE).write_text(json.dumps(info_record, indent=2) + "\n", encoding="utf-8")
-        _swap_into_place(staging, folder)
+        swap_into_place(staging, folder)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -111,21 +111,6 @@ def _check_output_folder(folder: Path, overwrite: bool) -> None:
     if folder.exists() and (not folder.is_dir() or (any(folder.iterdir()) and not overwrite)):
         raise InputError("output collection folder already exists and is not empty (choose a new "
                          "folder; collections are never overwritten silently)", path=folder)
-
-
-def _swap_into_place(staging: Path, folder: Path) -> None:
-    """Rename ``staging`` onto ``folder`` (an existing folder is replaced only after success)."""
-    if not folder.exists():
-        os.rename(staging, folder)
-        return
-    backup = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-    os.rename(folder, backup)
-    try:
-        os.rename(staging, folder)
-    except BaseException:
-        os.rename(backup, folder)
-        raise
-    shutil.rmtree(backup, ignore_errors=True)
 
 
 def _shards(folder: Path, subdir: str, stem: str, suffix: str) -> dict[int, Path]:
@@ -460,6 +445,3 @@ def check_output_folder(folder: os.PathLike | str, overwrite: bool = False) -> N
     _check_output_folder(Path(folder), overwrite)
 
 
-def swap_into_place(staging: os.PathLike | str, folder: os.PathLike | str) -> None:
-    """Rename a finished ``staging`` folder onto ``folder`` (an existing one replaced only after success)."""
-    _swap_into_place(Path(staging), Path(folder))

@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -151,3 +152,20 @@ def file_sha256(path: os.PathLike | str, chunk_size: int = 1 << 20) -> str:
 def stable_hash(obj: Any) -> str:
     """Hex SHA-256 of a JSON-serialisable object (keys sorted), for cache keys."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode("utf-8")).hexdigest()
+
+
+def swap_into_place(staging: os.PathLike | str, folder: os.PathLike | str) -> None:
+    """Rename a finished ``staging`` folder onto ``folder``; an existing ``folder`` is replaced
+    only after the rename succeeded (it is put back otherwise)."""
+    staging, folder = Path(staging), Path(folder)
+    if not folder.exists():
+        os.rename(staging, folder)
+        return
+    backup = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+    os.rename(folder, backup)
+    try:
+        os.rename(staging, folder)
+    except BaseException:
+        os.rename(backup, folder)
+        raise
+    shutil.rmtree(backup, ignore_errors=True)

@@ -30,7 +30,7 @@ from typing import Any, Iterator, Mapping, Optional, Sequence
 from irkit.errors import InputError
 from irkit.io import atomic_write_text
 from irkit.progress import console_line, format_duration
-from irkit.run_report import INDEX_FILE, build_index, write_run_report
+from irkit.run_report import INDEX_FILE, build_index, flatten_metrics, write_run_report
 
 METRICS_FILE = "metrics.json"
 
@@ -259,18 +259,6 @@ def read_metrics(run_dir: Path | str) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
-    flat: dict[str, Any] = {}
-    for key, value in mapping.items():
-        full = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(flatten(value, f"{full}."))
-        else:
-            flat[full] = value
-    return flat
-
-
 def _format_cell(value: Any) -> str:
     if isinstance(value, float):
         return "nan" if math.isnan(value) else f"{value:.4f}"
@@ -358,7 +346,7 @@ def compare_runs(run_dirs: Sequence[Path | str], out_dir: Path | str, parameters
     if parameters is None:
         keys = sorted({k for p in run_params for k in p} - {"run_dir", "run_name"})
         parameters = [k for k in keys if len({json.dumps(p.get(k), sort_keys=True) for p in run_params}) > 1]
-    rows = [{"run": Path(d).name, **{n: p.get(n) for n in parameters}, **flatten(read_metrics(d))}
+    rows = [{"run": Path(d).name, **{n: p.get(n) for n in parameters}, **flatten_metrics(read_metrics(d))}
             for d, p in zip(run_dirs, run_params)]
     metric_names = list(metric_columns) if metric_columns else sorted(
         {k for row in rows for k in row} - {"run", *parameters})

@@ -26,10 +26,8 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import re
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +39,7 @@ import numpy as np
 from irkit.errors import InputError
 from irkit.embeddings import num_threads
 from irkit.index import ExactIndex
-from irkit.io import atomic_write_json, read_json
+from irkit.io import atomic_write_json, make_temp_dir, read_json, swap_into_place
 
 INDEX_DIR, INDEX_FILE, INFOS_FILE = "index", "image.index", "image.json"
 FORMAT_VERSION = 1
@@ -300,30 +298,16 @@ def build_index(
         "shards": [shard_fingerprint(Path(p), collection_root) for p in shard_paths],
     }
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    staging = make_temp_dir(out_dir.parent, prefix=f".{out_dir.name}.")  # umask permissions, not 0700
     try:
         faiss.write_index(index, str(staging / INDEX_FILE))
         infos["size in bytes"] = (staging / INDEX_FILE).stat().st_size
         atomic_write_json(staging / INFOS_FILE, infos, indent=2)
-        _replace_folder(staging, out_dir)
+        swap_into_place(staging, out_dir)  # an existing index is replaced only after success
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return infos
-
-
-def _replace_folder(staging: Path, target: Path) -> None:
-    if not target.exists():
-        os.rename(staging, target)
-        return
-    backup = target.with_name(f".{target.name}.old-{os.getpid()}")
-    os.rename(target, backup)
-    try:
-        os.rename(staging, target)
-    except BaseException:
-        os.rename(backup, target)
-        raise
-    shutil.rmtree(backup, ignore_errors=True)
 
 
 def load_index(index_dir: Path, shard_paths: Sequence[Path], collection_root: Path) -> Optional[AnnIndex]:

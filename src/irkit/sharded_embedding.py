@@ -37,10 +37,9 @@ from irkit.collection import (
     check_output_folder,
     collection_info,
     image_metadata,
-    swap_into_place,
 )
 from irkit.errors import InputError
-from irkit.io import atomic_path, atomic_write_json, file_sha256, read_json, stable_hash
+from irkit.io import atomic_path, atomic_write_json, file_sha256, read_json, stable_hash, swap_into_place
 
 PLAN_FILE = "irkit_shard_plan.json"
 DONE_DIR = "shards_done"
