@@ -8,6 +8,9 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("IRKIT_NUM_THREADS", "1")
+# "auto" precision resolves to fp32 in the suite (tests compare against fp32 computations on
+# every machine, AMX or not); tests/test_precision.py exercises bf16 and the auto rule itself.
+os.environ.setdefault("IRKIT_PRECISION", "fp32")
 
 try:
     import torch

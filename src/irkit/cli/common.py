@@ -7,7 +7,11 @@ from pathlib import Path
 from typing import Any, Optional
 
 #: ``irkit.models.PRECISIONS`` (repeated here so ``--help`` needs no torch import; a test checks they agree)
-MODEL_PRECISIONS = ("fp32", "fp16", "bf16", "pure_fp16", "pure_bf16")
+MODEL_PRECISIONS = ("auto", "fp32", "bf16", "fp16", "pure_bf16", "pure_fp16")
+#: help of every ``--precision`` option (irkit.precision)
+PRECISION_HELP = ("compute precision: auto = bf16 autocast on CPUs with AMX/avx512_bf16 and bf16 GPUs, fp16 AMP "
+                  "on older GPUs, else fp32 (the choice is printed and recorded); bf16/fp16 = autocast with "
+                  "float32 weights")
 
 SEPARATOR_WORDS = {"tab": "\t", "comma": ",", "semicolon": ";", "pipe": "|"}
 
@@ -147,8 +151,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                              "magiclens = MagicLens's largest centred square crop + antialiased resize)")
     parser.add_argument("--device", type=device_name, default="cpu",
                         help="torch device for the model: cpu, cuda, cuda:1, ...")
-    parser.add_argument("--precision", default="fp32", choices=list(MODEL_PRECISIONS),
-                        help="weights and compute precision of the loaded model (fp16/bf16 need an accelerator)")
+    parser.add_argument("--precision", default="auto", choices=list(MODEL_PRECISIONS),
+                        help=PRECISION_HELP + "; pure_bf16/pure_fp16 cast the weights too")
 
 
 def add_encoding_arguments(parser: argparse.ArgumentParser) -> None:

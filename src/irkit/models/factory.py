@@ -23,7 +23,7 @@ import os
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Sequence, Union
+from typing import Any, Callable, ContextManager, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import open_clip
@@ -34,11 +34,14 @@ from tqdm import tqdm
 from irkit.errors import InputError, first_line_of
 from irkit.finite import count_non_finite, require_finite
 from irkit.io import atomic_path, file_sha256
+from irkit.precision import MODEL_PRECISION_SETTINGS, PURE_PRECISIONS, autocast_for, resolve_precision
 from irkit.transforms import TRANSFORM_NAMES, TransformConfig, build_transform
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "fp16", "bf16", "pure_fp16", "pure_bf16")
+#: precision settings of a loaded model (:mod:`irkit.precision`): auto | fp32 | bf16 | fp16
+#: autocast around float32 weights; pure_bf16 | pure_fp16 cast the weights themselves
+PRECISIONS = MODEL_PRECISION_SETTINGS
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 _STRIP_PREFIXES = ("module.", "_orig_mod.")
 _MAX_LISTED = 5
@@ -62,7 +65,7 @@ class LoadedModel:
     embed_dim: int
     transform_config: TransformConfig = field(repr=False, default=None)  # type: ignore[assignment]
     device: str = "cpu"
-    precision: str = "fp32"
+    precision: str = "fp32"                  # resolved: fp32 | bf16 | fp16 | pure_bf16 | pure_fp16
     weights_source: str = ""                 # "checkpoint PATH" / "pretrained tag T" / "random init (seed S)"
     checkpoint_path: Optional[str] = None    # the local weights file, when there is one
 
@@ -77,14 +80,19 @@ class LoadedModel:
         (``no_grad`` rather than ``inference_mode``: callers may feed the result to a module
         they train, which inference tensors would refuse.)
         """
-        with torch.no_grad():
+        with torch.no_grad(), self.autocast():
             features = self.model.encode_image(pixel_batch.to(self.device, self.input_dtype))
-            return F.normalize(features.float(), dim=-1)
+        return F.normalize(features.float(), dim=-1)
+
+    def autocast(self) -> ContextManager[Any]:
+        """The forward-pass context of this model's precision (autocast for bf16/fp16)."""
+        return autocast_for(self.precision, self.device)
 
     def encode_text_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """``[B, context_length]`` token ids -> ``[B, D]`` float32 L2-normalised, no grad."""
-        with torch.no_grad():
-            return F.normalize(self.model.encode_text(tokens.to(self.device)).float(), dim=-1)
+        with torch.no_grad(), self.autocast():
+            features = self.model.encode_text(tokens.to(self.device))
+        return F.normalize(features.float(), dim=-1)
 
     def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
         """Texts -> ``[N, D]`` float32 L2-normalised numpy array (progress bar for long lists).
@@ -421,6 +429,37 @@ def _weights_id(schema: Optional[str], name: str, pretrained: Optional[str],
     return f"random-init:{seed}"
 
 
+#: ``create_model(memory_format=...)``: auto = channels-last for convolutional image towers
+MEMORY_FORMATS = ("auto", "contiguous")
+
+
+def _open_clip_precision(name: str) -> str:
+    """open_clip's ``precision`` (weights dtype) for a resolved irkit precision name: weights
+    stay float32 under autocast (bf16 / fp16); ``pure_*`` cast them."""
+    return name if name in PURE_PRECISIONS else "fp32"
+
+
+def has_convolutions(module: torch.nn.Module) -> bool:
+    """True when ``module`` holds a 2-d convolution other than a ViT's patch embedding (a conv
+    whose stride equals its kernel: channels-last gains nothing there)."""
+    for layer in module.modules():
+        if isinstance(layer, torch.nn.Conv2d) and tuple(layer.stride) != tuple(layer.kernel_size):
+            return True
+    return False
+
+
+def use_channels_last(model: torch.nn.Module) -> bool:
+    """Put the image tower of ``model`` in channels-last memory layout when it is convolutional
+    (ResNet / ConvNeXt towers: ~1.5x faster training and ~1.7x faster inference on CPU for
+    irkit-tiny, ``bench/profile_reproduce.py``); returns whether it did. Values are unchanged up
+    to float rounding."""
+    visual = getattr(model, "visual", model)
+    if not has_convolutions(visual):
+        return False
+    visual.to(memory_format=torch.channels_last)
+    return True
+
+
 def create_model(
     model_name: str = "irkit-tiny",
     pretrained: Optional[str] = None,
@@ -430,6 +469,7 @@ def create_model(
     precision: str = "fp32",
     seed: int = 0,
     random_init: bool = False,
+    memory_format: str = "auto",
 ) -> LoadedModel:
     """Create an open_clip model (eval mode) with tokenizer, transforms and a weights id.
 
@@ -438,10 +478,14 @@ def create_model(
     weights and without ``random_init`` an InputError says so: a forgotten ``--checkpoint`` is
     never answered by a random model. ``transform`` is a name from
     :data:`irkit.transforms.TRANSFORM_NAMES`; mean/std/interpolation come from the model.
+    ``precision``: a setting of :mod:`irkit.precision` (``auto`` resolves per device; the
+    resolved name is ``LoadedModel.precision``). ``memory_format``: ``auto`` puts convolutional
+    image towers in channels-last layout (faster on CPU and GPU), ``contiguous`` keeps them.
     """
-    if precision not in PRECISIONS:
-        raise InputError(f"unknown precision '{precision}' (expected one of: {', '.join(PRECISIONS)})",
-                         field="precision")
+    resolved_precision = resolve_precision(precision, device, allow_pure=True)
+    if memory_format not in MEMORY_FORMATS:
+        raise InputError(f"unknown memory format '{memory_format}' (expected one of: {', '.join(MEMORY_FORMATS)})",
+                         field="memory_format")
     if transform not in TRANSFORM_NAMES:
         raise InputError(f"unknown transform '{transform}' (expected one of: {', '.join(TRANSFORM_NAMES)})",
                          field="transform")
@@ -477,7 +521,8 @@ def create_model(
             with torch.random.fork_rng(devices=[]), _quiet_open_clip_init_warning():
                 torch.manual_seed(seed)  # random init (and any unloaded parameter) is seeded
                 model = open_clip.create_model(name, pretrained=pretrained if schema is None else None,
-                                               precision=precision, device=device)
+                                               precision=_open_clip_precision(resolved_precision.name),
+                                               device=device)
     except InputError:
         raise
     except Exception as e:
@@ -503,6 +548,9 @@ def create_model(
     else:
         source = weights_id
     model.eval()
+    if memory_format == "auto":
+        use_channels_last(model)
+    log.info("model %s: %s", name, resolved_precision.describe())
 
     pp_cfg = open_clip.get_model_preprocess_cfg(model)
     transform_cfg = TransformConfig(
@@ -517,6 +565,6 @@ def create_model(
         train_transform=build_transform(transform_cfg, is_train=True),
         model_name=name, weights_id=weights_id, transform_name=transform,
         image_size=transform_cfg.image_size, embed_dim=_embed_dim(model),
-        transform_config=transform_cfg, device=str(device), precision=precision,
+        transform_config=transform_cfg, device=str(device), precision=resolved_precision.name,
         weights_source=source, checkpoint_path=str(checkpoint) if checkpoint is not None else None,
     )

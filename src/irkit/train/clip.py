@@ -79,6 +79,7 @@ class ClipTrainConfig:
     seed: int = 0
     precision: str = "auto"                 # auto: amp on CUDA, fp32 on CPU
     transform: str = "square"               # irkit transform name used for training
+    memory_format: str = "auto"             # auto: channels-last for convolutional image towers
     exif_transpose: bool = True             # apply the images' EXIF orientation (user folders)
     max_image_pixels: int = 64_000_000      # images with more pixels are refused before decoding
     log_dir: Path = Path("log")
@@ -290,6 +291,7 @@ def _patched_open_clip_train(config: ClipTrainConfig) -> Iterator[Any]:
     import open_clip_train.main as oct_main
 
     import irkit.models  # noqa: F401  (registers irkit's model configs with open_clip)
+    from irkit.models.factory import use_channels_last
     from irkit.transforms import ImageReader, build_transform
     from torchvision.transforms import Compose
 
@@ -310,6 +312,8 @@ def _patched_open_clip_train(config: ClipTrainConfig) -> Iterator[Any]:
 
     def create_model_and_transforms(*args: Any, **kwargs: Any):
         model, preprocess_train, preprocess_val = original_create(*args, **kwargs)
+        if config.memory_format == "auto" and use_channels_last(model):
+            logging.getLogger(__name__).info("image tower in channels-last memory layout (convolutional)")
         cfg = model.visual.preprocess_cfg
         image_size = cfg["size"] if isinstance(cfg, dict) else cfg.size
         mean = cfg["mean"] if isinstance(cfg, dict) else cfg.mean
@@ -418,6 +422,7 @@ def check_model_and_weights(config: ClipTrainConfig) -> None:
     import open_clip
 
     import irkit.models  # noqa: F401  (registers irkit's model configs with open_clip)
+    from irkit.models.factory import use_channels_last
     from irkit.models.factory import check_model_name, read_state_dict
 
     schema, name = check_model_name(config.model)

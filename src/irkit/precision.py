@@ -1,0 +1,141 @@
+"""Compute precision: one setting (``auto | fp32 | bf16 | fp16``) resolved once per device.
+
+``bf16`` / ``fp16`` mean autocast around the forward pass with float32 weights (and float32
+optimizer state when training); ``pure_bf16`` / ``pure_fp16`` (models only) cast the weights
+themselves, as open_clip's ``precision`` does. ``auto`` picks, for the device at hand:
+
+* CUDA: bf16 where the GPU supports it, else fp16 (AMP);
+* CPU: bf16 where the CPU has bf16 matrix units (AMX ``amx_bf16``) or ``avx512_bf16``
+  instructions, else fp32 -- without them, bf16 matmuls run several times *slower* than fp32
+  (measured 65 against 262 GFLOP/s on an AVX-512 CPU without either, ``bench/bench_embed.py``);
+* anything else: fp32.
+
+``IRKIT_PRECISION=fp32`` (or bf16 / fp16) in the environment fixes what ``auto`` resolves to.
+
+The resolved name is what caches key on and what runs record (``params``, metrics files), so a
+bf16 and an fp32 embedding of the same image never share a cache entry.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, ContextManager, Union
+
+import torch
+
+from irkit.errors import InputError
+
+#: The precision settings every compute path accepts (``auto`` resolves to one of the others).
+PRECISION_SETTINGS = ("auto", "fp32", "bf16", "fp16")
+#: Settings that cast a model's weights instead of autocasting (open_clip's ``pure_*``).
+PURE_PRECISIONS = ("pure_bf16", "pure_fp16")
+#: Every setting a loaded model accepts.
+MODEL_PRECISION_SETTINGS = PRECISION_SETTINGS + PURE_PRECISIONS
+#: CPU flags (``/proc/cpuinfo``) of fast bf16 matrix arithmetic.
+CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+
+#: Environment variable that fixes what ``auto`` resolves to (e.g. ``fp32`` for bit-exact runs).
+PRECISION_ENV = "IRKIT_PRECISION"
+
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class Precision:
+    """A resolved precision: ``name`` is fp32 | bf16 | fp16 | pure_bf16 | pure_fp16."""
+
+    setting: str        # what was asked for (auto | fp32 | ...)
+    name: str           # what runs
+    device_type: str    # "cpu" | "cuda" | ...
+    reason: str         # one line: why ``auto`` chose ``name`` (or "asked for")
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        """The autocast dtype, or None when the forward pass runs in the weights' own dtype."""
+        return _AUTOCAST_DTYPES.get(self.name)
+
+    @property
+    def weights_dtype(self) -> torch.dtype:
+        """dtype of the model weights under this precision."""
+        return {"pure_bf16": torch.bfloat16, "pure_fp16": torch.float16}.get(self.name, torch.float32)
+
+    def autocast(self) -> ContextManager[Any]:
+        """Context manager for forward passes: ``torch.autocast`` for bf16/fp16, else a no-op."""
+        dtype = self.autocast_dtype
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device_type, dtype=dtype)
+
+    def open_clip_train_precision(self) -> str:
+        """open_clip_train's ``--precision`` for this precision."""
+        return {"fp32": "fp32", "bf16": "amp_bf16", "fp16": "amp", "pure_bf16": "pure_bf16",
+                "pure_fp16": "pure_fp16"}[self.name]
+
+    def describe(self) -> str:
+        """``precision bf16 (auto: CPU has amx_bf16)``-style one-liner for logs and the console."""
+        return f"precision {self.name} ({self.setting}: {self.reason})"
+
+    def to_json(self) -> dict[str, str]:
+        return {"setting": self.setting, "name": self.name, "device": self.device_type, "reason": self.reason}
+
+
+@lru_cache(maxsize=1)
+def cpu_bf16_flags(cpuinfo: Union[str, Path] = "/proc/cpuinfo") -> tuple[str, ...]:
+    """Which of :data:`CPU_BF16_FLAGS` this CPU reports (empty where ``cpuinfo`` is unreadable)."""
+    try:
+        text = Path(cpuinfo).read_text(errors="replace")
+    except OSError:
+        return ()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[-1].split())
+            return tuple(flag for flag in CPU_BF16_FLAGS if flag in flags)
+    return ()
+
+
+def _device_type(device: Union[str, torch.device]) -> str:
+    return torch.device(device).type if not isinstance(device, torch.device) else device.type
+
+
+def resolve_precision(setting: str = "auto", device: Union[str, torch.device] = "cpu",
+                      allow_pure: bool = False) -> Precision:
+    """The :class:`Precision` that ``setting`` means on ``device``.
+
+    ``allow_pure``: also accept ``pure_bf16`` / ``pure_fp16`` (weights cast; models only).
+    An unknown setting raises InputError listing the accepted ones.
+    """
+    accepted = MODEL_PRECISION_SETTINGS if allow_pure else PRECISION_SETTINGS
+    if isinstance(setting, Precision):
+        return setting
+    if setting not in accepted:
+        raise InputError(f"unknown precision '{setting}' (expected one of: {', '.join(accepted)})",
+                         field="precision")
+    device_type = _device_type(device)
+    if setting == "auto" and os.environ.get(PRECISION_ENV):
+        chosen = os.environ[PRECISION_ENV]
+        if chosen not in accepted or chosen == "auto":
+            raise InputError(f"{PRECISION_ENV}={chosen!r} is not a precision (expected one of: "
+                             f"{', '.join(a for a in accepted if a != 'auto')})", field=PRECISION_ENV)
+        return Precision("auto", chosen, device_type, f"{PRECISION_ENV} is set")
+    if setting != "auto":
+        return Precision(setting, setting, device_type, "asked for")
+    if device_type == "cuda":
+        if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+            return Precision("auto", "bf16", device_type, "the GPU supports bf16")
+        return Precision("auto", "fp16", device_type, "the GPU has no bf16: fp16 AMP")
+    if device_type == "cpu":
+        flags = cpu_bf16_flags()
+        if flags:
+            return Precision("auto", "bf16", device_type, f"the CPU has {' and '.join(flags)}")
+        return Precision("auto", "fp32", device_type,
+                         "the CPU has neither amx_bf16 nor avx512_bf16, where bf16 is slower than fp32")
+    return Precision("auto", "fp32", device_type, f"no reduced precision chosen for device type {device_type}")
+
+
+def autocast_for(precision: Union[str, Precision], device: Union[str, torch.device] = "cpu") -> ContextManager[Any]:
+    """``resolve_precision(precision, device).autocast()`` (a no-op context for fp32)."""
+    return resolve_precision(precision, device, allow_pure=True).autocast()
