@@ -40,6 +40,8 @@ CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 
 #: Environment variable that fixes what ``auto`` resolves to (e.g. ``fp32`` for bit-exact runs).
 PRECISION_ENV = "IRKIT_PRECISION"
+#: A training run folder's record of its resolved precision (:meth:`Precision.to_json`).
+PRECISION_FILE = "precision.json"
 
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -134,6 +136,18 @@ def resolve_precision(setting: str = "auto", device: Union[str, torch.device] = 
         return Precision("auto", "fp32", device_type,
                          "the CPU has neither amx_bf16 nor avx512_bf16, where bf16 is slower than fp32")
     return Precision("auto", "fp32", device_type, f"no reduced precision chosen for device type {device_type}")
+
+
+def resolve_training_precision(setting: Union[str, Precision] = "auto",
+                               device: Union[str, torch.device] = "cpu") -> Precision:
+    """The precision a trainer runs its forward passes (and loss) in, with float32 weights and
+    optimizer state: :func:`resolve_precision`, where ``pure_bf16`` / ``pure_fp16`` (a backbone
+    loaded with cast weights) mean autocast of that dtype for the float32 parameters trained."""
+    resolved = resolve_precision(setting, device, allow_pure=True)
+    if resolved.name in PURE_PRECISIONS:
+        return Precision(resolved.setting, resolved.name[len("pure_"):], resolved.device_type,
+                         f"{resolved.reason}; the trained weights stay float32 under autocast")
+    return resolved
 
 
 def autocast_for(precision: Union[str, Precision], device: Union[str, torch.device] = "cpu") -> ContextManager[Any]:

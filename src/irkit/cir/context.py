@@ -48,11 +48,15 @@ def frozen(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
             parameter.requires_grad_(flag)
 
 
-def encode_token_ids(model: torch.nn.Module, token_ids: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """Plain text features [N, d] (unnormalised, float32, CPU) of token ids [N, L], no grad."""
+def encode_token_ids(model: torch.nn.Module, token_ids: torch.Tensor, batch_size: int = 256,
+                     precision: str = "fp32") -> torch.Tensor:
+    """Plain text features [N, d] (unnormalised, float32, CPU) of token ids [N, L], no grad, under
+    the autocast of ``precision`` (:mod:`irkit.precision`; a loaded model's ``.precision``)."""
+    from irkit.precision import autocast_for
+
     out = []
     device = model_device(model)
-    with torch.no_grad():
+    with torch.no_grad(), autocast_for(precision, device):
         for start in range(0, token_ids.shape[0], batch_size):
             out.append(model.encode_text(token_ids[start:start + batch_size].to(device)).float().cpu())
     return torch.cat(out) if out else torch.zeros(0, 0)

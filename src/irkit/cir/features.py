@@ -72,7 +72,8 @@ def raw_text_embeddings(loaded: Any, texts: Sequence[str], batch_size: int = 256
         if not unique:
             return np.zeros((0, loaded.embed_dim), np.float32)
         warn_truncated(loaded.tokenizer, unique, f"model '{loaded.model_name}'")
-        encoded = encode_token_ids(loaded.model, loaded.tokenizer(unique), batch_size).numpy().astype(np.float32)
+        encoded = encode_token_ids(loaded.model, loaded.tokenizer(unique), batch_size,
+                                   loaded.precision).numpy().astype(np.float32)
         return require_finite(encoded, "text embeddings", f"model '{loaded.model_name}' "
                               f"({getattr(loaded, 'weights_source', '') or loaded.weights_id})")
 
@@ -200,7 +201,7 @@ def _encode_tokens_uncached(loaded: Any, paths: Sequence[Path], batch_size: int,
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                                          collate_fn=embeddings.collate_decoded)
     out: Optional[np.ndarray] = None
-    with embeddings.torch_threads(), torch.inference_mode(), \
+    with embeddings.torch_threads(), torch.inference_mode(), loaded.autocast(), \
             tqdm(total=len(paths), desc="patch tokens", unit="img", disable=len(paths) < 2 * batch_size) as bar:
         for indices, pixels, errors in loader:
             if errors:

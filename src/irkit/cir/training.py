@@ -48,6 +48,7 @@ class TrainingConfig:
     include_shared_concept: bool = False
     grad_clip_norm: Optional[float] = None  # the published trainers do not clip
     dropout: float = 0.5            # phi networks (SEARLE, LinCIR) only
+    precision: str = "auto"         # irkit.precision setting of the forward passes; weights stay float32
 
     def to_params(self) -> dict[str, Any]:
         return asdict(self)
@@ -145,7 +146,8 @@ def train_with_validation(model: torch.nn.Module, loss_fn: Callable[[Any], Any],
                           extra_state: Optional[Mapping[str, Any]] = None) -> loop.TrainResult:
     """Train ``model``'s trainable parameters with AdamW for ``config.steps`` steps (linear warm-up
     then constant LR when ``config.warmup``), validating every ``config.validate_every`` steps and
-    keeping ``best.pt`` by ``metric`` (default: the validator's ``.metric``)."""
+    keeping ``best.pt`` by ``metric`` (default: the validator's ``.metric``); forward passes under
+    ``config.precision``'s autocast (:func:`irkit.train.loop.train`)."""
     from open_clip_train.scheduler import const_lr
 
     parameters = [p for p in model.parameters() if p.requires_grad]
@@ -158,6 +160,7 @@ def train_with_validation(model: torch.nn.Module, loss_fn: Callable[[Any], Any],
         best_metric=metric if validator is not None else None, best_mode="max",
         extra_state=extra_state, resume=resume, seed=config.seed, lr_schedule=schedule,
         grad_clip_norm=config.grad_clip_norm, log_every=max(1, min(50, config.validate_every or 50)),
+        precision=config.precision,
     )
 
 

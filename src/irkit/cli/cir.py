@@ -180,7 +180,8 @@ def _run_train_phi(args: argparse.Namespace) -> int:
         raise InputError("lincir phi training needs --captions (a .txt or caption CSV)", field="captions")
     config = TrainingConfig(steps=args.steps, batch_size=args.train_batch_size, learning_rate=args.lr,
                             weight_decay=args.wd, dropout=args.dropout, validate_every=args.validate_every,
-                            seed=args.seed, include_shared_concept=args.include_shared_concept)
+                            seed=args.seed, include_shared_concept=args.include_shared_concept,
+                            precision=args.precision)
     ctx = cir_context(args)
     validator = None
     if args.val_dataset is not None:

@@ -141,7 +141,8 @@ def _training_config(args: argparse.Namespace) -> Any:
 
     return TrainingConfig(steps=args.steps, batch_size=args.train_batch_size, learning_rate=args.lr,
                               weight_decay=args.wd, warmup=args.warmup, validate_every=args.validate_every,
-                              seed=args.seed, include_shared_concept=args.include_shared_concept)
+                              seed=args.seed, include_shared_concept=args.include_shared_concept,
+                              precision=args.precision)
 
 
 def _val_splits(args: argparse.Namespace) -> list[Any]:

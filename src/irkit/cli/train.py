@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from irkit.cli.common import (
+    PRECISION_HELP,
     add_allow_param_change_argument,
     non_negative_int,
     output_folder,
@@ -16,8 +17,9 @@ from irkit.cli.common import (
     positive_int,
 )
 
-#: open_clip_train's --precision choices
-OPEN_CLIP_PRECISIONS = ("amp", "amp_bf16", "amp_bfloat16", "bf16", "fp16", "pure_bf16", "pure_fp16", "fp32")
+#: irkit's precision settings, then open_clip_train's own --precision names passed through as asked
+#: (irkit.train.clip.OPEN_CLIP_TRAIN_PRECISIONS; repeated here so --help needs no torch import)
+CLIP_PRECISIONS = ("auto", "fp32", "bf16", "fp16", "amp", "amp_bf16", "amp_bfloat16", "pure_bf16", "pure_fp16")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -52,8 +54,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                            "--nproc (default: 25 fine-tuning, 128 from scratch)")
     clip.add_argument("--workers", type=non_negative_int, default=1, help="data-loading worker processes")
     clip.add_argument("--seed", type=int, default=0, help="random seed (data order, augmentation, init)")
-    clip.add_argument("--precision", default="auto", choices=["auto", *OPEN_CLIP_PRECISIONS],
-                      help="open_clip_train precision; auto = amp on CUDA, fp32 on CPU")
+    clip.add_argument("--precision", default="auto", choices=list(CLIP_PRECISIONS),
+                      help=PRECISION_HELP + " (open_clip_train amp_bf16 / amp); open_clip_train's own names amp, "
+                           "amp_bf16, pure_bf16, pure_fp16 are passed through; the choice is in the run's "
+                           "precision.json")
     clip.add_argument("--transform", default="square", choices=["square", "targetpad", "center"],
                       help="training image preprocessing (square = black padding to a square, as published)")
     clip.add_argument("--log-dir", type=output_folder, default=Path("log"), help="parent folder of the run folder")
@@ -110,5 +114,6 @@ def _run_clip(args: argparse.Namespace) -> int:
     ), allow_param_change=args.allow_param_change)
     if launched_rank() == 0:
         print(json.dumps({"run_dir": str(result.run_dir), "final_checkpoint": str(result.final_checkpoint),
-                          "results": result.results[-1] if result.results else None}))
+                          "results": result.results[-1] if result.results else None,
+                          "precision": result.precision}))
     return 0

@@ -20,6 +20,7 @@ default phrases are built offline from ``resources/phrase_templates.txt`` over
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import pickle
@@ -58,6 +59,7 @@ from irkit.models.pseudo_token import (
     token_width,
     tokenize_prompts,
 )
+from irkit.precision import Precision, resolve_training_precision
 from irkit.train.loop import index_batches
 
 #: Nearest concepts an image's regularisation phrase is drawn from: OTI (published 15) and
@@ -251,9 +253,11 @@ def _published_token_tensor(value: Any, path: Path, rows: int) -> torch.Tensor:
 
 
 def oti_params(loaded: Any, config: OTIConfig, bank: PhraseBank, templates: Sequence[str]) -> dict[str, Any]:
-    """Everything that determines OTI tokens (besides the images): the store's key."""
+    """Everything that determines OTI tokens (besides the images): the store's key, the backbone's
+    resolved precision included (OTI runs under its autocast)."""
     return {"method": "searle-oti", **asdict(config), "model_name": loaded.model_name,
-            "weights_id": loaded.weights_id, "phrases": bank.fingerprint(), "templates": stable_hash(list(templates))}
+            "weights_id": loaded.weights_id, "precision": loaded.precision, "phrases": bank.fingerprint(),
+            "templates": stable_hash(list(templates))}
 
 
 def _differences(saved: Mapping[str, Any], wanted: Mapping[str, Any]) -> list[str]:
@@ -287,7 +291,7 @@ def run_oti(loaded: Any, image_ids: Sequence[str], image_features: np.ndarray | 
     width = token_width(model)
     if (out_dir / OTI_FILE).is_file():
         store = OTITokens.load(out_dir)
-        diffs = _differences(store.params, params)
+        diffs = _differences({"precision": "fp32", **store.params}, params)  # stores before precision: fp32
         if diffs:
             raise InputError("existing OTI tokens were computed with other settings (" + "; ".join(diffs)
                              + "); choose another output folder", path=out_dir / OTI_FILE)
@@ -297,8 +301,9 @@ def run_oti(loaded: Any, image_ids: Sequence[str], image_features: np.ndarray | 
     device = model_device(model)
     placeholder_id = placeholder_token_id(tokenizer)
     template_ids = tokenize_prompts(tokenizer, list(templates))
+    forward = resolve_training_precision(loaded.precision, device)  # tokens and optimizer state stay float32
     with frozen(model):
-        encoded = EncodedPhrases.encode(model, tokenizer, bank)
+        encoded = EncodedPhrases.encode(model, tokenizer, bank, precision=loaded.precision)
         nearest_concepts = encoded.top_concepts(features, config.top_k_concepts)
         done = set(store.ids)
         starts = list(range(0, len(image_ids), config.batch_size))
@@ -310,7 +315,7 @@ def run_oti(loaded: Any, image_ids: Sequence[str], image_features: np.ndarray | 
                 continue
             rows = torch.arange(start, start + len(batch_ids))
             ema, last = _invert_batch(model, placeholder_id, template_ids, encoded, features[rows].to(device),
-                                      nearest_concepts[rows], config, batch_index)
+                                      nearest_concepts[rows], config, batch_index, precision=forward)
             store = store.merged(batch_ids, ema, last, features[rows])
             store.save(out_dir)
             done.update(batch_ids)
@@ -323,8 +328,10 @@ def run_oti(loaded: Any, image_ids: Sequence[str], image_features: np.ndarray | 
 
 def _invert_batch(model: torch.nn.Module, placeholder_id: int, template_ids: torch.Tensor, encoded: EncodedPhrases,
                   image_features: torch.Tensor, nearest_concepts: torch.Tensor, config: OTIConfig,
-                  batch_index: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Optimise B pseudo tokens [B, w] for B images; returns (EMA tokens, last tokens) on CPU."""
+                  batch_index: int, precision: Optional[Precision] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Optimise B pseudo tokens [B, w] for B images (forward passes and loss under ``precision``'s
+    autocast; float32 tokens); returns (EMA tokens, last tokens) on CPU."""
+    forward = precision.autocast if precision is not None else contextlib.nullcontext
     generator = torch.Generator().manual_seed(config.seed * 1_000_003 + batch_index)
     batch = image_features.shape[0]
     device = image_features.device
@@ -336,10 +343,12 @@ def _invert_batch(model: torch.nn.Module, placeholder_id: int, template_ids: tor
     for _ in range(config.steps):
         template_rows = torch.randint(template_ids.shape[0], (batch,), generator=generator)
         phrase_rows = encoded.sample(nearest_concepts, generator)
-        template_features = encode_with_pseudo_tokens(model, template_ids[template_rows], tokens, placeholder_id, "first")
-        loss_cos = cosine_distance_loss(template_features, image_features)
-        loss_reg = phrase_regulariser(model, placeholder_id, tokens, encoded, phrase_rows)
-        loss = (config.lambda_cos * loss_cos + config.lambda_reg * loss_reg) / total_weight
+        with forward():
+            template_features = encode_with_pseudo_tokens(model, template_ids[template_rows], tokens, placeholder_id,
+                                                          "first")
+            loss_cos = cosine_distance_loss(template_features, image_features)
+            loss_reg = phrase_regulariser(model, placeholder_id, tokens, encoded, phrase_rows)
+            loss = (config.lambda_cos * loss_cos + config.lambda_reg * loss_reg) / total_weight
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -404,7 +413,7 @@ def train_phi_searle(loaded: Any, oti: OTITokens, run: Any, config: TrainingConf
     features, targets = oti.image_features.float(), oti.tokens.float()
 
     with frozen(model):
-        encoded = EncodedPhrases.encode(model, tokenizer, bank)
+        encoded = EncodedPhrases.encode(model, tokenizer, bank, precision=loaded.precision)
         nearest_concepts = encoded.top_concepts(features, top_k_concepts)
 
         def loss_fn(rows: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:

@@ -213,9 +213,11 @@ class EncodedPhrases:
     concept_embeddings: torch.Tensor  # [C, d] L2-normalised mean of each concept's phrase features
 
     @classmethod
-    def encode(cls, model: torch.nn.Module, tokenizer: Any, bank: PhraseBank, batch_size: int = 256) -> "EncodedPhrases":
+    def encode(cls, model: torch.nn.Module, tokenizer: Any, bank: PhraseBank, batch_size: int = 256,
+               precision: str = "fp32") -> "EncodedPhrases":
+        """Tokenise the bank and encode its phrases (under ``precision``'s autocast)."""
         masked_ids = tokenize_prompts(tokenizer, [p.masked for p in bank.phrases])
-        embeddings = encode_token_ids(model, tokenizer([p.text for p in bank.phrases]), batch_size)
+        embeddings = encode_token_ids(model, tokenizer([p.text for p in bank.phrases]), batch_size, precision)
         normalised = F.normalize(embeddings, dim=-1)
         concept_embeddings = torch.stack([normalised[bank.phrase_indices(c)].mean(0) for c in bank.concepts])
         return cls(bank, masked_ids, embeddings, F.normalize(concept_embeddings, dim=-1))
@@ -311,7 +313,7 @@ def encode_queries_with_tokens(loaded: Any, split: CIRSplit, reference_tokens: t
     warn_truncated(tokenizer, prompts, f"model '{loaded.model_name}'")  # once, with the count
     features = np.zeros((len(prompts), loaded.embed_dim), dtype=np.float32)
     starts = range(0, len(prompts), batch_size)
-    with torch.no_grad():
+    with torch.no_grad(), loaded.autocast():
         for start in tqdm(starts, desc="queries", unit="batch", disable=not progress or len(starts) < 4):
             chunk = prompts[start:start + batch_size]
             ids = tokenize_prompts(tokenizer, chunk)

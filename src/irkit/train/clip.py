@@ -59,6 +59,7 @@ import torch
 from irkit.distributed import launched_rank, launched_world_size
 from irkit.errors import InputError, first_line_of
 from irkit.io import atomic_path, atomic_write_json
+from irkit.precision import PRECISION_FILE  # the run folder's record of the resolved precision
 
 
 @dataclass
@@ -77,7 +78,7 @@ class ClipTrainConfig:
     batch_size: Optional[int] = None
     workers: int = 1
     seed: int = 0
-    precision: str = "auto"                 # auto: amp on CUDA, fp32 on CPU
+    precision: str = "auto"                 # irkit setting (auto | fp32 | bf16 | fp16) or an open_clip_train name
     transform: str = "square"               # irkit transform name used for training
     memory_format: str = "auto"             # auto: channels-last for convolutional image towers
     exif_transpose: bool = True             # apply the images' EXIF orientation (user folders)
@@ -107,9 +108,36 @@ def _resolve(config: ClipTrainConfig) -> ClipTrainConfig:
     for key, value in defaults.items():
         if getattr(resolved, key) is None:
             setattr(resolved, key, value)
-    if resolved.precision == "auto":
-        resolved.precision = "amp" if torch.cuda.is_available() else "fp32"
+    resolved.precision = clip_precision(resolved.precision).open_clip_train_precision()
     return resolved
+
+
+#: open_clip_train's own ``--precision`` names irkit passes through, as the irkit precision name they
+#: mean (``amp``: fp16 autocast; ``amp_bf16``: bf16 autocast; ``pure_*``: weights cast). irkit's
+#: ``bf16`` / ``fp16`` are autocast (open_clip_train's ``amp_bf16`` / ``amp``), not its low-precision weights.
+OPEN_CLIP_TRAIN_PRECISIONS = {"amp": "fp16", "amp_bf16": "bf16", "amp_bfloat16": "bf16",
+                              "pure_bf16": "pure_bf16", "pure_fp16": "pure_fp16"}
+
+
+def training_device() -> str:
+    """The device open_clip_train trains on here: ``cuda`` when available, else ``cpu``."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def clip_precision(setting: str) -> Any:
+    """The :class:`irkit.precision.Precision` of a CLIP training run: an irkit setting (``auto |
+    fp32 | bf16 | fp16``, resolved for :func:`training_device`) or one of open_clip_train's names
+    (:data:`OPEN_CLIP_TRAIN_PRECISIONS`, taken as asked). ``.open_clip_train_precision()`` is the
+    ``--precision`` open_clip_train gets; an unknown name raises InputError listing both kinds."""
+    from irkit.precision import PRECISION_SETTINGS, Precision, resolve_precision
+
+    device = training_device()
+    if setting in OPEN_CLIP_TRAIN_PRECISIONS:
+        return Precision(setting, OPEN_CLIP_TRAIN_PRECISIONS[setting], device, "open_clip_train name, asked for")
+    if setting not in PRECISION_SETTINGS:
+        raise InputError(f"unknown precision '{setting}' (expected one of: "
+                         f"{', '.join((*PRECISION_SETTINGS, *OPEN_CLIP_TRAIN_PRECISIONS))})", field="precision")
+    return resolve_precision(setting, device)
 
 
 def default_clip_run_name(config: ClipTrainConfig) -> str:
@@ -372,6 +400,7 @@ class ClipTrainResult:
     run_dir: Path
     final_checkpoint: Path
     results: list[dict[str, Any]]
+    precision: str = "fp32"  # resolved: fp32 | bf16 | fp16 | pure_bf16 | pure_fp16
 
 
 def load_resume_checkpoint(file_path: str | os.PathLike, map_location: Any = None) -> Any:
@@ -520,7 +549,10 @@ def train_clip(config: ClipTrainConfig, allow_param_change: bool = False) -> Cli
     """
     from irkit.runs import mark_failed, run_failed
 
+    precision = clip_precision(config.precision)
     config = _resolve(config)
+    logging.getLogger(__name__).info("train clip: %s (open_clip_train --precision %s)", precision.describe(),
+                                     config.precision)
     if config.name is None:
         if config.resume == "latest":
             raise InputError("--resume latest needs --name of the run to continue", field="name")
@@ -541,7 +573,7 @@ def train_clip(config: ClipTrainConfig, allow_param_change: bool = False) -> Cli
             raise RuntimeError(f"open_clip_train exited with status {status}")
         final = run_dir / "checkpoints" / f"epoch_{config.epochs}.pt"
         if not main_rank:
-            return ClipTrainResult(run_dir=run_dir, final_checkpoint=final, results=[])
+            return ClipTrainResult(run_dir=run_dir, final_checkpoint=final, results=[], precision=precision.name)
         if not final.is_file():
             raise RuntimeError(f"training finished without its final checkpoint {final}")
     except BaseException as error:
@@ -556,10 +588,14 @@ def train_clip(config: ClipTrainConfig, allow_param_change: bool = False) -> Cli
     # cannot hold irkit's own options
     atomic_write_json(run_dir / IMAGE_READER_FILE, {"exif_transpose": bool(config.exif_transpose),
                                                     "max_pixels": int(config.max_image_pixels)}, indent=2)
+    # the resolved precision and why (auto's choice depends on the machine); params.txt has open_clip_train's name
+    atomic_write_json(run_dir / PRECISION_FILE, {**precision.to_json(),
+                                                 "open_clip_train": config.precision}, indent=2)
     results_src = run_dir / "checkpoints" / "results.jsonl"
     if results_src.is_file():
         with atomic_path(run_dir / "results.jsonl") as tmp:
             shutil.copyfile(results_src, tmp)
     from irkit.runs import read_results
 
-    return ClipTrainResult(run_dir=run_dir, final_checkpoint=final, results=read_results(run_dir))
+    return ClipTrainResult(run_dir=run_dir, final_checkpoint=final, results=read_results(run_dir),
+                           precision=precision.name)

@@ -19,6 +19,15 @@ order of an epoch from the epoch index alone (e.g. a generator seeded with
 interrupted epoch, skips the batches already used, restores the RNG states and ends with
 the same weights as an uninterrupted run.
 
+Precision (:mod:`irkit.precision`): ``precision`` (default ``auto``) is resolved once for the
+device of the model's parameters; each step's forward pass and loss run under its autocast
+(bf16 / fp16), the backward pass and the optimizer update outside it, so the trained weights and
+the optimizer state stay float32 (fp16 adds a gradient scaler). Validation runs as evaluation
+does (the backbone in its loaded model's precision, the trained part in float32). The resolved
+precision is logged to ``out.log``, written to ``<run>/precision.json`` and returned in
+:class:`TrainResult`; checkpoints record it, and resuming in another precision is logged. Exact
+resume holds within one precision (the test suite pins ``IRKIT_PRECISION=fp32``).
+
 Several processes (``torchrun --nproc_per_node N -m irkit cir train-... ``): every rank draws
 the same global batches; the loss function computes its rank's rows
 (:func:`irkit.distributed.local_rows`, scaled by :func:`irkit.distributed.local_share`, with
@@ -42,6 +51,8 @@ from tqdm import tqdm
 
 from irkit import distributed
 from irkit.errors import InputError
+from irkit.io import atomic_write_json
+from irkit.precision import PRECISION_FILE, Precision, resolve_training_precision
 from irkit.progress import StepRate
 from irkit.runs import FollowerRun, RunFolder, load_checkpoint
 
@@ -96,6 +107,7 @@ class TrainResult:
     last_metrics: dict[str, float] = field(default_factory=dict)
     latest_checkpoint: Optional[Path] = None
     best_checkpoint: Optional[Path] = None
+    precision: str = "fp32"        # resolved: fp32 | bf16 | fp16
 
 
 def _epoch_batches(train_batches: Any, epoch: int) -> Iterable[Any]:
@@ -182,6 +194,7 @@ def train(
     log_every: int = 10,
     grad_clip_norm: Optional[float] = None,
     progress: bool = True,
+    precision: Union[str, Precision] = "auto",
 ) -> TrainResult:
     """Train ``model`` for ``max_steps`` optimizer steps; log, validate, checkpoint, resume.
 
@@ -204,6 +217,9 @@ def train(
         checkpoint_every: also write ``latest.pt`` every N steps (0: only at epoch ends / the end).
         log_every: log the loss every N steps.
         grad_clip_norm: clip the gradient norm when given.
+        precision: ``auto | fp32 | bf16 | fp16`` (or ``pure_*``, meaning autocast of that dtype):
+            the autocast of each step's forward pass and loss (:func:`irkit.precision.resolve_training_precision`
+            for the device of ``model``'s parameters); weights and optimizer state stay float32.
 
     Returns:
         :class:`TrainResult`; ``best_checkpoint`` is ``best.pt`` when validation ran.
@@ -216,6 +232,11 @@ def train(
     distributed.init_process_group()
     if not distributed.is_main() and not isinstance(run, FollowerRun):
         run = FollowerRun(run.path)  # rank 0 alone writes the run folder
+    resolved = resolve_training_precision(precision, parameter_device(model))
+    run.log("training %s", resolved.describe())
+    if not isinstance(run, FollowerRun):
+        atomic_write_json(run.path / PRECISION_FILE, resolved.to_json(), indent=2)
+    scaler = torch.amp.GradScaler(resolved.device_type, enabled=resolved.name == "fp16")
     step, epoch, batch_in_epoch = 0, 0, 0
     best_value: Optional[float] = None
     best_step: Optional[int] = None
@@ -235,7 +256,12 @@ def train(
         best_value, best_step = state["best"]["value"], state["best"]["step"]
         last_metrics = dict(state.get("metrics") or {})
         saved_rng = state["rng"]
+        if "scaler" in state and scaler.is_enabled():
+            scaler.load_state_dict(state["scaler"])
         run.log("resumed from %s at step %d (epoch %d, batch %d)", resume_path, step, epoch, batch_in_epoch)
+        if state.get("precision", resolved.name) != resolved.name:
+            run.log("warning: the run trained in %s until step %d and continues in %s (not an exact resume)",
+                    state["precision"], step, resolved.name)
     else:
         if resume is not None:
             run.log("nothing to resume in %s; starting a fresh run", run.checkpoints_dir)
@@ -246,7 +272,8 @@ def train(
             "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng_state(),
             "best": {"metric": best_metric, "mode": best_mode, "value": best_value, "step": best_step},
-            "metrics": dict(last_metrics), "extra": extra,
+            "metrics": dict(last_metrics), "extra": extra, "precision": resolved.name,
+            **({"scaler": scaler.state_dict()} if scaler.is_enabled() else {}),
         }
 
     def validate() -> None:
@@ -294,14 +321,18 @@ def train(
                     saved_rng = None
                 if lr_schedule is not None:
                     lr_schedule(step)
-                loss, logs = _split_loss(compute_loss(batch))
+                with resolved.autocast():  # forward pass and loss; backward and update outside
+                    loss, logs = _split_loss(compute_loss(batch))
                 if not torch.isfinite(loss.detach()):
-                    raise FloatingPointError(f"loss is {loss.item()} at step {step}; lower the learning rate")
+                    raise FloatingPointError(f"loss is {loss.item()} at step {step} ({resolved.name}); lower the "
+                                             "learning rate" + ("" if resolved.name == "fp32" else " or use fp32"))
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                scaler.scale(loss.float()).backward()
                 if grad_clip_norm is not None:
+                    scaler.unscale_(optimizer)
                     torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip_norm)
-                optimizer.step()
+                scaler.step(optimizer)
+                scaler.update()
                 step += 1
                 batch_in_epoch += 1
                 bar.update(1)
@@ -341,7 +372,14 @@ def train(
     best_path = run.checkpoints_dir / BEST_NAME
     return TrainResult(step=step, epoch=epoch, best_value=best_value, best_step=best_step,
                        last_metrics=last_metrics, latest_checkpoint=latest_path,
-                       best_checkpoint=best_path if best_path.is_file() else None)
+                       best_checkpoint=best_path if best_path.is_file() else None, precision=resolved.name)
+
+
+def parameter_device(model: torch.nn.Module) -> torch.device:
+    """The device of ``model``'s first parameter (CPU for a module without parameters)."""
+    for parameter in model.parameters():
+        return parameter.device
+    return torch.device("cpu")
 
 
 def load_trained_state(path: str | Path) -> dict[str, Any]:

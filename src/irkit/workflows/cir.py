@@ -146,5 +146,6 @@ def describe_result(run: RunFolder, result: TrainResult) -> dict[str, Any]:
     """The one JSON line a training command prints."""
     return {"run_dir": str(run.path), "best_checkpoint": str(result.best_checkpoint or ""),
             "best_value": result.best_value, "best_step": result.best_step,
-            "latest_checkpoint": str(result.latest_checkpoint or ""), "steps": result.step}
+            "latest_checkpoint": str(result.latest_checkpoint or ""), "steps": result.step,
+            "precision": result.precision}
 
