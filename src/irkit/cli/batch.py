@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from irkit.cli.common import non_negative_int, output_folder
+from irkit.cli.common import add_precision_argument, non_negative_int, output_folder
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -65,6 +65,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     table.add_argument("--workers", type=non_negative_int, default=2, help="image decoding worker processes")
     table.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     table.add_argument("--cache-dir", type=Path, default=Path(".cache/irkit"), help="embedding cache")
+    add_precision_argument(table)
     table.set_defaults(func=_cir_table)
 
 
@@ -123,6 +124,6 @@ def _cir_table(args: argparse.Namespace) -> int:
     result = run_cir_table(args.data_root, args.out, scale=args.scale, model=args.model, pretrained=args.pretrained,
                            checkpoint=args.checkpoint, train_clip=not args.no_clip_training,
                            fusion=not args.skip_fusion, seed=args.seed, workers=args.workers,
-                           cache_dir=args.cache_dir, budget_overrides=overrides)
+                           cache_dir=args.cache_dir, budget_overrides=overrides, precision=args.precision)
     print((result.out_dir / "table.md").read_text())
     return 0

@@ -13,6 +13,9 @@ PRECISION_HELP = ("compute precision: auto = bf16 autocast on CPUs with AMX/avx5
                   "on older GPUs, else fp32 (the choice is printed and recorded); bf16/fp16 = autocast with "
                   "float32 weights")
 
+#: ``irkit.precision.PRECISION_SETTINGS``: the settings of commands that train or run whole workflows
+PRECISION_SETTINGS = ("auto", "fp32", "bf16", "fp16")
+
 SEPARATOR_WORDS = {"tab": "\t", "comma": ",", "semicolon": ";", "pipe": "|"}
 
 
@@ -153,6 +156,11 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="torch device for the model: cpu, cuda, cuda:1, ...")
     parser.add_argument("--precision", default="auto", choices=list(MODEL_PRECISIONS),
                         help=PRECISION_HELP + "; pure_bf16/pure_fp16 cast the weights too")
+
+
+def add_precision_argument(parser: argparse.ArgumentParser) -> None:
+    """``--precision auto|fp32|bf16|fp16`` of a command without the model options (which have their own)."""
+    parser.add_argument("--precision", default="auto", choices=list(PRECISION_SETTINGS), help=PRECISION_HELP)
 
 
 def add_encoding_arguments(parser: argparse.ArgumentParser) -> None:

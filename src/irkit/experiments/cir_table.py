@@ -137,6 +137,8 @@ class CIRTableResult:
 
 def table_params(setup: CIRBenchSetup, train_clip: bool, fusion: bool) -> dict[str, Any]:
     """Everything that changes the table's numbers (compared with an existing ``params.json``)."""
+    from irkit.precision import resolve_precision
+
     checkpoint = setup.clip_checkpoint
     return {
         "data_root": str(Path(setup.data_root).resolve()), "scale": setup.scale, "seed": setup.seed,
@@ -144,6 +146,7 @@ def table_params(setup: CIRBenchSetup, train_clip: bool, fusion: bool) -> dict[s
         "checkpoint": str(Path(checkpoint).resolve()) if checkpoint else None,
         "checkpoint_sha256": file_sha256(checkpoint) if checkpoint else None,
         "train_clip": bool(train_clip), "fusion": bool(fusion), "budgets": dict(setup.budgets),
+        "precision": resolve_precision(setup.precision, "cpu").name,  # resolved: auto's choice depends on the CPU
     }
 
 
@@ -285,9 +288,9 @@ def train_demo_clip(setup: CIRBenchSetup, stage_dir: Path) -> Path:
         epochs=int(budgets["clip_epochs"]), lr=float(budgets["clip_lr"]), wd=float(budgets["clip_wd"]),
         warmup=int(budgets["clip_warmup"]), batch_size=int(budgets["clip_batch_size"]),
         workers=max(1, min(setup.workers, 2)), seed=setup.seed, log_dir=stage_dir, name="run",
-        resume="latest" if has_checkpoint else None)
+        resume="latest" if has_checkpoint else None, precision=setup.precision)
     result = train_clip(config)
-    loaded = create_model(setup.model, checkpoint=result.final_checkpoint, seed=setup.seed)
+    loaded = create_model(setup.model, checkpoint=result.final_checkpoint, seed=setup.seed, precision=setup.precision)
     return save_weights(loaded, stage_dir / "model.safetensors")
 
 
@@ -339,7 +342,7 @@ def _train_phi(bench: _Bench, stage_dir: Path, method: str, steps: int, batch_si
 
     config = TrainingConfig(steps=int(steps), batch_size=int(batch_size), learning_rate=float(lr),
                             validate_every=int(validate_every), seed=bench.setup.seed,
-                            include_shared_concept=bench.include_shared_concept)
+                            include_shared_concept=bench.include_shared_concept, precision=bench.setup.precision)
     resume = "latest" if (stage_dir / "phi" / "params.txt").is_file() else None
     run = open_run(stage_dir, "phi", {"method": method, **config.to_params(), **extra}, resume)
     try:
@@ -493,12 +496,14 @@ def run_cir_table(data_root: Path | str, out_dir: Path | str, scale: str = "full
                   pretrained: Optional[str] = None, checkpoint: Optional[Path | str] = None,
                   train_clip: bool = True, fusion: bool = True, seed: int = 0, workers: int = 2,
                   cache_dir: Path | str = Path(".cache/irkit"),
-                  budget_overrides: Optional[Mapping[str, Any]] = None) -> CIRTableResult:
+                  budget_overrides: Optional[Mapping[str, Any]] = None, precision: str = "auto") -> CIRTableResult:
     """Run (or resume) every stage of the CIR table into ``out_dir``; see the module docstring.
 
     ``checkpoint`` / ``pretrained``: the CLIP weights (the starting point of the demo CIR model
     when ``train_clip``, else used as they are). ``fusion``: add the fusion / Combiner /
-    re-ranking rows (needs :mod:`irkit.experiments.fusion_rows`).
+    re-ranking rows (needs :mod:`irkit.experiments.fusion_rows`). ``precision``: the
+    :mod:`irkit.precision` setting of every model, encoding and training stage (its resolved name is
+    in ``params.json``, so a folder is never resumed in another precision).
     """
     import torch
 
@@ -522,7 +527,7 @@ def run_cir_table(data_root: Path | str, out_dir: Path | str, scale: str = "full
     setup = CIRBenchSetup(data_root=Path(data_root), out_dir=out_dir, model=model,
                           clip_checkpoint=Path(checkpoint) if checkpoint else None, pretrained=pretrained,
                           cache_dir=Path(cache_dir), scale=scale, seed=seed, workers=workers,
-                          budgets=resolve_budgets(scale, budget_overrides))
+                          budgets=resolve_budgets(scale, budget_overrides), precision=precision)
     resuming = claim_out_dir(out_dir, table_params(setup, train_clip, fusion))
     torch.manual_seed(seed)
     stages = _Stages(setup)

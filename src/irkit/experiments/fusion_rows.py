@@ -265,7 +265,7 @@ def _head_stage(bench: _Bench, stage: str) -> dict[str, Any]:
         steps, lr, weight_decay = budget.fusion_steps, budget.fusion_lr, budget.head_weight_decay
     config = TrainingConfig(steps=steps, batch_size=budget.head_batch_size, learning_rate=lr,
                                 weight_decay=weight_decay, validate_every=budget.validate_every,
-                                seed=bench.setup.seed)
+                                seed=bench.setup.seed, precision=bench.setup.precision)
 
     def trainer(dataset: str, run: Any) -> Any:
         return train_head(method_name, bench.ctx, bench.train_splits[dataset], run, config, model_config,
@@ -369,7 +369,8 @@ def _reranker_stage(bench: _Bench, stage1: Mapping[str, Any],
     model_config = head_model_config("reranker", dim, depth=budget.reranker_depth, num_heads=budget.reranker_heads)
     config = TrainingConfig(steps=budget.reranker_steps, batch_size=budget.reranker_batch_size,
                                 learning_rate=budget.reranker_lr, weight_decay=budget.head_weight_decay,
-                                validate_every=budget.reranker_validate_every, seed=bench.setup.seed)
+                                validate_every=budget.reranker_validate_every, seed=bench.setup.seed,
+                                precision=bench.setup.precision)
     val_k = budget.reranker_val_k or _default_val_k(budget)
     negatives = {"hard_negatives": budget.hard_negatives if stage1_train else 0,
                  "hard_negative_pool": budget.hard_negative_pool if stage1_train else None}

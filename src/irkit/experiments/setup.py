@@ -26,6 +26,8 @@ class CIRBenchSetup:
     ``irkit.models.create_model`` does; with neither, ``random_init=True`` must ask for random
     weights explicitly. Each stage writes only under ``out_dir / <stage>``.
     ``budgets`` holds per-stage step/epoch counts (scale-dependent; see ``cir_table``).
+    ``precision``: the :mod:`irkit.precision` setting of the CLIP model, CLIP training and every
+    trainer (``auto`` resolves on the CPU the table runs on).
     """
 
     data_root: Path
@@ -39,6 +41,7 @@ class CIRBenchSetup:
     seed: int = 0
     workers: int = 2
     budgets: dict[str, Any] = field(default_factory=dict)
+    precision: str = "auto"         # irkit.precision setting of every model, encoder and trainer
 
     def stage_dir(self, stage: str) -> Path:
         """``out_dir / stage`` (created)."""
@@ -123,7 +126,7 @@ class BenchContext:
 
         self.setup = setup
         self.loaded = create_model(setup.model, pretrained=setup.pretrained, checkpoint=setup.clip_checkpoint,
-                                   seed=setup.seed, random_init=setup.random_init)
+                                   seed=setup.seed, random_init=setup.random_init, precision=setup.precision)
         self.ctx = CIRContext(self.loaded, cache_dir=setup.cache_dir, batch_size=64, num_workers=setup.workers)
         self.roots = {d: get_benchmark(d).dataset_root(setup.data_root) for d in BENCHMARKS}
         self.val_splits = {d: load_cir_splits(d, self.roots[d], "val") for d in BENCHMARKS}

@@ -177,6 +177,7 @@ class TrafficInference:
     weights_id: str
     outputs: dict[str, Path] = field(default_factory=dict)
     image_reader: Optional[dict[str, Any]] = None   # how gallery images were read (EXIF, pixel limit)
+    precision: str = "fp32"                         # the model's resolved precision (irkit.precision)
 
     def submission(self) -> dict[str, Any]:
         """``{"results": vehicle answers + person answers}``: test_text.txt order, since the
@@ -188,6 +189,7 @@ class TrafficInference:
             "prompt": self.prompt,
             "prompt_suffix": PROMPT_SUFFIX if self.prompt == "suffix" else None,
             "weights_id": self.weights_id,
+            "precision": self.precision,
             "image_reader": self.image_reader,
             "num_vehicle_queries": len(self.vehicle.queries),
             "num_person_queries": len(self.person.queries),
@@ -310,7 +312,8 @@ def infer_traffic(split: TrafficSplit, loaded: Any, prompt: PromptMode = "suffix
                for kind in ("vehicle", "person")}
     inference = TrafficInference(vehicle=results["vehicle"], person=results["person"], prompt=prompt,
                                  weights_id=str(getattr(loaded, "weights_id", "unknown")),
-                                 image_reader=_reader_record(reader))
+                                 image_reader=_reader_record(reader),
+                                 precision=str(getattr(loaded, "precision", "fp32")))
     if out_dir is not None:
         out_dir = Path(out_dir)
         for kind, result in results.items():

@@ -77,6 +77,7 @@ class TrafficRunParams:
     cache_dir: str = ".cache/irkit"
     exif_transpose: bool = True        # apply the images' EXIF orientation (user folders)
     max_image_pixels: int = 64_000_000  # images with more pixels are refused before decoding
+    precision: str = "auto"            # irkit.precision: auto | fp32 | bf16 | fp16 (training, scoring, inference)
 
     def starts_from_pretrained(self) -> bool:
         return bool(self.pretrained or self.checkpoint)
@@ -96,6 +97,7 @@ class TrafficRun:
     folder: RunFolder
     kind: str                                              # "reproduce" | "quick-review"
     timings: dict[str, float] = field(default_factory=dict)
+    precisions: dict[str, str] = field(default_factory=dict)  # stage -> resolved precision (metrics.json)
 
     @property
     def path(self) -> Path:
@@ -133,6 +135,9 @@ def open_run(params: TrafficRunParams, run_dir: Path | str, kind: str) -> Traffi
         raise InputError("random_init was asked for together with weights (pretrained/checkpoint); expected "
                          "one of them", field="random_init")
     params.image_reader()  # checks the pixel limit
+    from irkit.precision import resolve_precision
+
+    resolve_precision(params.precision)  # an unknown setting is one line before the run folder exists
     run_dir = Path(run_dir)
     folder = RunFolder.create(run_dir.parent, run_dir.name, {"pipeline": kind, **asdict(params)}, adopt_fresh=True)
     return TrafficRun(params=params, folder=folder, kind=kind)
@@ -237,13 +242,14 @@ def _train_clip(run: TrafficRun, name: str, train_csv: Path, val_csv: Optional[P
         train_csv=train_csv, val_csv=val_csv, model=params.model, pretrained=start_weights,
         epochs=epochs, lr=params.lr or recipe["lr"], wd=params.wd or recipe["wd"],
         warmup=recipe["warmup"], lr_scheduler=lr_scheduler, batch_size=params.batch_size or recipe["batch_size"],
-        workers=params.workers, seed=params.seed, log_dir=run.path, name=name,
+        workers=params.workers, seed=params.seed, log_dir=run.path, name=name, precision=params.precision,
     )
     started = time.time()
     run.log("training stage '%s': %d epochs from %s", name, epochs, start_weights or "random init")
     result = train_clip(config)
-    run.log("training stage '%s' done in %.0f s; last val results: %s", name, time.time() - started,
-            result.results[-1] if result.results else None)
+    run.log("training stage '%s' done in %.0f s (%s); last val results: %s", name, time.time() - started,
+            result.precision, result.results[-1] if result.results else None)
+    run.precisions[f"{name}_training"] = result.precision
     return result.final_checkpoint
 
 
@@ -284,7 +290,8 @@ def prepare_captions(run: TrafficRun, data: TrafficData) -> Captions:
             # the warm-up checkpoint, the user's start weights (tag or file), or — from scratch without a
             # warm-up — the random init the recipe starts from (asked for explicitly)
             scorer = create_model(params.model, pretrained=start_weights, seed=params.seed,
-                                  random_init=start_weights is None)
+                                  random_init=start_weights is None, precision=params.precision)
+            run.precisions["augmentation"] = scorer.precision
             result = augment_labels_detailed(data.train_labels, scorer, data.train_images,
                                              load_car_attribute(data.car_attribute), cache_dir=params.cache_dir,
                                              num_workers=params.workers, source=data.train_label_file,
@@ -378,7 +385,8 @@ def _answer_with(run: TrafficRun, test: TrafficSplit, name: str, checkpoint: Opt
 
     params = run.params
     loaded = create_model(params.model, pretrained=pretrained, checkpoint=checkpoint, seed=params.seed,
-                          random_init=random_init)
+                          random_init=random_init, precision=params.precision)
+    run.precisions["inference"] = loaded.precision
     prompt, selection = resolve_prompt(params, loaded, test.root, run)
     prompts = prompt_order(prompt) if all_prompts else (prompt,)
     answers = {variant: infer_traffic(test, loaded, prompt=variant, out_dir=out_dir if i == 0 else None,
@@ -483,6 +491,8 @@ def evaluate_answers(run: TrafficRun, answers: GalleryAnswers, submissions: Subm
 
 
 def _finish(run: TrafficRun, metrics: dict[str, Any]) -> dict[str, Any]:
+    # the setting and what it resolved to in each stage (auto's choice depends on the machine)
+    metrics = {**metrics, "precision": {"setting": run.params.precision, **run.precisions}}
     atomic_write_json(run.path / "metrics.json", metrics, indent=2)
     run.log("metrics: %s", json.dumps({"prompt_ablation": metrics["prompt_ablation"]}))
     run.folder.close()

@@ -59,7 +59,8 @@ def review_cir_method(ctx: CIRContext, dataset: str, root: Path | str, method: s
                       method_checkpoint: Optional[Path | str] = None, include_shared_concept: bool = False,
                       run_dir: Optional[Path | str] = None, lincir_captions: Optional[Path | str] = None,
                       lincir_steps: int = 0, top_k: int = 10, **loader_options: Any) -> CIRReview:
-    """Evaluate ``method`` on ``dataset``/``split``; write ``metrics.json`` into ``run_dir``.
+    """Evaluate ``method`` on ``dataset``/``split``; write ``metrics.json`` (with the backbone's
+    resolved ``precision``, which phi training uses too) into ``run_dir``.
 
     For ``lincir`` without ``method_checkpoint`` and with ``lincir_captions`` and
     ``lincir_steps > 0``, phi is first trained from those captions (text only) into
@@ -74,7 +75,8 @@ def review_cir_method(ctx: CIRContext, dataset: str, root: Path | str, method: s
         if run_dir is None:
             raise InputError("training phi needs a run_dir to keep its run folder", field="run_dir")
         config = TrainingConfig(steps=lincir_steps, batch_size=64, validate_every=max(1, lincir_steps // 5),
-                                include_shared_concept=include_shared_concept)
+                                include_shared_concept=include_shared_concept,
+                                precision=ctx.loaded.precision)  # the backbone's, resolved for its device
         validator = phi_validator(ctx, "lincir", dataset, root, split, include_shared_concept, **loader_options)
         run = open_run(run_dir, "phi", {"method": "lincir", "captions": lincir_captions, **config.to_params()})
         try:
@@ -88,7 +90,7 @@ def review_cir_method(ctx: CIRContext, dataset: str, root: Path | str, method: s
     metrics = ran.metrics
     rankings = [{q: ids[:top_k] for q, ids in r.items()} for r in ran.rankings]
     if run_dir is not None:
-        atomic_write_json(Path(run_dir) / "metrics.json", metrics, indent=2)
+        atomic_write_json(Path(run_dir) / "metrics.json", {**metrics, "precision": ctx.loaded.precision}, indent=2)
     return CIRReview(method, list(splits), rankings, metrics, phi_run)
 
 
