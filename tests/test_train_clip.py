@@ -138,9 +138,9 @@ def test_open_clip_train_parses_the_argv(tmp_path: Path, scheduler: str) -> None
     """Every flag irkit passes is one open_clip_train's own parser accepts, with the values meant."""
     from open_clip_train.params import parse_args
 
-    from irkit.train.clip import _resolve, open_clip_argv
+    from irkit.train.clip import open_clip_argv, resolved_config
 
-    config = _resolve(ClipTrainConfig(train_csv=tmp_path / "train.csv", lr_scheduler=scheduler, epochs=3,
+    config = resolved_config(ClipTrainConfig(train_csv=tmp_path / "train.csv", lr_scheduler=scheduler, epochs=3,
                                       log_dir=tmp_path, name="run"))
     args = parse_args(open_clip_argv(config))
     assert args.lr_scheduler == scheduler and args.epochs == 3 and args.model == "irkit-tiny"

@@ -102,7 +102,9 @@ def recipe_defaults(model: str, pretrained: Optional[str]) -> dict[str, Any]:
     return {"lr": 1e-3, "wd": 0.1, "warmup": 50, "batch_size": 128}
 
 
-def _resolve(config: ClipTrainConfig) -> ClipTrainConfig:
+def resolved_config(config: ClipTrainConfig) -> ClipTrainConfig:
+    """A copy of ``config`` with the recipe's defaults filled in and ``precision`` as the
+    open_clip_train ``--precision`` it resolves to (:func:`clip_precision`)."""
     defaults = recipe_defaults(config.model, config.pretrained)
     resolved = ClipTrainConfig(**asdict(config))
     for key, value in defaults.items():
@@ -550,7 +552,7 @@ def train_clip(config: ClipTrainConfig, allow_param_change: bool = False) -> Cli
     from irkit.runs import mark_failed, run_failed
 
     precision = clip_precision(config.precision)
-    config = _resolve(config)
+    config = resolved_config(config)
     logging.getLogger(__name__).info("train clip: %s (open_clip_train --precision %s)", precision.describe(),
                                      config.precision)
     if config.name is None:
