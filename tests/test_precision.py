@@ -374,6 +374,8 @@ def test_train_clip_bf16_is_open_clip_amp_bf16(tmp_path: Path) -> None:
     assert params["precision"] == "amp_bf16"
     recorded = json.loads((run / "precision.json").read_text())
     assert (recorded["setting"], recorded["name"], recorded["open_clip_train"]) == ("bf16", "bf16", "amp_bf16")
+    log = (run / "out.log").read_text()
+    assert "train clip: precision bf16 (bf16: asked for); open_clip_train --precision amp_bf16" in log
     losses = [float(v) for v in re.findall(r"train epoch 1/1 step \d+/\d+: loss ([-+0-9.e]+|nan|inf)",
                                            (run / "out.log").read_text())]
     assert losses and all(math.isfinite(v) for v in losses), losses

@@ -59,7 +59,7 @@ import torch
 from irkit.distributed import launched_rank, launched_world_size
 from irkit.errors import InputError, first_line_of
 from irkit.io import atomic_path, atomic_write_json
-from irkit.precision import PRECISION_FILE  # the run folder's record of the resolved precision
+from irkit.precision import PRECISION_FILE, PRECISION_SETTINGS, Precision, resolve_precision
 
 
 @dataclass
@@ -126,13 +126,11 @@ def training_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def clip_precision(setting: str) -> Any:
+def clip_precision(setting: str) -> Precision:
     """The :class:`irkit.precision.Precision` of a CLIP training run: an irkit setting (``auto |
     fp32 | bf16 | fp16``, resolved for :func:`training_device`) or one of open_clip_train's names
     (:data:`OPEN_CLIP_TRAIN_PRECISIONS`, taken as asked). ``.open_clip_train_precision()`` is the
     ``--precision`` open_clip_train gets; an unknown name raises InputError listing both kinds."""
-    from irkit.precision import PRECISION_SETTINGS, Precision, resolve_precision
-
     device = training_device()
     if setting in OPEN_CLIP_TRAIN_PRECISIONS:
         return Precision(setting, OPEN_CLIP_TRAIN_PRECISIONS[setting], device, "open_clip_train name, asked for")
@@ -218,7 +216,10 @@ def _atomic_torch_save(original_save):
 # dump, all parameters and open_clip's own long "Train Epoch" lines included, still goes to the
 # run's out.log); irkit's "train epoch" lines give loss, step rate and ETA instead.
 TRAIN_LINE_PREFIX = "train epoch"
-_CONSOLE_PREFIXES = (TRAIN_LINE_PREFIX, "Eval Epoch", "Start epoch", "=> ", "Found latest", "No latest")
+#: the line naming the run's resolved precision (out.log and the console)
+PRECISION_LINE_PREFIX = "train clip: precision"
+_CONSOLE_PREFIXES = (TRAIN_LINE_PREFIX, PRECISION_LINE_PREFIX, "Eval Epoch", "Start epoch", "=> ", "Found latest",
+                     "No latest")
 #: seconds between two ``train epoch`` lines inside an epoch (the epoch's last step always gets one)
 PROGRESS_EVERY_S = 30.0
 
@@ -316,8 +317,9 @@ def restored_logging() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _patched_open_clip_train(config: ClipTrainConfig) -> Iterator[Any]:
-    """Install irkit's wrappers around open_clip_train for one run (see module docstring)."""
+def _patched_open_clip_train(config: ClipTrainConfig, precision: Optional[Precision] = None) -> Iterator[Any]:
+    """Install irkit's wrappers around open_clip_train for one run (see module docstring);
+    ``precision``'s :meth:`~irkit.precision.Precision.describe` line is logged once logging is set up."""
     import open_clip_train.main as oct_main
 
     import irkit.models  # noqa: F401  (registers irkit's model configs with open_clip)
@@ -362,6 +364,9 @@ def _patched_open_clip_train(config: ClipTrainConfig) -> Iterator[Any]:
         for handler in logging.getLogger().handlers:
             if type(handler) is logging.StreamHandler:
                 handler.addFilter(_ProgressOnly())
+        if precision is not None:
+            logging.info("train clip: %s; open_clip_train --precision %s", precision.describe(),
+                         precision.open_clip_train_precision())
 
     progress = TrainingProgress(config.epochs)
 
@@ -553,8 +558,6 @@ def train_clip(config: ClipTrainConfig, allow_param_change: bool = False) -> Cli
 
     precision = clip_precision(config.precision)
     config = resolved_config(config)
-    logging.getLogger(__name__).info("train clip: %s (open_clip_train --precision %s)", precision.describe(),
-                                     config.precision)
     if config.name is None:
         if config.resume == "latest":
             raise InputError("--resume latest needs --name of the run to continue", field="name")
@@ -569,7 +572,7 @@ def train_clip(config: ClipTrainConfig, allow_param_change: bool = False) -> Cli
         _prepare_run_dir(config, run_dir, allow_param_change)
 
     try:
-        with _patched_open_clip_train(config) as oct_main:
+        with _patched_open_clip_train(config, precision) as oct_main:
             status = oct_main.main(open_clip_argv(config))
         if status not in (None, 0):
             raise RuntimeError(f"open_clip_train exited with status {status}")
