@@ -178,6 +178,11 @@ def compare_embeddings(reference: np.ndarray, other: np.ndarray, fp32: bool) -> 
             "max_abs_diff": max_diff, "min_cosine": min_cosine, "equal": min_cosine >= COSINE_TOLERANCE}
 
 
+def busy_workers(images: int, batch_size: int, workers: int) -> int:
+    """How many of ``workers`` processes get a batch of ``images`` (at least 1: the main process)."""
+    return max(1, min(workers, -(-images // batch_size)))
+
+
 def load_average_1min() -> float:
     """The 1-minute load average (NaN where unknown)."""
     try:
@@ -236,7 +241,7 @@ def bench_model(name: str, paths: Sequence[Path], args: argparse.Namespace, work
         result["stages_ms_per_image_1_thread"] = stages
         result["irkit_ms_per_image"] = irkit_ms
         result["plain_ms_per_image"] = 1e3 / best["plain"]
-        result["stage_shares_of_irkit"] = stage_shares(stages, irkit_ms, workers)
+        result["stage_shares_of_irkit"] = stage_shares(stages, irkit_ms, busy_workers(len(paths), batch, workers))
     return result
 
 
