@@ -41,6 +41,7 @@ from PIL import Image, ImageDraw
 from torch.utils.flop_counter import FlopCounterMode
 
 from irkit.embeddings import collect_image_paths, encode_image_files, num_threads, torch_threads
+from irkit.errors import InputError
 from irkit.io import atomic_write_json
 from irkit.models import LoadedModel, create_model
 from irkit.models.factory import has_convolutions
@@ -315,7 +316,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.image_dir is None:
             paths = generate_images(Path(tmp), args.images)
         else:
-            paths = collect_image_paths(args.image_dir)[: args.images]
+            try:
+                paths = collect_image_paths(args.image_dir)[: args.images]
+            except InputError as e:
+                print(f"error: {e}", file=sys.stderr)
+                return 2
         for path in paths:  # page cache warm for both paths
             path.read_bytes()
         print(f"{len(paths)} images, batch {args.batch_size}, {threads} torch threads (plain), "
