@@ -4,7 +4,7 @@
 # small demo traffic test gallery, after a text query), taken with headless Chromium.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash script/setup.sh
+bash script/setup.sh --with-browser
 export IRKIT_NUM_THREADS="${IRKIT_NUM_THREADS:-2}"
 demo=data/app-demo
 .venv/bin/python -m irkit data demo --out "$demo" --datasets traffic --scale small --no-progress

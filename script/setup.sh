@@ -6,8 +6,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${IRKIT_BASE_PYTHON:-$(command -v python3.11 || command -v python3)}"
 # Headless Chromium for the browser tests (report page, search app): Debian's package, driven by
-# Playwright from requirements.txt (never a downloaded browser build).
-if ! command -v chromium >/dev/null 2>&1; then
+# Playwright from requirements.txt (never a downloaded browser build). Only `--with-browser`
+# (script/test.sh) installs it: the reproduction and the other scripts never start a browser.
+WITH_BROWSER=0
+for arg in "$@"; do
+  case "$arg" in
+    --with-browser) WITH_BROWSER=1 ;;
+    *) echo "[setup] unknown option '$arg' (expected --with-browser)" >&2; exit 2 ;;
+  esac
+done
+if [ "$WITH_BROWSER" -eq 1 ] && ! command -v chromium >/dev/null 2>&1; then
   echo "[setup] installing Debian's chromium (browser tests)" >&2
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null

@@ -1,6 +1,6 @@
 """Headless Chromium for the browser tests: Debian's ``chromium`` driven by Playwright.
 
-``script/setup.sh`` installs the browser (``apt-get install chromium``) and Playwright comes
+``script/setup.sh --with-browser`` (run by ``script/test.sh``) installs the browser (``apt-get install chromium``) and Playwright comes
 from requirements.txt; where either is missing the tests fail with a message saying so (never
 skip). Pages may fetch only from the allowed prefixes; every other request is aborted and
 recorded, so a test can assert that nothing went to the network.
@@ -26,7 +26,7 @@ IMAGE_WIDTHS_JS = "sel => Array.from(document.querySelectorAll(sel)).map(i => i.
 def browser() -> Iterator[object]:
     """A launched headless Chromium (Playwright ``Browser``); fails clearly when it cannot start."""
     if not CHROMIUM.is_file():
-        pytest.fail(f"{CHROMIUM} not found: install Debian's chromium (bash script/setup.sh does "
+        pytest.fail(f"{CHROMIUM} not found: install Debian's chromium (bash script/setup.sh --with-browser does "
                     "`apt-get install -y chromium`) or point IRKIT_CHROMIUM at a Chromium binary")
     try:
         from playwright.sync_api import sync_playwright
