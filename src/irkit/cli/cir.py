@@ -134,9 +134,9 @@ def _run_eval(args: argparse.Namespace) -> int:
 
     splits = load_splits(args)
     method = build_method(args)
-    result = evaluate_method(method, cir_context(args, method), splits,
-                             include_shared_concept=args.include_shared_concept)
-    print(json.dumps(as_fractions(result), indent=2))
+    ctx = cir_context(args, method)
+    result = evaluate_method(method, ctx, splits, include_shared_concept=args.include_shared_concept)
+    print(json.dumps({**as_fractions(result), "precision": ctx.loaded.precision}, indent=2))
     return 0
 
 

@@ -65,7 +65,7 @@ def _run_images(args: argparse.Namespace) -> int:
     if distributed.is_main():
         print(json.dumps({"collection": str(out), "images": len(paths), "dim": loaded.embed_dim,
                           "model": loaded.model_name, "weights_id": loaded.weights_id,
-                          "processes": distributed.world_size()}))
+                          "precision": loaded.precision, "processes": distributed.world_size()}))
     return 0
 
 
