@@ -458,7 +458,6 @@ def check_model_and_weights(config: ClipTrainConfig) -> None:
     import open_clip
 
     import irkit.models  # noqa: F401  (registers irkit's model configs with open_clip)
-    from irkit.models.factory import use_channels_last
     from irkit.models.factory import check_model_name, read_state_dict
 
     schema, name = check_model_name(config.model)
