@@ -102,15 +102,16 @@ def recipe_defaults(model: str, pretrained: Optional[str]) -> dict[str, Any]:
     return {"lr": 1e-3, "wd": 0.1, "warmup": 50, "batch_size": 128}
 
 
-def resolved_config(config: ClipTrainConfig) -> ClipTrainConfig:
+def resolved_config(config: ClipTrainConfig, precision: Optional[Precision] = None) -> ClipTrainConfig:
     """A copy of ``config`` with the recipe's defaults filled in and ``precision`` as the
-    open_clip_train ``--precision`` it resolves to (:func:`clip_precision`)."""
+    open_clip_train ``--precision`` it resolves to (:func:`clip_precision`, unless the caller
+    has resolved it already and passes ``precision``)."""
     defaults = recipe_defaults(config.model, config.pretrained)
     resolved = ClipTrainConfig(**asdict(config))
     for key, value in defaults.items():
         if getattr(resolved, key) is None:
             setattr(resolved, key, value)
-    resolved.precision = clip_precision(resolved.precision).open_clip_train_precision()
+    resolved.precision = (precision or clip_precision(resolved.precision)).open_clip_train_precision()
     return resolved
 
 
@@ -556,7 +557,7 @@ def train_clip(config: ClipTrainConfig, allow_param_change: bool = False) -> Cli
     from irkit.runs import mark_failed, run_failed
 
     precision = clip_precision(config.precision)
-    config = resolved_config(config)
+    config = resolved_config(config, precision)
     if config.name is None:
         if config.resume == "latest":
             raise InputError("--resume latest needs --name of the run to continue", field="name")
