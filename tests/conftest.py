@@ -15,6 +15,8 @@ os.environ.setdefault("IRKIT_PRECISION", "fp32")
 try:
     import torch
 
+    import irkit.precision  # noqa: F401  # flushes subnormal floats before torch's threads start, as irkit does
+
     torch.set_num_threads(int(os.environ["IRKIT_NUM_THREADS"]))
 except ImportError:  # pragma: no cover - torch is a hard requirement
     pass

@@ -150,3 +150,36 @@ def test_bench_precision_smoke(demo_traffic: Path, tmp_path: Path, capsys: pytes
     assert 0.0 <= result["top10_overlap"] <= 1.0
     assert 0.99 < result["gallery_cosine"] < 1.0  # bf16 really ran: close to, but not exactly, fp32
     assert "| traffic test | official_mAP@10 |" in printed
+
+
+# ------------------------------------------------------------------------------ bench_subnormals
+
+
+def test_bench_subnormals_summary_from_hand_values() -> None:
+    bench = load_script("bench_subnormals")
+    runs = {"trained": {"flushed": [{"ms_per_step": 100.0}, {"ms_per_step": 120.0}, {"ms_per_step": 90.0}],
+                        "kept": [{"ms_per_step": 150.0}, {"ms_per_step": 140.0}, {"ms_per_step": 400.0}]}}
+    summary = bench.summarise(runs)  # medians 100 and 150
+    assert summary["trained"] == {"flushed_ms": 100.0, "kept_ms": 150.0, "kept_over_flushed": 1.5}
+    assert bench.lines(summary) == ["trained: flushed 100 ms/step, kept 150 ms/step, kept/flushed 1.50x"]
+
+
+def test_bench_subnormals_smoke(demo_traffic: Path, tmp_path: Path) -> None:
+    """Two child processes per set of weights, each in the mode it was asked for (a child that
+    ran in the other mode stops the bench); the last lines follow the documented format."""
+    import subprocess
+
+    done = subprocess.run([sys.executable, str(BENCH / "bench_subnormals.py"), "--root", str(demo_traffic),
+                           "--steps", "1", "--repeats", "1", "--batch-size", "4", "--out-dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    last = done.stdout.strip().splitlines()[-2:]
+    for weights, line in zip(("trained", "random"), last):
+        assert re.fullmatch(rf"{weights}: flushed \d+ ms/step, kept \d+ ms/step, kept/flushed \d+\.\d\dx", line)
+    saved = json.loads((tmp_path / "bench_subnormals.json").read_text())
+    assert {r["subnormals"] for r in saved["runs"]["trained"]["flushed"]} == {"flushed"}
+    assert {r["subnormals"] for r in saved["runs"]["trained"]["kept"]} == {"kept"}
+    for weights in ("trained", "random"):
+        losses = [r["loss"] for mode in ("flushed", "kept") for r in saved["runs"][weights][mode]]
+        assert all(np.isfinite(losses))
+    assert (tmp_path / "bench_subnormals.md").read_text().startswith("# Training step, subnormals flushed vs kept")

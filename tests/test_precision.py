@@ -48,7 +48,8 @@ def test_auto_on_cpu_follows_the_bf16_flags(no_env: pytest.MonkeyPatch, flags: t
     assert (resolved.setting, resolved.name, resolved.device_type) == ("auto", expected, "cpu")
     assert all(flag in resolved.reason for flag in flags)
     assert resolved.describe().startswith(f"precision {expected} (auto: ")
-    assert resolved.to_json() == {"setting": "auto", "name": expected, "device": "cpu", "reason": resolved.reason}
+    assert resolved.to_json() == {"setting": "auto", "name": expected, "device": "cpu", "reason": resolved.reason,
+                                  "subnormals": "flushed"}
     assert (resolved.autocast_dtype is torch.bfloat16) == (expected == "bf16")
 
 
@@ -381,3 +382,81 @@ def test_train_clip_bf16_is_open_clip_amp_bf16(tmp_path: Path) -> None:
     assert losses and all(math.isfinite(v) for v in losses), losses
     weights = torch.load(run / "checkpoints" / "epoch_1.pt", map_location="cpu", weights_only=True)["state_dict"]
     assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
+
+
+# ------------------------------------------------------------------------------ (f) subnormal floats
+
+# Runs in a fresh interpreter: whether torch's worker threads flush depends on what ran before
+# them. Prints, after `torch.set_num_threads(2)`: the nonzero count of (subnormal * 1.0) over
+# 2**20 elements -- spread over both threads -- and irkit's recorded mode. The subnormal is
+# made from its bit pattern (1.5e-39), so no float conversion flushes it on the way in.
+_SUBNORMAL_PROBE = """
+import sys, torch
+if sys.argv[1] == "late":
+    torch.set_num_threads(2); (torch.ones(1 << 20) * 2.0).sum()   # the pool starts before irkit
+import irkit.precision as precision
+torch.set_num_threads(2)
+x = torch.full((1 << 20,), 1 << 20, dtype=torch.int32).view(torch.float32)
+assert int(x.view(torch.int32)[0]) >> 23 == 0  # exponent bits 0: subnormal (reading it as a float would flush)
+print(int((x * 1.0).count_nonzero()), precision.cpu_subnormals())
+"""
+
+
+def _probe(order: str, flush: str | None) -> tuple[int, str, str]:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != precision_module.FLUSH_DENORMAL_ENV}
+    if flush is not None:
+        env[precision_module.FLUSH_DENORMAL_ENV] = flush
+    done = subprocess.run([sys.executable, "-c", _SUBNORMAL_PROBE, order], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    count, mode = done.stdout.split()
+    return int(count), mode, done.stderr
+
+
+def test_subnormals_are_flushed_on_every_thread_by_default() -> None:
+    count, mode, _ = _probe("first", None)
+    assert (count, mode) == (0, "flushed")
+
+
+def test_subnormals_kept_when_asked() -> None:
+    count, mode, _ = _probe("first", "0")
+    assert (count, mode) == (1 << 20, "kept")
+
+
+def test_pool_started_before_irkit_is_reported_as_partial() -> None:
+    """Worker threads started before the import keep IEEE subnormals: about half the probe (the
+    main thread's share is flushed); irkit records ``partial`` and says so in one warning."""
+    count, mode, stderr = _probe("late", None)
+    assert mode == "partial"
+    assert 0 < count < 1 << 20
+    assert "import irkit.precision before any torch work" in stderr
+
+
+def test_bad_flush_setting_is_one_clear_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(precision_module.FLUSH_DENORMAL_ENV, "maybe")
+    with pytest.raises(InputError, match="IRKIT_FLUSH_DENORMAL='maybe': expected 1 .* or 0"):
+        precision_module.flush_denormal_wanted()
+
+
+def test_embedding_cache_keys_on_the_subnormal_mode(tmp_path: Path) -> None:
+    """An embedding computed with IEEE subnormals never answers for a flushed one (and back)."""
+    import dataclasses
+
+    from PIL import Image
+
+    from irkit.embeddings import encode_image_files
+    from irkit.models import create_model
+
+    Image.new("RGB", (40, 30), (200, 30, 30)).save(tmp_path / "a.png")
+    flushed = create_model("irkit-tiny", random_init=True, precision="fp32")
+    assert flushed.subnormals == "flushed"
+    kept = dataclasses.replace(flushed, subnormals="kept")
+    cache = tmp_path / "cache"
+    encode_image_files(flushed, [tmp_path / "a.png"], num_workers=0, cache_dir=cache)
+    encode_image_files(kept, [tmp_path / "a.png"], num_workers=0, cache_dir=cache)
+    modes = sorted(json.loads(p.read_text())["material"]["subnormals"] for p in cache.glob("*.json"))
+    assert modes == ["flushed", "kept"]

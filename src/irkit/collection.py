@@ -437,7 +437,7 @@ def collection_info(loaded: Any, reader: Any = None) -> dict[str, Any]:
 
     return {"model_name": loaded.model_name, "weights_id": loaded.weights_id,
             "transform": loaded.transform_config.to_dict(), "precision": loaded.precision,
-            "reader": (reader or USER_FOLDER_READER).to_dict()}
+            "subnormals": loaded.subnormals, "reader": (reader or USER_FOLDER_READER).to_dict()}
 
 
 def check_output_folder(folder: os.PathLike | str, overwrite: bool = False) -> None:

@@ -12,6 +12,13 @@ themselves, as open_clip's ``precision`` does. ``auto`` picks, for the device at
 
 ``IRKIT_PRECISION=fp32`` (or bf16 / fp16) in the environment fixes what ``auto`` resolves to.
 
+Subnormal floats (|x| < 1.2e-38 in fp32) are flushed to zero on the CPU (x86 FTZ/DAZ, as
+TensorFlow and XLA do by default): a trained model's attention-pool gradients are full of them,
+and each costs the CPU a slow micro-code path -- measured 1.4x per training step of the trained
+traffic model (``bench/bench_subnormals.py``). The mode is per thread and inherited by threads
+started later, so it is set when this module is imported, before torch starts its thread pool
+(:func:`configure_cpu_subnormals`). ``IRKIT_FLUSH_DENORMAL=0`` keeps IEEE subnormals.
+
 The resolved name is what caches key on and what runs record (``params``, metrics files), so a
 bf16 and an fp32 embedding of the same image never share a cache entry.
 """
@@ -19,6 +26,7 @@ bf16 and an fp32 embedding of the same image never share a cache entry.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from dataclasses import dataclass
 from functools import lru_cache
@@ -43,7 +51,13 @@ PRECISION_ENV = "IRKIT_PRECISION"
 #: A training run folder's record of its resolved precision (:meth:`Precision.to_json`).
 PRECISION_FILE = "precision.json"
 
+#: Environment variable: ``0`` keeps IEEE subnormal floats on the CPU (default ``1``: flushed to zero).
+FLUSH_DENORMAL_ENV = "IRKIT_FLUSH_DENORMAL"
+#: How CPU arithmetic of this process treats subnormal floats (:func:`cpu_subnormals`).
+SUBNORMALS_FLUSHED, SUBNORMALS_KEPT, SUBNORMALS_PARTIAL = "flushed", "kept", "partial"
+
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+_ENV_TRUE, _ENV_FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
 @dataclass(frozen=True)
@@ -82,7 +96,61 @@ class Precision:
         return f"precision {self.name} ({self.setting}: {self.reason})"
 
     def to_json(self) -> dict[str, str]:
-        return {"setting": self.setting, "name": self.name, "device": self.device_type, "reason": self.reason}
+        record = {"setting": self.setting, "name": self.name, "device": self.device_type, "reason": self.reason}
+        if self.device_type == "cpu":
+            record["subnormals"] = cpu_subnormals()
+        return record
+
+
+def flush_denormal_wanted() -> bool:
+    """Whether ``$IRKIT_FLUSH_DENORMAL`` asks for subnormal floats to be flushed (default yes)."""
+    value = os.environ.get(FLUSH_DENORMAL_ENV, "1").strip().lower()
+    if value in _ENV_TRUE:
+        return True
+    if value in _ENV_FALSE:
+        return False
+    raise InputError(f"{FLUSH_DENORMAL_ENV}={value!r}: expected 1 (flush subnormal floats to zero) or 0 "
+                     "(keep them)", field=FLUSH_DENORMAL_ENV)
+
+
+_subnormals = SUBNORMALS_KEPT
+
+
+def configure_cpu_subnormals() -> str:
+    """Flush subnormal floats to zero on the CPU unless ``$IRKIT_FLUSH_DENORMAL`` is ``0``;
+    returns :func:`cpu_subnormals`.
+
+    The x86 FTZ/DAZ mode belongs to a thread and is inherited by the threads it starts later:
+    call this before torch's first parallel operation starts its intra-op pool (importing this
+    module does). A probe spread over the pool then tells whether every thread flushes; where
+    the pool started earlier, the mode is ``partial`` and one warning says what to change. Where
+    the CPU cannot flush, it stays ``kept``.
+    """
+    global _subnormals
+    wanted = flush_denormal_wanted()
+    applied = torch.set_flush_denormal(wanted)
+    if not (wanted and applied):
+        _subnormals = SUBNORMALS_KEPT
+        return _subnormals
+    subnormal = torch.full((1 << 17,), 1 << 20, dtype=torch.int32).view(torch.float32)  # 1.5e-39 from its bit pattern (no FP conversion)
+    probe = subnormal * 1.0  # large enough to run on every intra-op thread
+    _subnormals = SUBNORMALS_PARTIAL if bool(probe.any()) else SUBNORMALS_FLUSHED
+    if _subnormals == SUBNORMALS_PARTIAL:
+        logging.getLogger("irkit").warning(
+            "torch started its worker threads before irkit.precision was imported: subnormal floats are "
+            "flushed on the main thread only (slower training); import irkit.precision before any torch work")
+    return _subnormals
+
+
+def cpu_subnormals() -> str:
+    """``flushed`` | ``kept`` | ``partial`` (main thread only): how this process's CPU arithmetic treats subnormal floats (part of
+    every cache key and training record, next to the precision name)."""
+    return _subnormals
+
+
+def subnormals_on(device: Union[str, torch.device] = "cpu") -> str:
+    """:func:`cpu_subnormals` for a CPU device; ``device`` for an accelerator (its own rules)."""
+    return cpu_subnormals() if _device_type(device) == "cpu" else "device"
 
 
 @lru_cache(maxsize=1)
@@ -153,3 +221,6 @@ def resolve_training_precision(setting: Union[str, Precision] = "auto",
 def autocast_for(precision: Union[str, Precision], device: Union[str, torch.device] = "cpu") -> ContextManager[Any]:
     """``resolve_precision(precision, device).autocast()`` (a no-op context for fp32)."""
     return resolve_precision(precision, device, allow_pure=True).autocast()
+
+
+configure_cpu_subnormals()  # at import: before torch's intra-op threads exist (they inherit the mode)

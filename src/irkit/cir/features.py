@@ -57,6 +57,7 @@ def _memoised(key_material: Any, compute) -> Any:
 
 def _model_key(loaded: Any) -> dict[str, Any]:
     return {"model": loaded.model_name, "weights": loaded.weights_id, "precision": loaded.precision,
+            "subnormals": loaded.subnormals,
             "transform": loaded.transform_config.to_dict() if loaded.transform_config is not None else None}
 
 

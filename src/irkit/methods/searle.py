@@ -256,7 +256,8 @@ def oti_params(loaded: Any, config: OTIConfig, bank: PhraseBank, templates: Sequ
     """Everything that determines OTI tokens (besides the images): the store's key, the backbone's
     resolved precision included (OTI runs under its autocast)."""
     return {"method": "searle-oti", **asdict(config), "model_name": loaded.model_name,
-            "weights_id": loaded.weights_id, "precision": loaded.precision, "phrases": bank.fingerprint(),
+            "weights_id": loaded.weights_id, "precision": loaded.precision,
+            "subnormals": loaded.subnormals, "phrases": bank.fingerprint(),
             "templates": stable_hash(list(templates))}
 
 

@@ -34,7 +34,7 @@ from tqdm import tqdm
 from irkit.errors import InputError, first_line_of
 from irkit.finite import count_non_finite, require_finite
 from irkit.io import atomic_path, file_sha256
-from irkit.precision import MODEL_PRECISION_SETTINGS, PURE_PRECISIONS, autocast_for, resolve_precision
+from irkit.precision import MODEL_PRECISION_SETTINGS, PURE_PRECISIONS, autocast_for, resolve_precision, subnormals_on
 from irkit.transforms import TRANSFORM_NAMES, TransformConfig, build_transform
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,7 @@ class LoadedModel:
     transform_config: TransformConfig = field(repr=False, default=None)  # type: ignore[assignment]
     device: str = "cpu"
     precision: str = "fp32"                  # resolved: fp32 | bf16 | fp16 | pure_bf16 | pure_fp16
+    subnormals: str = "flushed"              # irkit.precision.subnormals_on(device): flushed | kept | device
     weights_source: str = ""                 # "checkpoint PATH" / "pretrained tag T" / "random init (seed S)"
     checkpoint_path: Optional[str] = None    # the local weights file, when there is one
 
@@ -566,5 +567,6 @@ def create_model(
         model_name=name, weights_id=weights_id, transform_name=transform,
         image_size=transform_cfg.image_size, embed_dim=_embed_dim(model),
         transform_config=transform_cfg, device=str(device), precision=resolved_precision.name,
+        subnormals=subnormals_on(device),
         weights_source=source, checkpoint_path=str(checkpoint) if checkpoint is not None else None,
     )

@@ -37,6 +37,7 @@ from irkit.data.records import TrafficLabel, TrafficSplit
 from irkit.data.traffic import load_traffic, read_label_file, write_label_file
 from irkit.errors import InputError
 from irkit.io import atomic_write_json
+from irkit.precision import cpu_subnormals  # imported before any torch work: FTZ/DAZ reaches torch's threads
 from irkit.runs import RunFolder, read_results
 from irkit.traffic.attributes import AttributeCounts, count_attributes, load_car_attribute, write_car_attribute
 from irkit.traffic.augment import (
@@ -492,7 +493,8 @@ def evaluate_answers(run: TrafficRun, answers: GalleryAnswers, submissions: Subm
 
 def _finish(run: TrafficRun, metrics: dict[str, Any]) -> dict[str, Any]:
     # the setting and what it resolved to in each stage (auto's choice depends on the machine)
-    metrics = {**metrics, "precision": {"setting": run.params.precision, **run.precisions}}
+    metrics = {**metrics, "precision": {"setting": run.params.precision, **run.precisions,
+                                        "cpu_subnormals": cpu_subnormals()}}
     atomic_write_json(run.path / "metrics.json", metrics, indent=2)
     run.log("metrics: %s", json.dumps({"prompt_ablation": metrics["prompt_ablation"]}))
     run.folder.close()
