@@ -460,3 +460,21 @@ def test_embedding_cache_keys_on_the_subnormal_mode(tmp_path: Path) -> None:
     encode_image_files(kept, [tmp_path / "a.png"], num_workers=0, cache_dir=cache)
     modes = sorted(json.loads(p.read_text())["material"]["subnormals"] for p in cache.glob("*.json"))
     assert modes == ["flushed", "kept"]
+
+
+def test_oti_store_is_keyed_by_the_subnormal_mode(tmp_path: Path) -> None:
+    import dataclasses
+
+    from irkit.methods.searle import OTIConfig, run_oti
+    from irkit.methods.textual_inversion import load_phrase_bank
+    from irkit.models import create_model
+
+    flushed = create_model("irkit-tiny", random_init=True, precision="fp32")
+    kept = dataclasses.replace(flushed, subnormals="kept")
+    bank = load_phrase_bank()
+    config = OTIConfig(steps=1, batch_size=2)
+    features = np.random.default_rng(0).normal(size=(2, flushed.embed_dim)).astype(np.float32)
+    store = run_oti(kept, ["a", "b"], features, tmp_path / "oti", config, bank, progress=False)
+    assert store.params["subnormals"] == "kept"
+    with pytest.raises(InputError, match="subnormals: saved 'kept', now 'flushed'"):
+        run_oti(flushed, ["a", "b"], features, tmp_path / "oti", config, bank, progress=False)

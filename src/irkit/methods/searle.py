@@ -292,7 +292,8 @@ def run_oti(loaded: Any, image_ids: Sequence[str], image_features: np.ndarray | 
     width = token_width(model)
     if (out_dir / OTI_FILE).is_file():
         store = OTITokens.load(out_dir)
-        diffs = _differences({"precision": "fp32", **store.params}, params)  # stores before precision: fp32
+        # stores from before these were recorded ran in fp32 with IEEE subnormals
+        diffs = _differences({"precision": "fp32", "subnormals": "kept", **store.params}, params)
         if diffs:
             raise InputError("existing OTI tokens were computed with other settings (" + "; ".join(diffs)
                              + "); choose another output folder", path=out_dir / OTI_FILE)
