@@ -43,6 +43,8 @@ def child(args: argparse.Namespace) -> int:
     """One process: time ``args.steps`` training steps and print one JSON line."""
     import irkit.precision  # noqa: F401  # first: the FTZ/DAZ mode must precede torch's threads
 
+    import contextlib
+
     import open_clip
     import torch
     from PIL import Image
@@ -50,10 +52,11 @@ def child(args: argparse.Namespace) -> int:
     from irkit.data.traffic import load_traffic
     from irkit.embeddings import num_threads
     from irkit.models import create_model
+    from irkit.models.factory import has_convolutions
     from irkit.precision import cpu_subnormals
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from profile_reproduce import MAX_LOGIT_SCALE, make_optimizer
+    from profile_reproduce import make_optimizer, train_step
 
     torch.set_num_threads(num_threads())
     torch.manual_seed(0)
@@ -66,20 +69,14 @@ def child(args: argparse.Namespace) -> int:
     labels = split.labels[: args.batch_size]
     images = torch.stack([loaded.train_transform(Image.open(split.image_path(label.image)).convert("RGB"))
                           for label in labels])
-    if any(m.__class__.__name__.startswith("Conv") for m in model.modules()):
+    if has_convolutions(model.visual):  # create_model put the tower in channels-last
         images = images.contiguous(memory_format=torch.channels_last)
     texts = loaded.tokenizer([label.text for label in labels])
     optimizer = make_optimizer(model, args.lr, 0.1)
     loss_fn = open_clip.ClipLoss()
 
     def step() -> float:
-        image_features, text_features, logit_scale = model(images, texts)[:3]
-        loss = loss_fn(image_features, text_features, logit_scale)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        with torch.no_grad():
-            model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+        loss, _ = train_step(model, loss_fn, optimizer, images, texts, contextlib.nullcontext())
         return float(loss)
 
     step()
